@@ -1,0 +1,303 @@
+"""The research target: a folder (a git repo) with a ``labfleet.toml``.
+
+``load_target(folder)`` reads and validates the file and returns a ``Target``.
+Every problem becomes a one-line ``ConfigError`` naming the key, e.g.
+``labfleet.toml: target.budget_seconds: must be greater than 0``.
+
+Knobs are top-level UPPER_CASE constants in editable files. ``render_knobs`` rewrites
+their assignments in place and ``knob_patch`` turns knob values into an ordinary
+unified diff, so a knob experiment is just another patch.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from labfleet.errors import ConfigError
+
+CONFIG_FILE = "labfleet.toml"
+KnobValue = int | float | str | bool
+
+_KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _relative_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{value!r} must be a path relative to the target folder")
+    return str(path)
+
+
+class Knob(BaseModel):
+    """A searchable constant: either a numeric range (low/high, optionally log) or choices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[KnobValue] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> Knob:
+        has_range = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if has_range:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs choices = [...] or both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("log = true needs low > 0")
+        return self
+
+    def contains(self, value: KnobValue) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        assert self.low is not None and self.high is not None
+        return isinstance(value, int | float) and self.low <= float(value) <= self.high
+
+
+class TargetSpec(BaseModel):
+    """The ``[target]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    editable: list[str] = Field(min_length=1)
+    frozen: list[str] = []
+    setup: str = ""
+    run: str = Field(min_length=1)
+    metric: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    budget_seconds: float = Field(gt=0)
+    timeout_seconds: float = Field(gt=0)
+    # The run is started through a frozen launcher and the frozen evaluation signs
+    # the metric line with a one-time key (see harness).
+    signed: bool = False
+
+    @field_validator("editable", "frozen")
+    @classmethod
+    def _paths(cls, values: list[str]) -> list[str]:
+        return [_relative_path(v) for v in values]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSpec:
+        both = sorted(set(self.editable) & set(self.frozen))
+        if both:
+            raise ValueError(f"{both[0]!r} is listed as both editable and frozen")
+        if self.timeout_seconds <= self.budget_seconds:
+            raise ValueError(
+                f"timeout_seconds ({self.timeout_seconds:g}) must exceed "
+                f"budget_seconds ({self.budget_seconds:g})"
+            )
+        return self
+
+
+class TargetConfig(BaseModel):
+    """The whole ``labfleet.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: TargetSpec
+    knobs: dict[str, Knob] = {}
+
+    @model_validator(mode="after")
+    def _knobs_in_editable_files(self) -> TargetConfig:
+        for name, knob in self.knobs.items():
+            if not _KNOB_NAME.match(name):
+                raise ValueError(f"knob {name!r} must be an UPPER_CASE constant name")
+            if knob.file not in self.target.editable:
+                raise ValueError(f"knob {name}: file {knob.file!r} is not listed in target.editable")
+        return self
+
+
+def _first_error(err: ValidationError) -> str:
+    """One line for a pydantic error: ``target.budget_seconds: must be ...``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = len(err.errors()) - 1
+    text = f"{loc}: {msg}" if loc else msg
+    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> TargetConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return TargetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A loaded target: its folder and validated configuration."""
+
+    root: Path
+    config: TargetConfig
+
+    @property
+    def spec(self) -> TargetSpec:
+        return self.config.target
+
+    @property
+    def knobs(self) -> dict[str, Knob]:
+        return self.config.knobs
+
+    def read_knobs(self, sources: Mapping[str, str] | None = None) -> dict[str, KnobValue]:
+        """Current values of all knobs, read from ``sources`` (path -> text) or the folder."""
+        values: dict[str, KnobValue] = {}
+        for name, knob in self.knobs.items():
+            text = sources[knob.file] if sources is not None else (self.root / knob.file).read_text()
+            values[name] = read_constant(text, name, knob.file)
+        return values
+
+
+def load_target(folder: Path | str, *, check_files: bool = True) -> Target:
+    """Load ``folder/labfleet.toml``; with ``check_files``, also check files and knobs exist."""
+    root = Path(folder).resolve()
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"no {CONFIG_FILE} in {root} (run `labfleet init` to create a target)")
+    config = parse_config(path.read_text(), CONFIG_FILE)
+    target = Target(root, config)
+    if check_files:
+        for kind, files in (("editable", config.target.editable), ("frozen", config.target.frozen)):
+            for rel in files:
+                if not (root / rel).is_file():
+                    raise ConfigError(f"{CONFIG_FILE}: target.{kind}: {rel!r} does not exist in {root}")
+        target.read_knobs()  # raises if a knob is missing from its file
+    return target
+
+
+# --------------------------------------------------------------------------- knobs
+
+
+def _find_assignment(tree: ast.Module, name: str) -> ast.Assign | ast.AnnAssign | None:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == name:
+            return node
+    return None
+
+
+def _parse(text: str, file: str) -> ast.Module:
+    try:
+        return ast.parse(text)
+    except SyntaxError as exc:
+        raise ConfigError(f"{file}: cannot parse to find knobs: {exc.msg} (line {exc.lineno})") from None
+
+
+def read_constant(text: str, name: str, file: str) -> KnobValue:
+    """The literal value of the top-level constant ``name`` in a Python source."""
+    node = _find_assignment(_parse(text, file), name)
+    if node is None or node.value is None:
+        raise ConfigError(f"knob {name}: no top-level assignment `{name} = ...` in {file}")
+    try:
+        value = ast.literal_eval(node.value)
+    except ValueError:
+        raise ConfigError(f"knob {name}: `{name}` in {file} is not a literal value") from None
+    if not isinstance(value, int | float | str | bool):
+        raise ConfigError(f"knob {name}: `{name}` in {file} is not a number, string or bool")
+    return value
+
+
+def format_value(value: KnobValue) -> str:
+    """Python source for a knob value; floats stay floats and read naturally (3e-3, 0.1)."""
+    if isinstance(value, bool | str):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"knob value {value!r} is not finite")
+    if value != 0 and abs(value) < 0.1:  # learning rates and friends: 3e-3, 1.5e-5
+        mantissa, exp = f"{value:.5e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    text = f"{value:.6g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def render_knobs(text: str, values: Mapping[str, KnobValue], file: str = "<source>") -> str:
+    """Rewrite the right-hand side of each ``NAME = literal`` line; comments stay put."""
+    tree = _parse(text, file)
+    lines = text.splitlines(keepends=True)
+    # Replace from the bottom up so earlier offsets stay valid.
+    edits = []
+    for name, value in values.items():
+        node = _find_assignment(tree, name)
+        if node is None or node.value is None:
+            raise ConfigError(f"knob {name}: no top-level assignment `{name} = ...` in {file}")
+        v = node.value
+        if v.end_lineno is None or v.end_col_offset is None:
+            raise ConfigError(f"knob {name}: cannot locate its value in {file}")
+        edits.append((v.lineno, v.col_offset, v.end_lineno, v.end_col_offset, format_value(value)))
+    for lineno, col, end_lineno, end_col, new in sorted(edits, reverse=True):
+        first, last = lines[lineno - 1], lines[end_lineno - 1]
+        lines[lineno - 1 : end_lineno] = [_bytes_cut(first, 0, col) + new + _bytes_cut(last, end_col, None)]
+    return "".join(lines)
+
+
+def _bytes_cut(line: str, start: int, end: int | None) -> str:
+    # ast offsets are UTF-8 byte offsets.
+    return line.encode()[start:end].decode()
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    """A git-apply compatible diff of one file ('' when unchanged)."""
+    if old == new:
+        return ""
+    diff = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+    )
+    out = []
+    for line in diff:
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return f"diff --git a/{path} b/{path}\n" + "".join(out)
+
+
+def knob_patch(
+    target: Target, values: Mapping[str, KnobValue], sources: Mapping[str, str] | None = None
+) -> str:
+    """The patch that sets ``values`` in the editable files (read from ``sources`` or the folder)."""
+    by_file: dict[str, dict[str, KnobValue]] = {}
+    for name, value in values.items():
+        knob = target.knobs.get(name)
+        if knob is None:
+            known = ", ".join(target.knobs) or "none"
+            raise ConfigError(f"unknown knob {name!r} (known: {known})")
+        if not knob.contains(value):
+            raise ConfigError(f"knob {name}: {value!r} is outside its range in {CONFIG_FILE}")
+        by_file.setdefault(knob.file, {})[name] = value
+    parts = []
+    for file, file_values in sorted(by_file.items()):
+        old = sources[file] if sources is not None else (target.root / file).read_text()
+        parts.append(unified_diff(file, old, render_knobs(old, file_values, file)))
+    return "".join(parts)
+

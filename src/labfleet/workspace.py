@@ -1,0 +1,184 @@
+"""Git operations on a target repo: versions are commits, experiments are patches.
+
+An experiment's version is built without touching the user's work tree or index:
+the parent tree is read into a temporary index, the patch is applied there
+(``git apply --cached``), and the result becomes an immutable commit object.
+``export_tree`` writes any commit into a fresh folder (a run directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from labfleet.errors import GitError, PatchError
+
+# Commits made by labfleet are reproducible and need no user identity.
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "labfleet",
+    "GIT_AUTHOR_EMAIL": "labfleet@localhost",
+    "GIT_COMMITTER_NAME": "labfleet",
+    "GIT_COMMITTER_EMAIL": "labfleet@localhost",
+}
+
+
+def git(
+    repo: Path,
+    *args: str,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    error: type[GitError] = GitError,
+) -> str:
+    """Run ``git -C repo args``; return stdout, raise ``error`` with git's own last line."""
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **_IDENTITY, **(env or {})},
+    )
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit {proc.returncode}"
+        raise error(f"git {args[0]}: {reason.removeprefix('error: ').removeprefix('fatal: ')}")
+    return proc.stdout
+
+
+def is_repo(folder: Path) -> bool:
+    proc = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True
+    )
+    return proc.returncode == 0 and Path(proc.stdout.strip()).resolve() == Path(folder).resolve()
+
+
+def resolve(repo: Path, rev: str = "HEAD") -> str:
+    """Full sha of a commit-ish."""
+    try:
+        return git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+    except GitError:
+        raise GitError(f"{rev!r} is not a commit in {repo}") from None
+
+
+def dirty_files(repo: Path) -> list[str]:
+    """Tracked or untracked-not-ignored files that differ from HEAD."""
+    out = git(repo, "status", "--porcelain", "--untracked-files=normal")
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def init_repo(folder: Path, message: str) -> str:
+    """``git init`` a folder and commit everything in it; return the commit."""
+    git(folder, "init", "--quiet", "--initial-branch=main")
+    git(folder, "add", "--all")
+    git(folder, "commit", "--quiet", "--no-verify", "-m", message)
+    return resolve(folder)
+
+
+def exclude_path(repo: Path, pattern: str) -> None:
+    """Add ``pattern`` to .git/info/exclude so labfleet's files never dirty the repo."""
+    info = Path(git(repo, "rev-parse", "--git-path", "info/exclude").strip())
+    if not info.is_absolute():
+        info = repo / info
+    existing = info.read_text().splitlines() if info.exists() else []
+    if pattern not in existing:
+        info.parent.mkdir(parents=True, exist_ok=True)
+        with info.open("a") as f:
+            f.write(("\n" if existing and existing[-1] else "") + pattern + "\n")
+
+
+def show_file(repo: Path, commit: str, path: str) -> str:
+    return git(repo, "show", f"{commit}:{path}")
+
+
+def patch_paths(repo: Path, patch: str) -> list[str]:
+    """Every path a patch touches (both sides of renames), without applying it."""
+    out = git(repo, "apply", "--numstat", "-z", "-", input=patch, error=PatchError)
+    paths: list[str] = []
+    fields = out.split("\0")
+    i = 0
+    while i < len(fields):
+        field = fields[i]
+        if not field:
+            i += 1
+            continue
+        _added, _deleted, path = field.split("\t", 2)
+        if path:  # plain change: the path is in the same field
+            paths.append(path)
+            i += 1
+        else:  # rename or copy with -z: the two paths follow as their own fields
+            paths += [fields[i + 1], fields[i + 2]]
+            i += 3
+    return paths
+
+
+def commit_patch(repo: Path, parent: str, patch: str, message: str, allowed: Iterable[str]) -> str:
+    """Commit ``parent`` + ``patch`` as a new commit object; never touches the work tree.
+
+    Raises ``PatchError`` if the patch is empty, does not apply, or touches a path
+    not in ``allowed``.
+    """
+    if not patch.strip():
+        raise PatchError("the patch is empty")
+    allowed = set(allowed)
+    outside = sorted({p for p in patch_paths(repo, patch) if p not in allowed})
+    if outside:
+        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable")
+    with tempfile.TemporaryDirectory(prefix="labfleet-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(repo, "read-tree", parent, env=env)
+        git(repo, "apply", "--cached", "--whitespace=nowarn", "-", input=patch, env=env, error=PatchError)
+        tree = git(repo, "write-tree", env=env).strip()
+    if tree == git(repo, "rev-parse", f"{parent}^{{tree}}").strip():
+        raise PatchError("the patch changes nothing")
+    return git(repo, "commit-tree", tree, "-p", parent, "-m", message).strip()
+
+
+def export_tree(repo: Path, commit: str, dest: Path) -> None:
+    """Write the files of ``commit`` into ``dest`` (created; must not exist or be empty)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["git", "-C", str(repo), "archive", "--format=tar", commit],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        tar.extractall(dest, filter="data")
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.wait() != 0:
+        raise GitError(f"git archive {commit}: {stderr.strip() or 'failed'}")
+
+
+def diff(repo: Path, old: str, new: str) -> str:
+    return git(repo, "diff", old, new)
+
+
+def commit_file_hashes(repo: Path, commit: str, paths: Iterable[str]) -> dict[str, str]:
+    """sha256 of each file as stored in ``commit`` (``"missing"`` if absent)."""
+    hashes = {}
+    for rel in paths:
+        proc = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{rel}"], capture_output=True)
+        hashes[rel] = hashlib.sha256(proc.stdout).hexdigest() if proc.returncode == 0 else "missing"
+    return hashes
+
+
+def file_hashes(folder: Path, paths: Iterable[str]) -> dict[str, str]:
+    """sha256 of each file (``"missing"`` for one that does not exist)."""
+    hashes = {}
+    for rel in paths:
+        path = folder / rel
+        hashes[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return hashes
+
+
+_METRIC_LINE = r"^\+(?!\+\+).*\b{name}\b"
+
+
+def added_lines_mention(patch: str, word: str) -> bool:
+    """Whether a line the patch adds mentions ``word`` (e.g. the metric's name)."""
+    return re.search(_METRIC_LINE.format(name=re.escape(word)), patch, re.MULTILINE) is not None
