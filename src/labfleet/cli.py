@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -104,19 +105,19 @@ def baseline(
     as_json: JsonOption = False,
 ) -> None:
     """Run the unmodified target (its HEAD commit) through the harness and show the result."""
-    from labfleet import harness, scaffold, workspace
-    from labfleet.target import load_target
+    from labfleet import harness, workspace
+    from labfleet.target import STATE_DIR, load_target
 
     loaded = load_target(target)
     root = loaded.root
     if not workspace.is_repo(root):
         raise LabfleetError(f"{root} is not a git repo (labfleet runs committed versions)")
-    dirty = [f for f in workspace.dirty_files(root) if not f.startswith(scaffold.STATE_DIR)]
+    workspace.exclude_path(root, f"/{STATE_DIR}/")
+    dirty = workspace.dirty_files(root)
     if dirty:
         err_console.print(f"[yellow]note:[/] uncommitted changes are not part of the baseline: {', '.join(dirty[:5])}")
-    workspace.exclude_path(root, f"/{scaffold.STATE_DIR}/")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = root / scaffold.STATE_DIR / "runs" / f"baseline-{stamp}-s{seed}"
+    run_dir = root / STATE_DIR / "runs" / f"baseline-{stamp}-s{seed}"
     request = harness.RunRequest(
         target_dir=root,
         run_dir=run_dir,
@@ -193,3 +194,234 @@ def _print_result(result: RunResult) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _state_dir(root: Path) -> Path:
+    from labfleet.target import STATE_DIR
+
+    return root / STATE_DIR
+
+
+def _open_ledger(target: Path, must_exist: bool = True) -> tuple[Path, Any]:
+    from labfleet.ledger import LEDGER_FILE, Ledger
+
+    root = target.resolve()
+    state_dir = _state_dir(root)
+    if must_exist and not (state_dir / LEDGER_FILE).exists():
+        raise LabfleetError(f"no labfleet ledger in {root}: start a session with `labfleet run`")
+    return root, Ledger.for_target(state_dir)
+
+
+@app.command()
+def run(
+    target: TargetOption = Path("."),
+    workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. [default: 1]", min=1)] = None,
+    researcher: Annotated[str | None, typer.Option(help="greedy, random, grid or optuna. [default: greedy]")] = None,
+    max_experiments: Annotated[int | None, typer.Option(help="Stop proposing after this many experiments (baseline not counted).", min=1)] = None,
+    hours: Annotated[float | None, typer.Option(help="Stop proposing after this many hours.", min=0)] = None,
+    until: Annotated[float | None, typer.Option(help="Stop once the best metric reaches this value.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=0.1)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for runs and for the researcher. [default: 0]")] = None,
+    margin: Annotated[float | None, typer.Option(help="A keep must beat the best by more than this. [default: 0]", min=0)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per worker. [default: 1]", min=1)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). [default: cpu]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
+    new: Annotated[bool, typer.Option("--new", help="Start a new session even if the latest one is unfinished.")] = False,
+) -> None:
+    """Run a research session: propose, run on every worker, keep or discard, until a limit.
+
+    Re-running the command (or --resume) continues the latest unfinished session,
+    including one whose orchestrator was killed: finished runs are collected, lost
+    ones retried. Options given on a resume override the recorded ones.
+    """
+    from dataclasses import replace
+
+    from labfleet.executors.local import LocalExecutor
+    from labfleet.ledger import SessionLock
+    from labfleet.researchers import make_researcher
+    from labfleet.session import SessionConfig, SessionLoop, start_session
+    from labfleet.target import load_target
+
+    if resume and new:
+        raise LabfleetError("--resume and --new exclude each other")
+    loaded = load_target(target)
+    root = loaded.root
+    state_dir = _state_dir(root)
+    lock = SessionLock(state_dir)
+    lock.acquire()
+    _, ledger = _open_ledger(root, must_exist=False)
+    given = {k: v for k, v in dict(
+        researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
+        budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device,
+    ).items() if v is not None}
+    try:
+        latest = ledger.session()
+        if not new and latest is not None and latest["status"] != "finished":
+            config = replace(SessionConfig.from_json(json.loads(latest["config"])), **given)
+            session_id = latest["id"]
+            ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(config.to_json()), session_id))
+            console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers)")
+        elif resume:
+            raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
+        else:
+            config = SessionConfig(**given)
+            researcher_obj = make_researcher(config.researcher, seed=config.seed)  # fail before recording
+            del researcher_obj
+            if config.device not in ("cpu", "cuda"):
+                raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
+            session_id = start_session(loaded, ledger, config)
+            console.print(f"session {session_id}: {config.researcher} on {config.workers} worker(s), "
+                          f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run")
+        devices = [f"cuda:{i}" for i in range(config.workers)] if config.device == "cuda" else None
+        executor = LocalExecutor(config.workers, threads=config.threads, devices=devices)
+        loop = SessionLoop(
+            target=loaded, ledger=ledger, executor=executor,
+            researcher=make_researcher(config.researcher, seed=config.seed),
+            session_id=session_id, config=config, state_dir=state_dir, on_event=_print_event,
+        )
+        try:
+            reason = loop.run()
+        except KeyboardInterrupt:
+            err_console.print("interrupted: running experiments were stopped and queued again; "
+                              "`labfleet run --resume` continues")
+            raise typer.Exit(130) from None
+        console.print(f"session {session_id} finished: {reason}")
+        _print_best(root, ledger, session_id, loaded.spec.metric)
+    finally:
+        ledger.close()
+        lock.release()
+
+
+def _print_event(event: Any) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    style = {"kept": "bold green", "baseline": "bold", "failed": "red", "rejected": "red",
+             "lost": "yellow", "started": "dim", "stopping": "cyan"}.get(event.kind, "")
+    text = f"{stamp} {event.message}"
+    console.print(f"[{style}]{_escape(text)}[/]" if style else _escape(text), highlight=False, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command()
+def status(
+    target: TargetOption = Path("."),
+    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Where the session stands: running or not, counts, best so far, what each worker runs."""
+    from labfleet.views import status_view
+
+    root, ledger = _open_ledger(target)
+    view = status_view(ledger, _state_dir(root), session)
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return
+    state = view["state"] + (f" (orchestrator pid {view['orchestrator_pid']})" if view["orchestrator_pid"] else "")
+    console.print(f"session {view['session']} [bold]{state}[/]  {view['researcher']}, "
+                  f"{view['config'].get('workers', 1)} worker(s), {view['elapsed_seconds'] / 60:.1f} min")
+    d, r = view["decisions"], view["runs"]
+    console.print(f"experiments {view['experiments']}: kept {d.get('kept', 0)}, discarded {d.get('discarded', 0)}, "
+                  f"failed {d.get('failed', 0)}, pending {d.get('pending', 0)}  |  runs running {r.get('running', 0)}, "
+                  f"queued {r.get('queued', 0)}, lost {r.get('lost', 0)}")
+    if view["best"]:
+        b = view["best"]
+        delta = b["metric"] - view["baseline_metric"] if view["baseline_metric"] is not None else 0.0
+        console.print(f"best: e{b['id']} {b['metric']:.6f} ({delta:+.6f} vs baseline) {b['commit_sha'][:10]}  {b['description']}")
+    for w in view["running"]:
+        console.print(f"  {w['worker']}: e{w['experiment']} for {w['seconds']:.0f} s  {w['description']}")
+
+
+@app.command()
+def results(
+    target: TargetOption = Path("."),
+    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    last: Annotated[int, typer.Option(help="Show the most recent N experiments.", min=1)] = 50,
+    all_: Annotated[bool, typer.Option("--all", help="Show every experiment.")] = False,
+    as_json: JsonOption = False,
+    tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv format (every experiment).")] = False,
+) -> None:
+    """Every experiment with its latest run: status, metric, decision, commit."""
+    from labfleet.target import load_target
+    from labfleet.views import results_tsv, results_view
+
+    root, ledger = _open_ledger(target)
+    if tsv:
+        sys.stdout.write(results_tsv(ledger, load_target(root, check_files=False).spec.metric, session))
+        return
+    rows = results_view(ledger, session, None if all_ else last)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("exp", "commit", "status", "metric", "decision", "worker", "description"):
+        table.add_column(col, justify="right" if col in ("exp", "metric") else "left")
+    styles = {"kept": "green", "baseline": "bold", "failed": "red"}
+    for r in rows:
+        metric = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
+        desc = r["description"] + (f"  ({r['reason']})" if r["reason"] and r["status"] != "done" else "")
+        table.add_row(str(r["experiment"]), r["commit"] or "-", r["status"] or "-", metric,
+                      f"[{styles.get(r['decision'], '')}]{r['decision']}[/]", r["worker"] or "-", _escape(desc))
+    console.print(table)
+
+
+@app.command()
+def best(
+    target: TargetOption = Path("."),
+    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The best version found: its metric against the baseline, its commit, and its diff."""
+    from labfleet.target import load_target
+
+    root, ledger = _open_ledger(target)
+    if as_json:
+        from labfleet.views import best_view
+
+        print(json.dumps(best_view(ledger, root, session), indent=2))
+        return
+    _print_best(root, ledger, session, load_target(root, check_files=False).spec.metric)
+
+
+def _print_best(root: Path, ledger: Any, session: int | None, metric: str) -> None:
+    from rich.syntax import Syntax
+
+    from labfleet.views import best_view
+
+    view = best_view(ledger, root, session)
+    if view["experiment"] is None or not view["keeps"]:
+        console.print(f"best: the baseline, {metric} {view['baseline_metric']:.6f} (no change beat it)")
+        return
+    console.print(f"best: e{view['experiment']} {metric} [bold green]{view['metric']:.6f}[/] vs baseline "
+                  f"{view['baseline_metric']:.6f} ({view['improvement']:+.6f}), {view['keeps']} keep(s)")
+    console.print(f"commit {view['commit'][:10]} on branch {view['branch']} (git show {view['commit'][:10]})")
+    if view["diff"]:
+        console.print(Syntax(view["diff"], "diff", theme="ansi_dark", background_color="default"))
+
+
+@app.command()
+def export(
+    target: TargetOption = Path("."),
+    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write; - for stdout.")] = Path("results.tsv"),
+    tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv columns (the only format).")] = True,
+) -> None:
+    """Write autoresearch's results.tsv (commit, metric, memory_gb, status, description)."""
+    from labfleet.target import load_target
+    from labfleet.views import results_tsv
+
+    root, ledger = _open_ledger(target)
+    text = results_tsv(ledger, load_target(root, check_files=False).spec.metric, session)
+    if str(output) == "-":
+        sys.stdout.write(text)
+        return
+    output.write_text(text)
+    console.print(f"wrote {output} ({text.count(chr(10)) - 1} experiments)")

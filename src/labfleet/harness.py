@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m labfleet.harness REQUEST.json", file=sys.stderr)
         return 2
+    # SIGTERM (a cancel) unwinds through run_command, which kills the training run's group.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     request = RunRequest.from_json(json.loads(Path(args[0]).read_text()))
     result = run_experiment(request)
     print(json.dumps(result.to_json()))

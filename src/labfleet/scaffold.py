@@ -9,10 +9,9 @@ from pathlib import Path
 
 from labfleet import workspace
 from labfleet.errors import ConfigError
-from labfleet.target import CONFIG_FILE, format_value, load_target, parse_config
+from labfleet.target import CONFIG_FILE, STATE_DIR, format_value, load_target, parse_config
 
 BUNDLED = ("tinygpt",)
-STATE_DIR = ".labfleet"  # per-target runs, logs (and later the ledger); git-excluded
 
 
 def bundled_path(name: str) -> Path:
@@ -32,7 +31,8 @@ def init_bundled(dest: Path, name: str = "tinygpt") -> str:
         load_target(dest)  # the bundled target must itself be valid
         commit = workspace.init_repo(dest, f"{name}: initial target (labfleet init)")
     except BaseException:
-        shutil.rmtree(dest) if created else None  # leave nothing half-made behind
+        if created:  # leave nothing half-made behind
+            shutil.rmtree(dest)
         raise
     workspace.exclude_path(dest, f"/{STATE_DIR}/")
     return commit

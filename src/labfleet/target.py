@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labfleet.errors import ConfigError
 
 CONFIG_FILE = "labfleet.toml"
+STATE_DIR = ".labfleet"  # per-target ledger, runs and logs; git-excluded
 KnobValue = int | float | str | bool
 
 _KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -155,6 +156,10 @@ class Target:
 
     root: Path
     config: TargetConfig
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
 
     @property
     def spec(self) -> TargetSpec:

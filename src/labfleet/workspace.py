@@ -182,3 +182,26 @@ _METRIC_LINE = r"^\+(?!\+\+).*\b{name}\b"
 def added_lines_mention(patch: str, word: str) -> bool:
     """Whether a line the patch adds mentions ``word`` (e.g. the metric's name)."""
     return re.search(_METRIC_LINE.format(name=re.escape(word)), patch, re.MULTILINE) is not None
+
+
+def update_ref(repo: Path, ref: str, commit: str) -> None:
+    git(repo, "update-ref", ref, commit)
+
+
+def advance_branch(repo: Path, branch: str, commit: str, message: str) -> str:
+    """Move ``branch`` to ``commit``'s version, keeping the branch's history linear in keeps.
+
+    When the kept commit descends from the branch head, this is a fast-forward.
+    Otherwise (it was proposed from an older champion while another change was
+    kept) a commit with the kept tree and both parents records the switch, so
+    ``git log --first-parent`` lists the keeps in order.
+    """
+    ref = f"refs/heads/{branch}"
+    head = resolve(repo, ref)
+    if git(repo, "merge-base", head, commit).strip() == head:
+        git(repo, "update-ref", ref, commit, head)
+        return commit
+    tree = git(repo, "rev-parse", f"{commit}^{{tree}}").strip()
+    new = git(repo, "commit-tree", tree, "-p", head, "-p", commit, "-m", message).strip()
+    git(repo, "update-ref", ref, new, head)
+    return new

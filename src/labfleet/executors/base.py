@@ -1,0 +1,103 @@
+"""The executor contract: runs harness requests on worker slots.
+
+Call order, driven only by the session loop:
+
+    executor = LocalExecutor(...)          # or ray / skypilot / simulated
+    executor.workers()                     # the slots: id, hardware class, price
+    executor.start(job)                    # returns at once; the run goes on elsewhere
+    executor.poll()                        # finished jobs since the last poll (never blocks long)
+    executor.cancel(run_id)                # kill a running job (it is then reported by poll as lost)
+    executor.adopt(job, handle)            # after an orchestrator restart: follow a job it started
+    executor.close()                       # stop everything still running
+
+Rules every executor follows (the conformance suite in ``executors/conformance.py``
+checks them):
+- ``start`` never waits for the run, for setup or for anything slow.
+- Each finished job is reported by ``poll`` exactly once, as a ``Finished`` with the
+  harness's ``RunResult`` (any outcome), or with ``result=None`` and a reason when the
+  infrastructure lost it (worker gone, harness died, cancelled). The session retries
+  lost jobs; it never retries a result the harness returned.
+- One job per worker at a time; ``start`` on a busy worker raises ``ExecutorError``.
+- The harness writes ``result.json`` into the job's run directory before its process
+  exits; ``adopt`` uses that to collect a run that finished while nobody was polling.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from labfleet.errors import LabfleetError
+from labfleet.harness import RunRequest, RunResult
+
+
+class ExecutorError(LabfleetError):
+    pass
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A slot that runs one experiment at a time."""
+
+    id: str  # unique within the fleet, e.g. "local-0"
+    hardware: str  # hardware class: "cpu", "H100", "H200", ...
+    device: str = "cpu"  # what the harness passes as LABFLEET_DEVICE
+    threads: int = 1
+    price_per_hour: float = 0.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to execute: the harness request and the worker it is placed on."""
+
+    run_id: int
+    worker_id: str
+    request: RunRequest
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job that ended: the harness's result, or None when it was lost."""
+
+    run_id: int
+    worker_id: str
+    result: RunResult | None
+    reason: str = ""  # why it was lost (when result is None)
+
+
+class Executor(abc.ABC):
+    """Base class for executors (see the module docstring for the call order)."""
+
+    name: str = "executor"
+
+    @abc.abstractmethod
+    def workers(self) -> list[Worker]:
+        """The worker slots (stable ids)."""
+
+    @abc.abstractmethod
+    def start(self, job: Job) -> str:
+        """Start a job on its worker and return a handle (e.g. a pid) to record in the ledger."""
+
+    @abc.abstractmethod
+    def poll(self) -> list[Finished]:
+        """Jobs that finished since the last call; returns quickly."""
+
+    @abc.abstractmethod
+    def cancel(self, run_id: int) -> None:
+        """Stop a running job; it is reported by ``poll`` as lost ("cancelled")."""
+
+    @abc.abstractmethod
+    def adopt(self, job: Job, handle: str) -> None:
+        """Follow a job started by an earlier orchestrator (same run dir, recorded handle).
+
+        If it already finished, the next ``poll`` reports its result; if its process is
+        gone without a result, the next ``poll`` reports it lost.
+        """
+
+    @abc.abstractmethod
+    def running(self) -> list[int]:
+        """Run ids started or adopted and not yet reported by ``poll``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop every job still running and release resources."""

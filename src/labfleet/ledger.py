@@ -1,0 +1,415 @@
+"""The ledger: one SQLite file per target folder, the single source of truth.
+
+Sessions, experiments, runs, workers and an event log. Every state change is
+written (and committed) here before it is acted on, so a killed orchestrator
+resumes from the file alone. WAL mode lets readers (``labfleet status``, the
+dashboard) read while a session writes.
+
+Only the session loop and the CLI write; researchers and analysis get frozen
+records (``labfleet.records``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from labfleet.errors import LabfleetError
+from labfleet.records import Decision, Experiment, Run, RunStatus
+
+LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = "session.lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    researcher TEXT NOT NULL,
+    config TEXT NOT NULL,            -- JSON: workers, budget, limits, margin, seed, ...
+    branch TEXT NOT NULL,            -- the lineage branch, labfleet/<id>
+    base_commit TEXT NOT NULL,
+    frozen_hashes TEXT NOT NULL,     -- JSON: path -> sha256, recorded at the start
+    status TEXT NOT NULL,            -- running | stopped | finished
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    parent_id INTEGER REFERENCES experiments(id),
+    commit_sha TEXT NOT NULL,
+    patch TEXT NOT NULL,
+    description TEXT NOT NULL,
+    hypothesis TEXT NOT NULL,
+    knobs TEXT NOT NULL,             -- JSON: every knob's value at this version
+    tags TEXT NOT NULL,              -- JSON
+    seed INTEGER NOT NULL,
+    budget_seconds REAL NOT NULL,
+    decision TEXT NOT NULL,
+    metric REAL,
+    created_at REAL NOT NULL,
+    decided_at REAL
+);
+CREATE INDEX IF NOT EXISTS experiments_session ON experiments(session_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    worker TEXT,
+    hardware TEXT,
+    handle TEXT,                     -- executor's handle (a pid for local runs)
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    metric REAL,
+    figures TEXT NOT NULL DEFAULT '{}',
+    reason TEXT NOT NULL DEFAULT '',
+    run_dir TEXT,
+    log_path TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_session_status ON runs(session_id, status);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
+CREATE TABLE IF NOT EXISTS workers (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    id TEXT NOT NULL,
+    hardware TEXT NOT NULL,
+    device TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    price_per_hour REAL NOT NULL,
+    PRIMARY KEY (session_id, id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events(session_id);
+"""
+
+ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+class LedgerError(LabfleetError):
+    pass
+
+
+class SessionLocked(LedgerError):
+    pass
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(dict(value) if isinstance(value, Mapping) else value, sort_keys=True)
+
+
+class Ledger:
+    """A connection to one ledger file. Not shared between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; fine under WAL
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def for_target(cls, state_dir: Path) -> Ledger:
+        return cls(state_dir / LEDGER_FILE)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ----------------------------------------------------------------- sessions
+
+    def create_session(
+        self, target: str, researcher: str, config: Mapping[str, Any], branch_prefix: str,
+        base_commit: str, frozen_hashes: Mapping[str, str],
+    ) -> int:
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO sessions (target, researcher, config, branch, base_commit, frozen_hashes,"
+                " status, created_at, updated_at) VALUES (?, ?, ?, '', ?, ?, 'running', ?, ?)",
+                (target, researcher, _dumps(config), base_commit, _dumps(frozen_hashes), now, now),
+            )
+            session_id = int(cur.lastrowid or 0)
+            db.execute("UPDATE sessions SET branch = ? WHERE id = ?", (f"{branch_prefix}{session_id}", session_id))
+        return session_id
+
+    def session(self, session_id: int | None = None) -> sqlite3.Row | None:
+        """A session row; the latest one when ``session_id`` is None."""
+        if session_id is None:
+            return self.db.execute("SELECT * FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
+        return self.db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+
+    def set_session_status(self, session_id: int, status: str) -> None:
+        self.db.execute(
+            "UPDATE sessions SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), session_id)
+        )
+
+    def set_workers(self, session_id: int, workers: Iterable[Any]) -> None:
+        with self.transaction() as db:
+            for w in workers:
+                db.execute(
+                    "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?)",
+                    (session_id, w.id, w.hardware, w.device, w.threads, w.price_per_hour),
+                )
+
+    def workers(self, session_id: int) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM workers WHERE session_id = ? ORDER BY id", (session_id,)).fetchall()
+
+    # ----------------------------------------------------------------- experiments and runs
+
+    def add_experiment(
+        self, session_id: int, *, parent_id: int | None, commit: str, patch: str, description: str,
+        hypothesis: str, knobs: Mapping[str, Any], tags: Mapping[str, Any], seed: int,
+        budget_seconds: float, decision: Decision = Decision.PENDING, queue: bool = True,
+    ) -> tuple[int, int | None]:
+        """Record an experiment and (with ``queue``) its first queued run, in one transaction."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO experiments (session_id, parent_id, commit_sha, patch, description, hypothesis,"
+                " knobs, tags, seed, budget_seconds, decision, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (session_id, parent_id, commit, patch, description, hypothesis, _dumps(knobs), _dumps(tags),
+                 seed, budget_seconds, str(decision), now),
+            )
+            exp_id = int(cur.lastrowid or 0)
+            run_id = self._queue_run(db, session_id, exp_id, 1, now) if queue else None
+        return exp_id, run_id
+
+    @staticmethod
+    def _queue_run(db: sqlite3.Connection, session_id: int, exp_id: int, attempt: int, now: float) -> int:
+        cur = db.execute(
+            "INSERT INTO runs (experiment_id, session_id, attempt, status, queued_at) VALUES (?, ?, ?, 'queued', ?)",
+            (exp_id, session_id, attempt, now),
+        )
+        return int(cur.lastrowid or 0)
+
+    def add_final_run(self, session_id: int, exp_id: int, status: RunStatus, reason: str) -> int:
+        """A run that ended before it started (e.g. a patch rejected while materializing)."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (experiment_id, session_id, attempt, status, queued_at, ended_at, reason)"
+                " VALUES (?, ?, 1, ?, ?, ?, ?)",
+                (exp_id, session_id, str(status), now, now, reason),
+            )
+        return int(cur.lastrowid or 0)
+
+    def mark_running(
+        self, run_id: int, *, worker: str, hardware: str, run_dir: str, log_path: str
+    ) -> None:
+        """Written before the executor starts the run: a crash right after leaves a traceable row."""
+        self.db.execute(
+            "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
+            " started_at = ? WHERE id = ? AND status = 'queued'",
+            (worker, hardware, run_dir, log_path, time.time(), run_id),
+        )
+
+    def set_handle(self, run_id: int, handle: str) -> None:
+        self.db.execute("UPDATE runs SET handle = ? WHERE id = ?", (handle, run_id))
+
+    def finish_run(
+        self, run_id: int, status: RunStatus, *, metric: float | None = None,
+        figures: Mapping[str, Any] | None = None, reason: str = "", ended_at: float | None = None,
+        retry: bool = False,
+    ) -> int | None:
+        """Give a running (or queued) run its final status; with ``retry``, queue the next attempt.
+
+        Returns the new run's id when one was queued. A run that is already final is left
+        alone (a result is never counted twice).
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row["status"] not in ACTIVE:
+                return None
+            db.execute(
+                "UPDATE runs SET status = ?, metric = ?, figures = ?, reason = ?, ended_at = ? WHERE id = ?",
+                (str(status), metric, _dumps(figures or {}), reason, ended_at or time.time(), run_id),
+            )
+            if retry:
+                return self._queue_run(db, row["session_id"], row["experiment_id"], row["attempt"] + 1, time.time())
+        return None
+
+    def requeue(self, run_id: int) -> None:
+        """Put a queued-or-running run back in the queue (used when a start failed)."""
+        self.db.execute(
+            "UPDATE runs SET status = 'queued', worker = NULL, hardware = NULL, handle = NULL, started_at = NULL"
+            " WHERE id = ? AND status IN ('queued', 'running')",
+            (run_id,),
+        )
+
+    def decide(self, exp_id: int, decision: Decision, metric: float | None) -> None:
+        self.db.execute(
+            "UPDATE experiments SET decision = ?, metric = ?, decided_at = ? WHERE id = ?",
+            (str(decision), metric, time.time(), exp_id),
+        )
+
+    def set_commit(self, exp_id: int, commit: str) -> None:
+        self.db.execute("UPDATE experiments SET commit_sha = ? WHERE id = ?", (commit, exp_id))
+
+    # ----------------------------------------------------------------- reads
+
+    def experiment(self, exp_id: int) -> Experiment:
+        row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no experiment {exp_id}")
+        return experiment_record(row)
+
+    def experiments(self, session_id: int) -> list[Experiment]:
+        rows = self.db.execute("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (session_id,))
+        return [experiment_record(r) for r in rows]
+
+    def runs(self, session_id: int, statuses: Iterable[str] | None = None) -> list[Run]:
+        if statuses is None:
+            rows = self.db.execute("SELECT * FROM runs WHERE session_id = ? ORDER BY id", (session_id,))
+        else:
+            wanted = list(statuses)
+            marks = ",".join("?" * len(wanted))
+            rows = self.db.execute(
+                f"SELECT * FROM runs WHERE session_id = ? AND status IN ({marks}) ORDER BY id",
+                (session_id, *wanted),
+            )
+        return [run_record(r) for r in rows]
+
+    def run_rows(self, session_id: int, statuses: Iterable[str]) -> list[sqlite3.Row]:
+        wanted = list(statuses)
+        marks = ",".join("?" * len(wanted))
+        return self.db.execute(
+            f"SELECT * FROM runs WHERE session_id = ? AND status IN ({marks}) ORDER BY id", (session_id, *wanted)
+        ).fetchall()
+
+    def status_counts(self, session_id: int) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT status, COUNT(*) AS n FROM runs WHERE session_id = ? GROUP BY status", (session_id,)
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+    def decision_counts(self, session_id: int) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT decision, COUNT(*) AS n FROM experiments WHERE session_id = ? GROUP BY decision", (session_id,)
+        )
+        return {r["decision"]: r["n"] for r in rows}
+
+    def results(self, session_id: int) -> list[sqlite3.Row]:
+        """Each experiment with its latest run (one row per experiment), oldest first."""
+        return self.db.execute(
+            """SELECT e.*, r.id AS run_id, r.status AS run_status, r.worker, r.hardware, r.metric AS run_metric,
+                      r.figures, r.reason, r.started_at, r.ended_at, r.log_path, r.attempt
+               FROM experiments e
+               LEFT JOIN runs r ON r.id = (SELECT MAX(id) FROM runs WHERE experiment_id = e.id)
+               WHERE e.session_id = ? ORDER BY e.id""",
+            (session_id,),
+        ).fetchall()
+
+    # ----------------------------------------------------------------- events
+
+    def event(self, session_id: int | None, kind: str, **data: Any) -> None:
+        self.db.execute(
+            "INSERT INTO events (session_id, at, kind, data) VALUES (?, ?, ?, ?)",
+            (session_id, time.time(), kind, _dumps(data)),
+        )
+
+    def events(self, session_id: int, limit: int = 50) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT * FROM events WHERE session_id = ? ORDER BY id DESC LIMIT ?", (session_id, limit)
+        ).fetchall()
+
+
+def experiment_record(row: sqlite3.Row) -> Experiment:
+    return Experiment(
+        id=row["id"], session_id=row["session_id"], parent_id=row["parent_id"], commit=row["commit_sha"],
+        patch=row["patch"], description=row["description"], hypothesis=row["hypothesis"],
+        knobs=json.loads(row["knobs"]), tags=json.loads(row["tags"]), seed=row["seed"],
+        budget_seconds=row["budget_seconds"], decision=Decision(row["decision"]),
+        created_at=row["created_at"], metric=row["metric"],
+    )
+
+
+def run_record(row: sqlite3.Row) -> Run:
+    return Run(
+        id=row["id"], experiment_id=row["experiment_id"], attempt=row["attempt"], status=RunStatus(row["status"]),
+        worker=row["worker"], hardware=row["hardware"], queued_at=row["queued_at"], started_at=row["started_at"],
+        ended_at=row["ended_at"], metric=row["metric"], figures=json.loads(row["figures"]), reason=row["reason"],
+        run_dir=row["run_dir"], log_path=row["log_path"],
+    )
+
+
+# --------------------------------------------------------------------------- the session lock
+
+
+class SessionLock:
+    """One orchestrator per ledger: an flock on a file holding the owner's pid.
+
+    The kernel drops the lock when the process dies (even by kill -9), so a stale
+    lock never blocks a resume.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self.file: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise SessionLocked(
+                f"another labfleet session is running on this ledger (pid {holder}); "
+                "stop it first, or watch it with `labfleet status`"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the orchestrator holding the ledger, or None if no session runs."""
+    path = state_dir / LOCK_FILE
+    if not path.exists():
+        return None
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None

@@ -1,0 +1,37 @@
+"""The researcher contract: proposes experiments from a frozen snapshot of the ledger.
+
+Call order, driven only by the session loop:
+
+    researcher = make_researcher(name, seed=...)
+    researcher.propose(state, n)      # whenever workers are free: at most n proposals
+    researcher.observe(state, result) # once per finished experiment, in finishing order
+    ... repeat ...
+
+A researcher never touches workers, the ledger, git or files: it sees ``SessionState``
+and ``Result`` records (read-only) and returns ``Proposal`` records. After a restart
+the session calls ``propose`` with the full history, so a researcher that keeps
+internal state must rebuild it from ``state.history`` (``observe`` is not replayed).
+
+A researcher that has nothing left to try returns an empty list; the session stops
+when no researcher work is pending and nothing is running.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+from labfleet.records import Proposal, Result, SessionState
+
+
+class Researcher(abc.ABC):
+    """Base class. Subclasses set ``name`` and implement ``propose``."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def propose(self, state: SessionState, n: int) -> list[Proposal]:
+        """Up to ``n`` new proposals (``n >= 1``: the number of free workers to fill)."""
+
+    def observe(self, state: SessionState, result: Result) -> None:  # noqa: B027 - optional hook
+        """A finished experiment (optional: stateless researchers read ``state.history``)."""

@@ -1,0 +1,462 @@
+"""The session loop: keeps every worker busy, records everything, keeps or discards.
+
+The only place where stages meet (see DESIGN.md): the researcher proposes, this
+loop materializes proposals as commits and queues them in the ledger, places
+queued runs on free workers, collects results, decides, and tells the researcher.
+One event per tick, as in Ray Tune's controller:
+
+    recover()                      # once: adopt runs a killed orchestrator left behind
+    while not finished:
+        collect one finished run   # ledger first, then decide, then researcher.observe
+        place queued runs          # validate-first ordering comes later; FIFO now
+        propose for free workers   # only when nothing is queued for them
+        sleep a tick if idle
+
+Every state change is written to the ledger before it is acted on, so a killed
+orchestrator resumes from the ledger: runs marked running are adopted from their
+run directory (collected if finished meanwhile, retried if lost).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labfleet import workspace
+from labfleet.errors import LabfleetError, PatchError
+from labfleet.executors.base import Executor, Finished, Job, Worker
+from labfleet.harness import RunRequest
+from labfleet.ledger import Ledger, run_record
+from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
+from labfleet.researchers.base import Researcher
+from labfleet.target import STATE_DIR, Target, knob_patch
+
+BRANCH_PREFIX = "labfleet/s"
+TICK_SECONDS = 0.02
+
+
+class SessionError(LabfleetError):
+    pass
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """A session's settings, recorded in the ledger so a resume uses the same ones."""
+
+    researcher: str = "greedy"
+    workers: int = 1
+    threads: int = 1
+    device: str = "cpu"
+    budget_seconds: float | None = None  # None: the target's
+    seed: int = 0
+    margin: float = 0.0  # a keep must beat the champion by more than this (metric units)
+    max_attempts: int = 3  # runs per experiment lost to infrastructure before giving up
+    max_experiments: int | None = None  # not counting the baseline
+    hours: float | None = None
+    until: float | None = None  # stop proposing once the champion reaches this metric
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SessionConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Event:
+    """What the loop tells its caller (the CLI prints these as progress)."""
+
+    kind: str  # started, finished, kept, rejected, lost, stopped, ...
+    message: str
+    experiment: Experiment | None = None
+    run: Run | None = None
+
+
+def start_session(target: Target, ledger: Ledger, config: SessionConfig) -> int:
+    """Record a new session: the lineage branch at HEAD and the baseline experiment, queued."""
+    repo = target.root
+    if not workspace.is_repo(repo):
+        raise SessionError(f"{repo} is not a git repo (labfleet records versions as commits)")
+    workspace.exclude_path(repo, f"/{STATE_DIR}/")
+    dirty = workspace.dirty_files(repo)
+    if dirty:
+        raise SessionError(f"the target has uncommitted changes ({', '.join(dirty[:3])}): commit or stash them first")
+    head = workspace.resolve(repo)
+    hashes = workspace.commit_file_hashes(repo, head, target.spec.frozen)
+    session_id = ledger.create_session(
+        target.spec.name, config.researcher, config.to_json(), BRANCH_PREFIX, head, hashes
+    )
+    session = ledger.session(session_id)
+    assert session is not None
+    workspace.update_ref(repo, f"refs/heads/{session['branch']}", head)
+    knobs = target.read_knobs({f: workspace.show_file(repo, head, f) for f in _knob_files(target)})
+    exp_id, _ = ledger.add_experiment(
+        session_id, parent_id=None, commit=head, patch="", description="baseline", hypothesis="",
+        knobs=knobs, tags={"role": "baseline"}, seed=config.seed,
+        budget_seconds=config.budget_seconds or target.spec.budget_seconds, decision=Decision.PENDING,
+    )
+    ledger.event(session_id, "session_started", base=head, researcher=config.researcher)
+    return session_id
+
+
+def _knob_files(target: Target) -> set[str]:
+    return {k.file for k in target.knobs.values()}
+
+
+@dataclass
+class _Champion:
+    experiment: Experiment | None = None
+    metric: float | None = None
+
+
+@dataclass
+class SessionLoop:
+    target: Target
+    ledger: Ledger
+    executor: Executor
+    researcher: Researcher
+    session_id: int
+    config: SessionConfig
+    state_dir: Path
+    on_event: Callable[[Event], None] = lambda event: None
+    clock: Callable[[], float] = time.time
+    # runtime state, rebuilt from the ledger on start
+    busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
+    champion: _Champion = field(default_factory=_Champion)
+    exhausted: bool = False  # the researcher had nothing more to propose
+    stop_reason: str = ""
+
+    def __post_init__(self) -> None:
+        session = self.ledger.session(self.session_id)
+        if session is None:
+            raise SessionError(f"no session {self.session_id} in the ledger")
+        self.session = session
+        self.branch: str = session["branch"]
+        self.frozen_hashes: dict[str, str] = json.loads(session["frozen_hashes"])
+        self.workers: dict[str, Worker] = {w.id: w for w in self.executor.workers()}
+        self.ledger.set_workers(self.session_id, self.workers.values())
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> str:
+        """Run until a limit is reached and nothing is left running; returns why it stopped."""
+        self.ledger.set_session_status(self.session_id, "running")
+        self.recover()
+        try:
+            while True:
+                progressed = self.step()
+                if self.finished():
+                    break
+                if not progressed:
+                    time.sleep(TICK_SECONDS)
+        except BaseException:
+            self.interrupt()
+            raise
+        self.ledger.set_session_status(self.session_id, "finished")
+        self.ledger.event(self.session_id, "session_finished", reason=self.stop_reason)
+        self.on_event(Event("finished", self.stop_reason))
+        return self.stop_reason
+
+    def step(self) -> bool:
+        """One tick: collect finished runs, place queued ones, propose for idle workers."""
+        progressed = False
+        for finished in self.executor.poll():
+            self.collect(finished)
+            progressed = True
+        progressed |= self.place_queued()
+        free = self.free_workers()
+        if free and self.may_propose() and not self.ledger.run_rows(self.session_id, ["queued"]):
+            progressed |= self.propose(len(free))
+            progressed |= self.place_queued()
+        return progressed
+
+    def finished(self) -> bool:
+        if self.may_propose():
+            return False
+        active = self.ledger.run_rows(self.session_id, ["queued", "running"])
+        return not active
+
+    def may_propose(self) -> bool:
+        cfg = self.config
+        if self.stop_reason:
+            return False
+        reason = ""
+        if self.exhausted:
+            reason = "the researcher has nothing more to propose"
+        elif cfg.max_experiments is not None and self.proposed_count() >= cfg.max_experiments:
+            reason = f"reached --max-experiments {cfg.max_experiments}"
+        elif cfg.hours is not None and self.clock() - self.session["created_at"] >= cfg.hours * 3600:
+            reason = f"reached --hours {cfg.hours:g}"
+        elif cfg.until is not None and self.champion.metric is not None and not self._better(cfg.until, self.champion.metric):
+            reason = f"reached --until {cfg.until:g}"
+        if reason:
+            self.stop_reason = reason
+            self.ledger.event(self.session_id, "stop_proposing", reason=reason)
+            self.on_event(Event("stopping", f"{reason}; waiting for running experiments"))
+            return False
+        return True
+
+    def proposed_count(self) -> int:
+        counts = self.ledger.decision_counts(self.session_id)
+        return sum(counts.values()) - counts.get(str(Decision.BASELINE), 0) - self._baseline_pending()
+
+    def _baseline_pending(self) -> int:
+        baseline = self.baseline()
+        return int(baseline is not None and baseline.decision == Decision.PENDING)
+
+    def interrupt(self) -> None:
+        """Ctrl-C or an error: stop local runs and queue them again for a resume."""
+        running = self.executor.running()
+        self.executor.close()
+        for run_id in running:
+            self.ledger.finish_run(run_id, RunStatus.LOST, reason="orchestrator interrupted", retry=True)
+        self.ledger.set_session_status(self.session_id, "stopped")
+        self.ledger.event(self.session_id, "session_stopped", requeued=len(running))
+
+    # ----------------------------------------------------------------- recovery
+
+    def recover(self) -> None:
+        """Rebuild runtime state from the ledger; adopt runs an earlier orchestrator started."""
+        for exp in self.ledger.experiments(self.session_id):
+            if exp.decision == Decision.BASELINE or exp.decision == Decision.KEPT:
+                self.champion = _Champion(exp, exp.metric)
+        for row in self.ledger.run_rows(self.session_id, ["running"]):
+            worker = row["worker"]
+            if worker not in self.workers or worker in self.busy:
+                # the fleet changed since: the run cannot be followed on a known slot
+                job = self._job(row, self.workers[next(iter(self.workers))])
+                self.executor.adopt(job, row["handle"] or "")
+                continue
+            self.busy[worker] = row["id"]
+            self.executor.adopt(self._job(row, self.workers[worker]), row["handle"] or "")
+            self.ledger.event(self.session_id, "run_adopted", run=row["id"], worker=worker)
+        # experiments whose final run was recorded but whose decision was not
+        for exp in self.ledger.experiments(self.session_id):
+            if exp.decision == Decision.PENDING:
+                run = self.latest_run(exp.id)
+                if run is not None and run.status.final and run.status != RunStatus.LOST:
+                    self.decide(exp.id)
+
+    # ----------------------------------------------------------------- collecting
+
+    def collect(self, finished: Finished) -> None:
+        run_row = self.ledger.db.execute("SELECT * FROM runs WHERE id = ?", (finished.run_id,)).fetchone()
+        self.busy = {w: r for w, r in self.busy.items() if r != finished.run_id}
+        if run_row is None or run_row["status"] != "running":
+            return  # already final (e.g. recorded before a restart): never count twice
+        exp_id = run_row["experiment_id"]
+        result = finished.result
+        if result is None:
+            retry = run_row["attempt"] < self.config.max_attempts
+            self.ledger.finish_run(finished.run_id, RunStatus.LOST, reason=finished.reason, retry=retry)
+            self.ledger.event(self.session_id, "run_lost", run=finished.run_id, reason=finished.reason, retry=retry)
+            self.on_event(Event("lost", f"e{exp_id} lost on {finished.worker_id}: {finished.reason}"
+                                + ("; retrying" if retry else "; giving up")))
+            if not retry:
+                self.decide(exp_id)
+            return
+        self.ledger.finish_run(
+            finished.run_id, RunStatus.from_outcome(result.outcome), metric=_finite(result.metric),
+            figures=result.figures, reason=result.reason, ended_at=result.ended_at,
+        )
+        self.decide(exp_id)
+
+    def decide(self, exp_id: int) -> None:
+        exp = self.ledger.experiment(exp_id)
+        run = self.latest_run(exp_id)
+        if run is None or exp.decision != Decision.PENDING:
+            return
+        ok = run.status == RunStatus.DONE and run.metric is not None
+        if exp.parent_id is None:  # the baseline
+            if not ok:
+                raise SessionError(f"the baseline run {run.status}: {run.reason or 'see ' + str(run.log_path)}")
+            self.ledger.decide(exp_id, Decision.BASELINE, run.metric)
+            exp = self.ledger.experiment(exp_id)
+            self.champion = _Champion(exp, run.metric)
+            self.on_event(Event("baseline", f"baseline {self._fmt(run.metric)}", exp, run))
+            self.researcher.observe(self.state(), Result(exp, run))
+            for other in self.ledger.experiments(self.session_id):  # results that waited for it
+                if other.decision == Decision.PENDING and other.id != exp_id:
+                    latest = self.latest_run(other.id)
+                    if latest is not None and latest.status.final and latest.status != RunStatus.LOST:
+                        self.decide(other.id)
+            return
+        if not ok:
+            self.ledger.decide(exp_id, Decision.FAILED, None)
+            self.on_event(Event("failed", f"e{exp_id} {run.status}: {run.reason}  [{exp.description}]", exp, run))
+        elif self.champion.metric is None:
+            return  # decided once the baseline is known
+        else:
+            assert run.metric is not None
+            champion = self.champion.metric
+            if self._better(run.metric, champion, margin=self.config.margin):
+                self.ledger.decide(exp_id, Decision.KEPT, run.metric)
+                exp = self.ledger.experiment(exp_id)
+                workspace.advance_branch(
+                    self.target.root, self.branch, exp.commit,
+                    f"keep e{exp_id}: {exp.description} ({self.target.spec.metric} {run.metric:.6f})",
+                )
+                self.champion = _Champion(exp, run.metric)
+                self.ledger.event(self.session_id, "kept", experiment=exp_id, metric=run.metric, previous=champion)
+                self.on_event(Event("kept", f"e{exp_id} {self._fmt(run.metric)} KEPT ({run.metric - champion:+.4f})  [{exp.description}]", exp, run))
+            else:
+                self.ledger.decide(exp_id, Decision.DISCARDED, run.metric)
+                self.on_event(Event("discarded", f"e{exp_id} {self._fmt(run.metric)} discarded ({run.metric - champion:+.4f})  [{exp.description}]", exp, run))
+        final = self.ledger.experiment(exp_id)
+        self.researcher.observe(self.state(), Result(final, run))
+
+    def _better(self, a: float, b: float, margin: float = 0.0) -> bool:
+        if self.target.spec.direction == "minimize":
+            return a < b - margin
+        return a > b + margin
+
+    def _fmt(self, metric: float | None) -> str:
+        return f"{self.target.spec.metric} {metric:.6f}" if metric is not None else "-"
+
+    # ----------------------------------------------------------------- placing
+
+    def free_workers(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.id not in self.busy]
+
+    def place_queued(self) -> bool:
+        placed = False
+        free = self.free_workers()
+        if not free:
+            return False
+        for row in self.ledger.run_rows(self.session_id, ["queued"]):
+            if not free:
+                break
+            self.place(row, free.pop(0))
+            placed = True
+        return placed
+
+    def _job(self, row: Any, worker: Worker) -> Job:
+        exp = self.ledger.experiment(row["experiment_id"])
+        run_dir = Path(row["run_dir"]) if row["run_dir"] else self.run_dir(exp.id, row["id"])
+        request = RunRequest(
+            target_dir=self.target.root, run_dir=run_dir, commit=exp.commit, seed=exp.seed,
+            budget_seconds=exp.budget_seconds, device=worker.device, threads=worker.threads,
+            frozen_hashes=self.frozen_hashes,
+        )
+        return Job(run_id=row["id"], worker_id=worker.id, request=request)
+
+    def run_dir(self, exp_id: int, run_id: int) -> Path:
+        return self.state_dir / "runs" / f"s{self.session_id}" / f"e{exp_id}-r{run_id}"
+
+    def place(self, row: Any, worker: Worker) -> None:
+        job = self._job(row, worker)
+        run_dir = job.request.run_dir
+        # recorded before the start: a crash right after leaves a row that resume can follow
+        self.ledger.mark_running(
+            row["id"], worker=worker.id, hardware=worker.hardware, run_dir=str(run_dir),
+            log_path=str(run_dir / "run.log"),
+        )
+        self.busy[worker.id] = row["id"]
+        try:
+            handle = self.executor.start(job)
+        except LabfleetError:
+            self.busy.pop(worker.id, None)
+            self.ledger.requeue(row["id"])
+            raise
+        self.ledger.set_handle(row["id"], handle)
+        exp = self.ledger.experiment(row["experiment_id"])
+        self.on_event(Event("started", f"e{exp.id} started on {worker.id}  [{exp.description}]", exp))
+
+    # ----------------------------------------------------------------- proposing
+
+    def baseline(self) -> Experiment | None:
+        row = self.ledger.db.execute(
+            "SELECT id FROM experiments WHERE session_id = ? AND parent_id IS NULL ORDER BY id LIMIT 1",
+            (self.session_id,),
+        ).fetchone()
+        return self.ledger.experiment(row["id"]) if row else None
+
+    def latest_run(self, exp_id: int) -> Run | None:
+        row = self.ledger.db.execute(
+            "SELECT * FROM runs WHERE experiment_id = ? ORDER BY id DESC LIMIT 1", (exp_id,)
+        ).fetchone()
+        return run_record(row) if row else None
+
+    def state(self) -> SessionState:
+        """A frozen snapshot of the ledger for the researcher."""
+        experiments = self.ledger.experiments(self.session_id)
+        runs: dict[int, Run] = {}
+        for run in self.ledger.runs(self.session_id):
+            runs[run.experiment_id] = run  # the latest run per experiment
+        history, pending = [], []
+        for exp in experiments:
+            run = runs.get(exp.id)
+            if exp.decision == Decision.PENDING:
+                pending.append(exp)
+            elif run is not None:
+                history.append(Result(exp, run))
+        baseline = next((e for e in experiments if e.parent_id is None), None)
+        return SessionState(
+            session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
+            knobs=self.target.knobs, baseline=baseline, champion=self.champion.experiment or baseline,
+            history=tuple(history), pending=tuple(pending), free_workers=len(self.free_workers()),
+            seed=self.config.seed,
+        )
+
+    def propose(self, n: int) -> bool:
+        if self.config.max_experiments is not None:
+            n = min(n, self.config.max_experiments - self.proposed_count())
+        if n <= 0:
+            return False
+        proposals = self.researcher.propose(self.state(), n)[:n]
+        if not proposals:
+            self.exhausted = True
+            return False
+        for proposal in proposals:
+            self.materialize(proposal)
+        return True
+
+    def materialize(self, proposal: Proposal) -> int:
+        """Record a proposal as an experiment: a commit under refs/labfleet/, and a queued run."""
+        repo = self.target.root
+        champion = self.champion.experiment or self.baseline()
+        parent = self.ledger.experiment(proposal.parent) if proposal.parent is not None else champion
+        assert parent is not None
+        seed = proposal.seed if proposal.seed is not None else self.config.seed
+        budget = proposal.budget_seconds or self.config.budget_seconds or self.target.spec.budget_seconds
+        common = dict(parent_id=parent.id, description=proposal.description, hypothesis=proposal.hypothesis,
+                      tags=proposal.tags, seed=seed, budget_seconds=budget)
+        try:
+            commit = parent.commit
+            if proposal.patch:
+                commit = workspace.commit_patch(repo, commit, proposal.patch, proposal.description,
+                                                self.target.spec.editable)
+            sources = {f: workspace.show_file(repo, commit, f) for f in _knob_files(self.target)}
+            changed = {k: v for k, v in proposal.knobs.items() if self.target.read_knobs(sources).get(k) != v}
+            if changed:
+                patch = knob_patch(self.target, changed, sources)
+                commit = workspace.commit_patch(repo, commit, patch, proposal.description, self.target.spec.editable)
+            if commit == parent.commit:
+                raise PatchError("the proposal changes nothing")
+            full_patch = workspace.diff(repo, parent.commit, commit)
+            knobs = self.target.read_knobs({f: workspace.show_file(repo, commit, f) for f in _knob_files(self.target)})
+        except LabfleetError as exc:
+            exp_id, _ = self.ledger.add_experiment(
+                self.session_id, commit="", patch=proposal.patch, knobs=dict(proposal.knobs),
+                decision=Decision.FAILED, queue=False, **common,  # type: ignore[arg-type]
+            )
+            self.ledger.add_final_run(self.session_id, exp_id, RunStatus.REJECTED, str(exc))
+            self.on_event(Event("rejected", f"e{exp_id} rejected: {exc}  [{proposal.description}]"))
+            return exp_id
+        exp_id, _ = self.ledger.add_experiment(
+            self.session_id, commit=commit, patch=full_patch, knobs=knobs, **common  # type: ignore[arg-type]
+        )
+        workspace.update_ref(repo, f"refs/labfleet/s{self.session_id}/e{exp_id}", commit)
+        return exp_id
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+

@@ -1,0 +1,147 @@
+"""Read-side views over the ledger: what `status`, `results`, `best` and `export` show.
+
+Plain dicts (JSON-ready) built from a few indexed queries, so they stay fast on a
+ledger with hundreds of thousands of runs, and so the CLI, the dashboard and the
+MCP server show the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from labfleet import workspace
+from labfleet.errors import LabfleetError
+from labfleet.ledger import Ledger, lock_holder
+
+TSV_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
+
+
+def _session(ledger: Ledger, session_id: int | None) -> Any:
+    session = ledger.session(session_id)
+    if session is None:
+        raise LabfleetError("no session in this ledger yet: start one with `labfleet run`")
+    return session
+
+
+def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) -> dict[str, Any]:
+    session = _session(ledger, session_id)
+    sid = session["id"]
+    runs = ledger.status_counts(sid)
+    decisions = ledger.decision_counts(sid)
+    baseline = ledger.db.execute(
+        "SELECT metric FROM experiments WHERE session_id = ? AND decision = 'baseline'", (sid,)
+    ).fetchone()
+    best = ledger.db.execute(
+        "SELECT id, metric, description, commit_sha FROM experiments WHERE session_id = ?"
+        " AND decision IN ('baseline', 'kept') ORDER BY decided_at DESC, id DESC LIMIT 1",
+        (sid,),
+    ).fetchone()
+    running = ledger.db.execute(
+        "SELECT r.id, r.worker, r.started_at, e.id AS experiment_id, e.description FROM runs r"
+        " JOIN experiments e ON e.id = r.experiment_id WHERE r.session_id = ? AND r.status = 'running'"
+        " ORDER BY r.worker",
+        (sid,),
+    ).fetchall()
+    holder = lock_holder(state_dir) if session_id is None or session_id == sid else None
+    config = json.loads(session["config"])
+    now = time.time()
+    finished_runs = sum(n for s, n in runs.items() if s not in ("queued", "running"))
+    return {
+        "session": sid,
+        "state": "running" if holder else session["status"],
+        "orchestrator_pid": holder,
+        "target": session["target"],
+        "researcher": session["researcher"],
+        "branch": session["branch"],
+        "config": config,
+        "elapsed_seconds": round(now - session["created_at"], 1),
+        "experiments": sum(decisions.values()),
+        "decisions": decisions,
+        "runs": runs,
+        "finished_runs": finished_runs,
+        "baseline_metric": baseline["metric"] if baseline else None,
+        "best": dict(best) if best and best["metric"] is not None else None,
+        "running": [
+            {"run": r["id"], "experiment": r["experiment_id"], "worker": r["worker"],
+             "seconds": round(now - (r["started_at"] or now), 1), "description": r["description"]}
+            for r in running
+        ],
+    }
+
+
+def results_view(ledger: Ledger, session_id: int | None = None, last: int | None = 50) -> list[dict[str, Any]]:
+    """One row per experiment with its latest run; the ``last`` most recent (None: all)."""
+    session = _session(ledger, session_id)
+    limit = -1 if last is None else last
+    rows = ledger.db.execute(
+        """SELECT * FROM (
+             SELECT e.id, e.parent_id, e.commit_sha, e.description, e.hypothesis, e.decision, e.metric,
+                    e.knobs, e.tags, e.seed, e.budget_seconds,
+                    r.id AS run_id, r.status, r.worker, r.hardware, r.metric AS run_metric, r.figures,
+                    r.reason, r.started_at, r.ended_at, r.attempt, r.log_path
+             FROM experiments e
+             LEFT JOIN runs r ON r.id = (SELECT MAX(id) FROM runs WHERE experiment_id = e.id)
+             WHERE e.session_id = ? ORDER BY e.id DESC LIMIT ?)
+           ORDER BY id""",
+        (session["id"], limit),
+    ).fetchall()
+    out = []
+    for r in rows:
+        out.append({
+            "experiment": r["id"], "parent": r["parent_id"], "commit": r["commit_sha"][:10],
+            "decision": r["decision"], "status": r["status"], "metric": r["run_metric"],
+            "description": r["description"], "hypothesis": r["hypothesis"], "knobs": json.loads(r["knobs"]),
+            "tags": json.loads(r["tags"]), "seed": r["seed"], "budget_seconds": r["budget_seconds"],
+            "run": r["run_id"], "attempt": r["attempt"], "worker": r["worker"], "hardware": r["hardware"],
+            "reason": r["reason"], "figures": json.loads(r["figures"]) if r["figures"] else {},
+            "started_at": r["started_at"], "ended_at": r["ended_at"], "log_path": r["log_path"],
+        })
+    return out
+
+
+def best_view(ledger: Ledger, repo: Path, session_id: int | None = None) -> dict[str, Any]:
+    session = _session(ledger, session_id)
+    sid = session["id"]
+    rows = ledger.db.execute(
+        "SELECT * FROM experiments WHERE session_id = ? AND decision IN ('baseline', 'kept')"
+        " ORDER BY decided_at, id",
+        (sid,),
+    ).fetchall()
+    if not rows:
+        raise LabfleetError(f"session {sid} has no result yet (the baseline has not finished)")
+    baseline, best = rows[0], rows[-1]
+    diff = workspace.diff(repo, baseline["commit_sha"], best["commit_sha"]) if best is not baseline else ""
+    return {
+        "session": sid,
+        "experiment": best["id"],
+        "description": best["description"],
+        "metric": best["metric"],
+        "baseline_metric": baseline["metric"],
+        "improvement": None if best["metric"] is None else round(best["metric"] - baseline["metric"], 6),
+        "commit": best["commit_sha"],
+        "branch": session["branch"],
+        "keeps": len(rows) - 1,
+        "knobs": json.loads(best["knobs"]),
+        "diff": diff,
+    }
+
+
+def results_tsv(ledger: Ledger, metric: str, session_id: int | None = None) -> str:
+    """autoresearch's results.tsv: commit, metric, memory_gb, status (keep/discard/crash), description."""
+    header = "\t".join(c.format(metric=metric) for c in TSV_COLUMNS)
+    lines = [header]
+    for row in results_view(ledger, session_id, last=None):
+        if row["status"] in ("queued", "running"):
+            continue
+        kept = row["decision"] in ("kept", "baseline")
+        ok = row["status"] == "done"
+        memory_mb = row["figures"].get("peak_memory_mb", row["figures"].get("peak_vram_mb", 0.0))
+        memory_gb = float(memory_mb) / 1024 if ok and isinstance(memory_mb, int | float) else 0.0
+        value = row["metric"] if ok and row["metric"] is not None else 0.0
+        status = "keep" if kept else ("discard" if ok else "crash")
+        description = " ".join(row["description"].split())  # one line, no tabs
+        lines.append(f"{(row['commit'] or '0000000')[:7]}\t{value:.6f}\t{memory_gb:.1f}\t{status}\t{description}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,181 @@
+"""The session loop with real processes, real git and a real ledger (tiny budgets)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from labfleet.executors.local import LocalExecutor
+from labfleet.ledger import Ledger
+from labfleet.records import Decision, Proposal, RunStatus, SessionState
+from labfleet.researchers.base import Researcher
+from labfleet.session import SessionConfig, SessionError, SessionLoop, start_session
+from labfleet.target import load_target
+from tests.conftest import git, make_target
+
+# A train.py whose metric is a smooth function of its knobs: best at LEARNING_RATE = 1e-2.
+KNOB_TRAIN = """\
+import math, os, time
+import evalkit
+
+LEARNING_RATE = 1e-3  # step size
+N_LAYER = 2
+SLEEP = 0.0
+time.sleep(SLEEP)
+seed = int(os.environ["LABFLEET_SEED"])
+evalkit.report(1.0 + (math.log10(LEARNING_RATE) + 2) ** 2 + 0.01 * N_LAYER, num_steps=10, peak_memory_mb=2048)
+"""
+KNOBS_TOML = """
+[knobs]
+LEARNING_RATE = { file = "train.py", low = 1e-4, high = 1e-1, log = true }
+N_LAYER = { file = "train.py", choices = [1, 2, 3] }
+SLEEP = { file = "train.py", low = 0.0, high = 30.0 }
+"""
+
+
+class Scripted(Researcher):
+    """Proposes a fixed list, in order; then nothing."""
+
+    name = "scripted"
+
+    def __init__(self, proposals: list[Proposal]) -> None:
+        self.todo = list(proposals)
+        self.observed: list[int] = []
+        self.sizes: list[int] = []
+
+    def propose(self, state: SessionState, n: int) -> list[Proposal]:
+        self.sizes.append(n)
+        out, self.todo = self.todo[:n], self.todo[n:]
+        return out
+
+    def observe(self, state, result) -> None:
+        self.observed.append(result.experiment.id)
+
+
+def lab(tmp_path: Path, train: str = KNOB_TRAIN) -> Path:
+    return make_target(tmp_path / "lab", train, extra_toml=KNOBS_TOML, budget=1, timeout=6)
+
+
+def run_session(folder: Path, researcher: Researcher, workers: int = 2, **config) -> tuple[Ledger, SessionLoop]:
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=workers, **config)
+    sid = start_session(target, ledger, cfg)
+    loop = SessionLoop(target, ledger, LocalExecutor(workers), researcher, sid, cfg, folder / ".labfleet")
+    loop.run()
+    return ledger, loop
+
+
+def test_session_keeps_improvements_and_advances_the_lineage(tmp_path):
+    folder = lab(tmp_path)
+    researcher = Scripted([
+        Proposal("lr up", knobs={"LEARNING_RATE": 3e-3}),
+        Proposal("lr way down", knobs={"LEARNING_RATE": 1e-4}),
+        Proposal("lr best", knobs={"LEARNING_RATE": 1e-2}),
+        Proposal("fewer layers", knobs={"N_LAYER": 1}),
+    ])
+    ledger, loop = run_session(folder, researcher, workers=2, max_experiments=10)
+    sid = loop.session_id
+    exps = {e.description: e for e in ledger.experiments(sid)}
+    assert exps["baseline"].decision == Decision.BASELINE
+    assert exps["baseline"].metric == pytest.approx(2.02)
+    assert exps["lr way down"].decision == Decision.DISCARDED
+    assert exps["lr best"].decision == Decision.KEPT and exps["lr best"].metric == pytest.approx(1.02)
+    # every experiment ended with exactly one final run
+    for exp in exps.values():
+        runs = [r for r in ledger.runs(sid) if r.experiment_id == exp.id]
+        assert [r.status for r in runs] == [RunStatus.DONE]
+    assert sorted(researcher.observed) == sorted(e.id for e in exps.values())
+    # the lineage branch ends at a version holding the best knob values
+    branch = f"labfleet/s{sid}"
+    assert "LEARNING_RATE = 1e-2" in git(folder, "show", f"{branch}:train.py")
+    keeps = git(folder, "log", "--first-parent", "--format=%s", branch).splitlines()
+    assert any("lr best" in k for k in keeps)
+    # each experiment is an immutable commit under refs/labfleet/
+    refs = git(folder, "for-each-ref", "--format=%(refname)", f"refs/labfleet/s{sid}").split()
+    assert len(refs) == 4
+    assert git(folder, "status", "--porcelain") == ""  # the user's work tree is untouched
+    assert loop.stop_reason == "the researcher has nothing more to propose"
+
+
+def test_free_workers_are_filled_and_limits_stop_proposing(tmp_path):
+    folder = lab(tmp_path)
+    many = [Proposal(f"lr {i}", knobs={"LEARNING_RATE": 1e-3 * (1 + i / 10)}) for i in range(1, 20)]
+    researcher = Scripted(many)
+    ledger, loop = run_session(folder, researcher, workers=3, max_experiments=5)
+    assert len(ledger.experiments(loop.session_id)) == 6  # baseline + 5
+    assert researcher.sizes[0] == 2  # the baseline took one of three workers
+    assert loop.stop_reason == "reached --max-experiments 5"
+
+
+def test_crashes_hangs_and_bad_patches_never_stop_the_session(tmp_path):
+    folder = lab(tmp_path)
+    crash = (
+        "diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -5,2 +5,3 @@\n"
+        " LEARNING_RATE = 1e-3  # step size\n+raise RuntimeError('bad idea')\n N_LAYER = 2\n"
+    )
+    researcher = Scripted([
+        Proposal("crash", patch=crash),
+        Proposal("hang", knobs={"SLEEP": 30.0}),
+        Proposal("does not apply", patch="diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-nope\n+yes\n"),
+        Proposal("good", knobs={"LEARNING_RATE": 1e-2}),
+    ])
+    ledger, loop = run_session(folder, researcher, workers=2)
+    results = {e.description: (e.decision, [r.status for r in ledger.runs(loop.session_id) if r.experiment_id == e.id])
+               for e in ledger.experiments(loop.session_id)}
+    assert results["crash"] == (Decision.FAILED, [RunStatus.CRASHED])
+    assert results["hang"] == (Decision.FAILED, [RunStatus.TIMEOUT])
+    assert results["does not apply"] == (Decision.FAILED, [RunStatus.REJECTED])
+    assert results["good"] == (Decision.KEPT, [RunStatus.DONE])
+
+
+def test_a_lost_run_is_retried(tmp_path):
+    folder = lab(tmp_path)
+    researcher = Scripted([Proposal("slow", knobs={"SLEEP": 3.0, "LEARNING_RATE": 1e-2})])
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=1)
+    sid = start_session(target, ledger, cfg)
+    loop = SessionLoop(target, ledger, LocalExecutor(1), researcher, sid, cfg, folder / ".labfleet")
+
+    def kill_first_slow_harness() -> None:
+        reader = Ledger.for_target(folder / ".labfleet")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = reader.db.execute(
+                "SELECT r.handle FROM runs r JOIN experiments e ON e.id = r.experiment_id"
+                " WHERE e.description = 'slow' AND r.status = 'running' AND r.handle IS NOT NULL"
+            ).fetchone()
+            if row:
+                time.sleep(0.5)
+                os.killpg(int(row["handle"]), signal.SIGKILL)  # the worker "disappears"
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_slow_harness)
+    killer.start()
+    loop.run()
+    killer.join()
+    slow = next(e for e in ledger.experiments(sid) if e.description == "slow")
+    statuses = [r.status for r in ledger.runs(sid) if r.experiment_id == slow.id]
+    assert statuses == [RunStatus.LOST, RunStatus.DONE]
+    assert slow.decision == Decision.KEPT
+
+
+def test_failing_baseline_stops_with_a_clear_error(tmp_path):
+    folder = lab(tmp_path, KNOB_TRAIN.replace("time.sleep(SLEEP)", "raise SystemExit('no GPU here')"))
+    with pytest.raises(SessionError, match="the baseline run crashed"):
+        run_session(folder, Scripted([]), workers=1)
+
+
+def test_dirty_target_is_refused(tmp_path):
+    folder = lab(tmp_path)
+    (folder / "train.py").write_text("# edited\n")
+    ledger = Ledger.for_target(folder / ".labfleet")
+    with pytest.raises(SessionError, match=r"uncommitted changes \(train.py\)"):
+        start_session(load_target(folder, check_files=False), ledger, SessionConfig())
