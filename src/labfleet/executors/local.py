@@ -54,7 +54,9 @@ def _is_harness(pid: int, run_dir: Path) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().decode(errors="replace")
     except OSError:
-        return _pid_alive(pid)  # no /proc: trust the pid
+        cmdline = ""
+    if not cmdline:  # no /proc, or a process between fork and exec: trust the pid
+        return _pid_alive(pid)
     return "labfleet.harness" in cmdline and str(run_dir) in cmdline
 
 
@@ -110,14 +112,11 @@ class LocalExecutor(Executor):
         return str(proc.pid)
 
     def adopt(self, job: Job, handle: str) -> None:
-        if read_result(job.request.run_dir) is None:
-            pid = int(handle) if handle and handle.isdigit() else -1
-            if pid <= 0 or not _is_harness(pid, job.request.run_dir):
-                self._lost.append(Finished(job.run_id, job.worker_id, None, "harness process gone without a result"))
-                return
-            self._slots[job.run_id] = _Slot(job, pid, None)
-            return
-        self._slots[job.run_id] = _Slot(job, -1, None)  # finished while nobody watched
+        # A pid that is no longer our harness counts as gone: poll then collects the
+        # result it left, or reports the run lost.
+        pid = int(handle) if handle.isdigit() else -1
+        alive = pid > 0 and _is_harness(pid, job.request.run_dir)
+        self._slots[job.run_id] = _Slot(job, pid if alive else -1, None)
 
     def poll(self) -> list[Finished]:
         done, self._lost = self._lost, []
