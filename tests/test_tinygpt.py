@@ -62,6 +62,6 @@ def test_one_knob_sweep_beats_the_default_by_005(tinygpt, tinygpt_cache, tmp_pat
     target = load_target(tinygpt)
     default = train(tinygpt, tinygpt_cache, tmp_path / "default", budget_seconds=30)
     better = train(tinygpt, tinygpt_cache, tmp_path / "lr", budget_seconds=30,
-                   patch=knob_patch(target, {"LEARNING_RATE": 1e-2}))
+                   patch=knob_patch(target, {"LEARNING_RATE": 3e-3}))
     assert default.outcome == better.outcome == Outcome.OK
     assert better.metric < default.metric - 0.05
