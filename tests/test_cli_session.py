@@ -21,8 +21,12 @@ from tests.test_session import KNOB_TRAIN, KNOBS_TOML
 SLOW_TRAIN = KNOB_TRAIN.replace("SLEEP = 0.0", "SLEEP = 1.0")
 
 
+# SLEEP stays a constant here: sessions search only the knobs that shape the metric
+SEARCH_TOML = KNOBS_TOML.replace('SLEEP = { file = "train.py", low = 0.0, high = 30.0 }\n', "")
+
+
 def lab(tmp_path: Path, train: str = KNOB_TRAIN) -> Path:
-    return make_target(tmp_path / "lab", train, extra_toml=KNOBS_TOML, budget=1, timeout=8)
+    return make_target(tmp_path / "lab", train, extra_toml=SEARCH_TOML, budget=1, timeout=8)
 
 
 def start_run(folder: Path, *args: str) -> subprocess.Popen[str]:

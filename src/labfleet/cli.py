@@ -360,6 +360,7 @@ def results(
         print(json.dumps(rows, indent=2))
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold")
     for col in ("exp", "commit", "status", "metric", "decision", "worker", "description"):
@@ -369,7 +370,7 @@ def results(
         metric = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
         desc = r["description"] + (f"  ({r['reason']})" if r["reason"] and r["status"] != "done" else "")
         table.add_row(str(r["experiment"]), r["commit"] or "-", r["status"] or "-", metric,
-                      f"[{styles.get(r['decision'], '')}]{r['decision']}[/]", r["worker"] or "-", _escape(desc))
+                      Text(r["decision"], style=styles.get(r["decision"], "")), r["worker"] or "-", Text(desc))
     console.print(table)
 
 
