@@ -93,7 +93,7 @@ def test_session_keeps_improvements_and_advances_the_lineage(tmp_path):
     assert sorted(researcher.observed) == sorted(e.id for e in exps.values())
     # the lineage branch ends at a version holding the best knob values
     branch = f"labfleet/s{sid}"
-    assert "LEARNING_RATE = 1e-2" in git(folder, "show", f"{branch}:train.py")
+    assert "LEARNING_RATE = 0.01" in git(folder, "show", f"{branch}:train.py")
     keeps = git(folder, "log", "--first-parent", "--format=%s", branch).splitlines()
     assert any("lr best" in k for k in keeps)
     # each experiment is an immutable commit under refs/labfleet/
@@ -109,7 +109,7 @@ def test_free_workers_are_filled_and_limits_stop_proposing(tmp_path):
     researcher = Scripted(many)
     ledger, loop = run_session(folder, researcher, workers=3, max_experiments=5)
     assert len(ledger.experiments(loop.session_id)) == 6  # baseline + 5
-    assert researcher.sizes[0] == 2  # the baseline took one of three workers
+    assert researcher.sizes[0] == 3  # two free workers (the baseline took one) and one ahead
     assert loop.stop_reason == "reached --max-experiments 5"
 
 

@@ -99,7 +99,7 @@ def f():
 
 def test_render_knobs_rewrites_only_top_level_values():
     out = render_knobs(SOURCE, {"LEARNING_RATE": 0.01, "WEIGHT_DECAY": 0.0, "N_LAYER": 4, "NAME": "sgd"})
-    assert "LEARNING_RATE = 1e-2  # peak learning rate\n" in out
+    assert "LEARNING_RATE = 0.01  # peak learning rate\n" in out
     assert "WEIGHT_DECAY: float = 0.0\n" in out
     assert "N_LAYER = 4\n" in out
     assert "NAME = 'sgd'\n" in out
@@ -109,7 +109,8 @@ def test_render_knobs_rewrites_only_top_level_values():
 
 
 @pytest.mark.parametrize(
-    "value, text", [(0.003, "3e-3"), (1e-2, "1e-2"), (0.25, "0.25"), (3.0, "3.0"), (128, "128"), (1.5e-05, "1.5e-5"), (True, "True")]
+    "value, text",
+    [(0.003, "3e-3"), (1e-2, "0.01"), (0.0875, "0.0875"), (0.25, "0.25"), (3.0, "3.0"), (128, "128"), (1.5e-05, "1.5e-5"), (True, "True")],
 )
 def test_format_value(value, text):
     assert format_value(value) == text
@@ -124,7 +125,7 @@ def test_knob_patch_is_an_ordinary_diff_that_git_applies(tmp_path):
     target = load_target(folder)
     patch = knob_patch(target, {"LEARNING_RATE": 0.02, "N_LAYER": 3})
     assert "\n-LEARNING_RATE = 3e-3  # step size\n" in patch
-    assert "\n+LEARNING_RATE = 2e-2  # step size\n" in patch
+    assert "\n+LEARNING_RATE = 0.02  # step size\n" in patch
     assert "\n-N_LAYER = 2\n" in patch and "\n+N_LAYER = 3\n" in patch
     commit = workspace.commit_patch(folder, "HEAD", patch, "knobs", target.spec.editable)
     assert target.read_knobs({"train.py": workspace.show_file(folder, commit, "train.py")}) == {

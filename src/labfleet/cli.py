@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 from labfleet.errors import LabfleetError
 
@@ -30,8 +29,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _LazyConsole:
+    """A rich Console made on first use: `--json` paths never import rich.console."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options, self._console = options, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return getattr(self._console, name)
+
+
+console: Any = _LazyConsole()
+err_console: Any = _LazyConsole(stderr=True)
 
 TargetOption = Annotated[
     Path, typer.Option("--target", "-C", help="Target folder (a git repo with labfleet.toml).")
@@ -105,19 +120,16 @@ def baseline(
     as_json: JsonOption = False,
 ) -> None:
     """Run the unmodified target (its HEAD commit) through the harness and show the result."""
-    from labfleet import harness, workspace
-    from labfleet.target import STATE_DIR, load_target
+    from labfleet import harness
+    from labfleet.target import load_target
 
     loaded = load_target(target)
     root = loaded.root
-    if not workspace.is_repo(root):
-        raise LabfleetError(f"{root} is not a git repo (labfleet runs committed versions)")
-    workspace.exclude_path(root, f"/{STATE_DIR}/")
-    dirty = workspace.dirty_files(root)
+    dirty = loaded.uncommitted()
     if dirty:
         err_console.print(f"[yellow]note:[/] uncommitted changes are not part of the baseline: {', '.join(dirty[:5])}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = root / STATE_DIR / "runs" / f"baseline-{stamp}-s{seed}"
+    run_dir = loaded.state_dir / "runs" / f"baseline-{stamp}-s{seed}"
     request = harness.RunRequest(
         target_dir=root,
         run_dir=run_dir,
@@ -268,10 +280,9 @@ def run(
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
         else:
             config = SessionConfig(**given)
-            researcher_obj = make_researcher(config.researcher, seed=config.seed)  # fail before recording
-            del researcher_obj
             if config.device not in ("cpu", "cuda"):
                 raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
+            make_researcher(config.researcher)  # an unknown name fails before anything is recorded
             session_id = start_session(loaded, ledger, config)
             console.print(f"session {session_id}: {config.researcher} on {config.workers} worker(s), "
                           f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run")
@@ -297,6 +308,8 @@ def run(
 
 def _print_event(event: Any) -> None:
     stamp = time.strftime("%H:%M:%S")
+    if event.kind == "finished":
+        return  # the caller prints the closing line
     style = {"kept": "bold green", "baseline": "bold", "failed": "red", "rejected": "red",
              "lost": "yellow", "started": "dim", "stopping": "cyan"}.get(event.kind, "")
     text = f"{stamp} {event.message}"
@@ -405,7 +418,7 @@ def _print_best(root: Path, ledger: Any, session: int | None, metric: str) -> No
                   f"{view['baseline_metric']:.6f} ({view['improvement']:+.6f}), {view['keeps']} keep(s)")
     console.print(f"commit {view['commit'][:10]} on branch {view['branch']} (git show {view['commit'][:10]})")
     if view["diff"]:
-        console.print(Syntax(view["diff"], "diff", theme="ansi_dark", background_color="default"))
+        console.print(Syntax(view["diff"], "diff", theme="ansi_dark", background_color="default", word_wrap=True))
 
 
 @app.command()

@@ -12,9 +12,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from labfleet.target import Knob, KnobValue
+if TYPE_CHECKING:  # annotations only: keeps pydantic out of the read commands' start-up
+    from labfleet.target import Knob, KnobValue
 
 
 class RunStatus(enum.StrEnum):

@@ -9,7 +9,7 @@ One event per tick, as in Ray Tune's controller:
     while not finished:
         collect one finished run   # ledger first, then decide, then researcher.observe
         place queued runs          # validate-first ordering comes later; FIFO now
-        propose for free workers   # only when nothing is queued for them
+        propose for free workers   # and one ahead, so a freed worker never waits for git
         sleep a tick if idle
 
 Every state change is written to the ledger before it is acted on, so a killed
@@ -34,7 +34,7 @@ from labfleet.harness import RunRequest
 from labfleet.ledger import Ledger, run_record
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
-from labfleet.target import STATE_DIR, Target, knob_patch
+from labfleet.target import Target, knob_patch
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
@@ -56,6 +56,9 @@ class SessionConfig:
     seed: int = 0
     margin: float = 0.0  # a keep must beat the champion by more than this (metric units)
     max_attempts: int = 3  # runs per experiment lost to infrastructure before giving up
+    # Experiments proposed and materialized ahead of a free worker: dispatch is then a
+    # ledger write and a process start, not a researcher call and a git commit.
+    lookahead: int = 1
     max_experiments: int | None = None  # not counting the baseline
     hours: float | None = None
     until: float | None = None  # stop proposing once the champion reaches this metric
@@ -82,10 +85,7 @@ class Event:
 def start_session(target: Target, ledger: Ledger, config: SessionConfig) -> int:
     """Record a new session: the lineage branch at HEAD and the baseline experiment, queued."""
     repo = target.root
-    if not workspace.is_repo(repo):
-        raise SessionError(f"{repo} is not a git repo (labfleet records versions as commits)")
-    workspace.exclude_path(repo, f"/{STATE_DIR}/")
-    dirty = workspace.dirty_files(repo)
+    dirty = target.uncommitted()
     if dirty:
         raise SessionError(f"the target has uncommitted changes ({', '.join(dirty[:3])}): commit or stash them first")
     head = workspace.resolve(repo)
@@ -171,9 +171,10 @@ class SessionLoop:
             self.collect(finished)
             progressed = True
         progressed |= self.place_queued()
-        free = self.free_workers()
-        if free and self.may_propose() and not self.ledger.run_rows(self.session_id, ["queued"]):
-            progressed |= self.propose(len(free))
+        wanted = len(self.free_workers()) + self.config.lookahead
+        wanted -= len(self.ledger.run_rows(self.session_id, ["queued"]))
+        if wanted > 0 and self.may_propose():
+            progressed |= self.propose(wanted)
             progressed |= self.place_queued()
         return progressed
 
@@ -276,7 +277,10 @@ class SessionLoop:
         ok = run.status == RunStatus.DONE and run.metric is not None
         if exp.parent_id is None:  # the baseline
             if not ok:
-                raise SessionError(f"the baseline run {run.status}: {run.reason or 'see ' + str(run.log_path)}")
+                raise SessionError(
+                    f"the baseline run {run.status}: {run.reason or 'see ' + str(run.log_path)} "
+                    "(fix the target, commit, and start again with `labfleet run --new`)"
+                )
             self.ledger.decide(exp_id, Decision.BASELINE, run.metric)
             exp = self.ledger.experiment(exp_id)
             self.champion = _Champion(exp, run.metric)
@@ -295,7 +299,7 @@ class SessionLoop:
             return  # decided once the baseline is known
         else:
             assert run.metric is not None
-            champion = self.champion.metric
+            champion = self.champion_metric(run.hardware)
             if self._better(run.metric, champion, margin=self.config.margin):
                 self.ledger.decide(exp_id, Decision.KEPT, run.metric)
                 exp = self.ledger.experiment(exp_id)
@@ -311,6 +315,22 @@ class SessionLoop:
                 self.on_event(Event("discarded", f"e{exp_id} {self._fmt(run.metric)} discarded ({run.metric - champion:+.4f})  [{exp.description}]", exp, run))
         final = self.ledger.experiment(exp_id)
         self.researcher.observe(self.state(), Result(final, run))
+
+    def champion_metric(self, hardware: str | None) -> float | None:
+        """The champion's metric as measured on ``hardware`` (its own metric if never run there).
+
+        Results are compared within a hardware class: an H200 runs more steps in the
+        same budget than an H100, so its numbers are not the H100's.
+        """
+        champion = self.champion.experiment
+        if champion is None:
+            return None
+        row = self.ledger.db.execute(
+            "SELECT metric FROM runs WHERE experiment_id = ? AND status = 'done' AND hardware IS ?"
+            " ORDER BY id DESC LIMIT 1",
+            (champion.id, hardware),
+        ).fetchone()
+        return row["metric"] if row is not None and row["metric"] is not None else self.champion.metric
 
     def _better(self, a: float, b: float, margin: float = 0.0) -> bool:
         if self.target.spec.direction == "minimize":

@@ -169,6 +169,18 @@ class Target:
     def knobs(self) -> dict[str, Knob]:
         return self.config.knobs
 
+    def uncommitted(self) -> list[str]:
+        """Files that differ from HEAD (labfleet's own state folder is git-excluded first).
+
+        Raises ``ConfigError`` when the folder is not a git repo: labfleet runs commits.
+        """
+        from labfleet import workspace  # git only where it is needed
+
+        if not workspace.is_repo(self.root):
+            raise ConfigError(f"{self.root} is not a git repo (labfleet records versions as commits)")
+        workspace.exclude_path(self.root, f"/{STATE_DIR}/")
+        return workspace.dirty_files(self.root)
+
     def read_knobs(self, sources: Mapping[str, str] | None = None) -> dict[str, KnobValue]:
         """Current values of all knobs, read from ``sources`` (path -> text) or the folder."""
         values: dict[str, KnobValue] = {}
@@ -240,7 +252,7 @@ def format_value(value: KnobValue) -> str:
         return str(value)
     if not math.isfinite(value):
         raise ConfigError(f"knob value {value!r} is not finite")
-    if value != 0 and abs(value) < 0.1:  # learning rates and friends: 3e-3, 1.5e-5
+    if value != 0 and abs(value) < 0.01:  # learning rates and friends: 3e-3, 1.5e-5
         mantissa, exp = f"{value:.5e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
     text = f"{value:.6g}"

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
 from labfleet.errors import LabfleetError
 from labfleet.ledger import Ledger, lock_holder
 
@@ -112,6 +111,8 @@ def best_view(ledger: Ledger, repo: Path, session_id: int | None = None) -> dict
     ).fetchall()
     if not rows:
         raise LabfleetError(f"session {sid} has no result yet (the baseline has not finished)")
+    from labfleet import workspace  # git only for the diff
+
     baseline, best = rows[0], rows[-1]
     diff = workspace.diff(repo, baseline["commit_sha"], best["commit_sha"]) if best is not baseline else ""
     return {

@@ -7,7 +7,6 @@ import itertools
 from labfleet.records import Proposal, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
-from labfleet.target import format_value
 
 
 class GridResearcher(Researcher):
@@ -23,15 +22,8 @@ class GridResearcher(Researcher):
             return []
         names = list(state.knobs)
         axes = [space.grid_values(state.knobs[name], self.points) for name in names]
-        seen = space.tried(state)
-        proposals = []
-        for combo in itertools.product(*axes):
-            knobs = dict(zip(names, combo, strict=True))
-            if space.key(knobs) in seen:
-                continue
-            seen.add(space.key(knobs))
-            text = ", ".join(f"{k}={format_value(v)}" for k, v in knobs.items())
-            proposals.append(Proposal(description=f"grid: {text}", knobs=knobs, parent=state.baseline.id))
-            if len(proposals) == n:
-                break
-        return proposals
+        combos = (dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes))
+        return [
+            Proposal(description=f"grid: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id)
+            for knobs in space.first_new(combos, space.tried(state), n)
+        ]

@@ -20,7 +20,7 @@ import optuna
 from labfleet.records import Proposal, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
-from labfleet.target import Knob, format_value
+from labfleet.target import Knob
 
 MAX_ASKS = 50  # per proposal, to skip settings already tried
 
@@ -87,8 +87,7 @@ class OptunaResearcher(Researcher):
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a duplicate: not run
                 continue
             seen.add(space.key(knobs))
-            text = ", ".join(f"{k}={format_value(v)}" for k, v in knobs.items())
-            proposals.append(Proposal(description=f"optuna: {text}", knobs=knobs, parent=state.baseline.id,
+            proposals.append(Proposal(description=f"optuna: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id,
                                       tags={"optuna_study": self.study_id, "trial": str(trial.number)}))
             if len(proposals) == n:
                 break

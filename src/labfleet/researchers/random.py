@@ -7,7 +7,6 @@ import random
 from labfleet.records import Proposal, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
-from labfleet.target import format_value
 
 MAX_DRAWS = 1000  # per proposal, before deciding the space is exhausted
 
@@ -21,15 +20,8 @@ class RandomResearcher(Researcher):
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
             return []
-        seen = space.tried(state)
-        proposals = []
-        for _ in range(n * MAX_DRAWS):
-            knobs = {name: space.sample(knob, self.rng) for name, knob in state.knobs.items()}
-            if space.key(knobs) in seen:
-                continue
-            seen.add(space.key(knobs))
-            text = ", ".join(f"{k}={format_value(v)}" for k, v in knobs.items())
-            proposals.append(Proposal(description=f"random: {text}", knobs=knobs, parent=state.baseline.id))
-            if len(proposals) == n:
-                break
-        return proposals
+        draws = ({name: space.sample(knob, self.rng) for name, knob in state.knobs.items()} for _ in range(n * MAX_DRAWS))
+        return [
+            Proposal(description=f"random: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id)
+            for knobs in space.first_new(draws, space.tried(state), n)
+        ]

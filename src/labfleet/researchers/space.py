@@ -21,6 +21,27 @@ def tried(state: SessionState) -> set[tuple[tuple[str, KnobValue], ...]]:
     return {key(e.knobs) for e in experiments}
 
 
+def first_new(
+    candidates: Iterable[dict[str, KnobValue]], seen: set[tuple[tuple[str, KnobValue], ...]], n: int
+) -> list[dict[str, KnobValue]]:
+    """The first ``n`` candidate settings not in ``seen`` (which records them)."""
+    new = []
+    for knobs in candidates:
+        if key(knobs) in seen:
+            continue
+        seen.add(key(knobs))
+        new.append(knobs)
+        if len(new) == n:
+            break
+    return new
+
+
+def describe(knobs: Mapping[str, KnobValue]) -> str:
+    from labfleet.target import format_value
+
+    return ", ".join(f"{k}={format_value(v)}" for k, v in knobs.items())
+
+
 def _cast(value: float, knob: Knob) -> KnobValue:
     assert knob.low is not None and knob.high is not None
     value = min(knob.high, max(knob.low, value))
