@@ -179,3 +179,27 @@ def test_dirty_target_is_refused(tmp_path):
     ledger = Ledger.for_target(folder / ".labfleet")
     with pytest.raises(SessionError, match=r"uncommitted changes \(train.py\)"):
         start_session(load_target(folder, check_files=False), ledger, SessionConfig())
+
+
+def test_champion_is_compared_within_a_hardware_class(tmp_path):
+    """An H200 runs more steps in the same budget: a result is compared with the champion's on its class."""
+    folder = lab(tmp_path)
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=1)
+    sid = start_session(target, ledger, cfg)
+    loop = SessionLoop(target, ledger, LocalExecutor(1), Scripted([]), sid, cfg, folder / ".labfleet")
+    baseline = loop.baseline()
+    assert baseline is not None
+    first = ledger.runs(sid)[0].id
+    ledger.db.execute("UPDATE runs SET status = 'running', hardware = 'H100' WHERE id = ?", (first,))
+    ledger.finish_run(first, RunStatus.DONE, metric=1.00)
+    loop.decide(baseline.id)
+    _, second = ledger.add_experiment(sid, parent_id=None, commit=baseline.commit, patch="", description="calibration",
+                                      hypothesis="", knobs={}, tags={}, seed=1, budget_seconds=1)
+    ledger.db.execute("UPDATE runs SET experiment_id = ?, hardware = 'H200', status = 'running' WHERE id = ?",
+                      (baseline.id, second))
+    ledger.finish_run(second, RunStatus.DONE, metric=0.95)
+    assert loop.champion_metric("H100") == 1.00
+    assert loop.champion_metric("H200") == 0.95
+    assert loop.champion_metric("A100") == 1.00  # never measured there: its own metric

@@ -90,7 +90,8 @@ def init(
         return
     commit = scaffold.init_bundled(directory)
     console.print(f"created the tinygpt target in {directory} (git commit {commit[:8]})")
-    console.print(f"next: [bold]cd {directory} && labfleet prepare && labfleet baseline[/]")
+    console.print(f"next: [bold]cd {directory} && labfleet prepare && labfleet baseline[/], "
+                  "then [bold]labfleet run --workers 2[/]")
 
 
 @app.command()

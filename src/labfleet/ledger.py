@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS experiments (
     created_at REAL NOT NULL,
     decided_at REAL
 );
-CREATE INDEX IF NOT EXISTS experiments_session ON experiments(session_id, decision);
+CREATE INDEX IF NOT EXISTS experiments_session ON experiments(session_id);
+CREATE INDEX IF NOT EXISTS experiments_decision ON experiments(session_id, decision);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     experiment_id INTEGER NOT NULL REFERENCES experiments(id),
