@@ -63,11 +63,6 @@ class Outcome(enum.StrEnum):
     SUSPECT = "suspect"  # a metric line that did not come from the frozen code path
     SETUP_FAILED = "setup_failed"  # the target's setup command failed: not the experiment's fault
 
-    @property
-    def counts(self) -> bool:
-        """Whether the metric of such a run may be compared at all."""
-        return self is Outcome.OK
-
 
 def default_cache_root() -> Path:
     return Path(os.environ.get("LABFLEET_CACHE", Path.home() / ".cache" / "labfleet"))

@@ -270,11 +270,6 @@ class Ledger:
             (str(decision), metric, time.time(), exp_id),
         )
 
-    def set_commit(self, exp_id: int, commit: str) -> None:
-        self.db.execute("UPDATE experiments SET commit_sha = ? WHERE id = ?", (commit, exp_id))
-
-    # ----------------------------------------------------------------- reads
-
     def experiment(self, exp_id: int) -> Experiment:
         row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         if row is None:
@@ -285,17 +280,22 @@ class Ledger:
         rows = self.db.execute("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (session_id,))
         return [experiment_record(r) for r in rows]
 
-    def runs(self, session_id: int, statuses: Iterable[str] | None = None) -> list[Run]:
-        if statuses is None:
-            rows = self.db.execute("SELECT * FROM runs WHERE session_id = ? ORDER BY id", (session_id,))
-        else:
-            wanted = list(statuses)
-            marks = ",".join("?" * len(wanted))
-            rows = self.db.execute(
-                f"SELECT * FROM runs WHERE session_id = ? AND status IN ({marks}) ORDER BY id",
-                (session_id, *wanted),
-            )
+    def runs(self, session_id: int) -> list[Run]:
+        rows = self.db.execute("SELECT * FROM runs WHERE session_id = ? ORDER BY id", (session_id,))
         return [run_record(r) for r in rows]
+
+    def run_row(self, run_id: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+    def latest_run(self, exp_id: int) -> Run | None:
+        row = self.db.execute("SELECT * FROM runs WHERE experiment_id = ? ORDER BY id DESC LIMIT 1", (exp_id,)).fetchone()
+        return run_record(row) if row else None
+
+    def baseline(self, session_id: int) -> Experiment | None:
+        row = self.db.execute(
+            "SELECT * FROM experiments WHERE session_id = ? AND parent_id IS NULL ORDER BY id LIMIT 1", (session_id,)
+        ).fetchone()
+        return experiment_record(row) if row else None
 
     def run_rows(self, session_id: int, statuses: Iterable[str]) -> list[sqlite3.Row]:
         wanted = list(statuses)
@@ -316,29 +316,11 @@ class Ledger:
         )
         return {r["decision"]: r["n"] for r in rows}
 
-    def results(self, session_id: int) -> list[sqlite3.Row]:
-        """Each experiment with its latest run (one row per experiment), oldest first."""
-        return self.db.execute(
-            """SELECT e.*, r.id AS run_id, r.status AS run_status, r.worker, r.hardware, r.metric AS run_metric,
-                      r.figures, r.reason, r.started_at, r.ended_at, r.log_path, r.attempt
-               FROM experiments e
-               LEFT JOIN runs r ON r.id = (SELECT MAX(id) FROM runs WHERE experiment_id = e.id)
-               WHERE e.session_id = ? ORDER BY e.id""",
-            (session_id,),
-        ).fetchall()
-
-    # ----------------------------------------------------------------- events
-
     def event(self, session_id: int | None, kind: str, **data: Any) -> None:
         self.db.execute(
             "INSERT INTO events (session_id, at, kind, data) VALUES (?, ?, ?, ?)",
             (session_id, time.time(), kind, _dumps(data)),
         )
-
-    def events(self, session_id: int, limit: int = 50) -> list[sqlite3.Row]:
-        return self.db.execute(
-            "SELECT * FROM events WHERE session_id = ? ORDER BY id DESC LIMIT ?", (session_id, limit)
-        ).fetchall()
 
 
 def experiment_record(row: sqlite3.Row) -> Experiment:

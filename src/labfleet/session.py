@@ -31,7 +31,7 @@ from labfleet import workspace
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
-from labfleet.ledger import Ledger, run_record
+from labfleet.ledger import Ledger
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
 from labfleet.target import Target, knob_patch
@@ -248,7 +248,7 @@ class SessionLoop:
     # ----------------------------------------------------------------- collecting
 
     def collect(self, finished: Finished) -> None:
-        run_row = self.ledger.db.execute("SELECT * FROM runs WHERE id = ?", (finished.run_id,)).fetchone()
+        run_row = self.ledger.run_row(finished.run_id)
         self.busy = {w: r for w, r in self.busy.items() if r != finished.run_id}
         if run_row is None or run_row["status"] != "running":
             return  # already final (e.g. recorded before a restart): never count twice
@@ -392,17 +392,10 @@ class SessionLoop:
     # ----------------------------------------------------------------- proposing
 
     def baseline(self) -> Experiment | None:
-        row = self.ledger.db.execute(
-            "SELECT id FROM experiments WHERE session_id = ? AND parent_id IS NULL ORDER BY id LIMIT 1",
-            (self.session_id,),
-        ).fetchone()
-        return self.ledger.experiment(row["id"]) if row else None
+        return self.ledger.baseline(self.session_id)
 
     def latest_run(self, exp_id: int) -> Run | None:
-        row = self.ledger.db.execute(
-            "SELECT * FROM runs WHERE experiment_id = ? ORDER BY id DESC LIMIT 1", (exp_id,)
-        ).fetchone()
-        return run_record(row) if row else None
+        return self.ledger.latest_run(exp_id)
 
     def state(self) -> SessionState:
         """A frozen snapshot of the ledger for the researcher."""
