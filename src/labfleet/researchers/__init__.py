@@ -1,4 +1,9 @@
-"""Built-in researchers, by name. Optuna is imported only when its researcher is made."""
+"""Built-in researchers, by name.
+
+``make_researcher(name, seed=..., **options)`` is how the session gets one. Optuna is
+imported only when its researcher is made (its module imports it lazily), so the
+registry itself is cheap to import.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,32 @@ from typing import Any
 
 from labfleet.errors import ConfigError
 from labfleet.researchers.base import Researcher
+from labfleet.researchers.greedy import GreedyResearcher
+from labfleet.researchers.grid import GridResearcher
+from labfleet.researchers.optuna import OptunaResearcher
+from labfleet.researchers.random import RandomResearcher
 
-NAMES = ("greedy", "grid", "optuna", "random")
+__all__ = [
+    "RESEARCHERS",
+    "GreedyResearcher",
+    "GridResearcher",
+    "OptunaResearcher",
+    "RandomResearcher",
+    "Researcher",
+    "make_researcher",
+]
+
+RESEARCHERS: dict[str, type[Researcher]] = {
+    cls.name: cls for cls in (GreedyResearcher, GridResearcher, OptunaResearcher, RandomResearcher)
+}
 
 
 def make_researcher(name: str, seed: int = 0, **options: Any) -> Researcher:
-    """A researcher by name; ``ConfigError`` (one line) for an unknown one."""
-    if name == "greedy":
-        from labfleet.researchers.greedy import GreedyResearcher
-
-        return GreedyResearcher(seed=seed, **options)
-    if name == "random":
-        from labfleet.researchers.random import RandomResearcher
-
-        return RandomResearcher(seed=seed, **options)
-    if name == "grid":
-        from labfleet.researchers.grid import GridResearcher
-
-        return GridResearcher(**options)
-    if name == "optuna":
-        from labfleet.researchers.optuna import OptunaResearcher
-
-        return OptunaResearcher(seed=seed, **options)
-    raise ConfigError(f"unknown researcher {name!r} (available: {', '.join(NAMES)})")
+    """A researcher by name; ``ConfigError`` (one line) for an unknown name or option."""
+    cls = RESEARCHERS.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown researcher {name!r} (available: {', '.join(sorted(RESEARCHERS))})")
+    try:
+        return cls(seed=seed, **options)  # type: ignore[call-arg]
+    except TypeError as exc:  # an option the researcher does not take
+        raise ConfigError(f"researcher {name!r}: {exc}") from None

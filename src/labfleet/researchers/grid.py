@@ -4,24 +4,41 @@ from __future__ import annotations
 
 import itertools
 
+from labfleet.errors import ConfigError
 from labfleet.records import Proposal, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
+from labfleet.target import Knob, KnobValue
 
 
 class GridResearcher(Researcher):
-    """Ranges are cut into ``points`` values (geometric for log ranges); returns [] when done."""
+    """Every combination of knob values, in ``itertools.product`` order over the knobs.
+
+    Choices are taken as given; ranges are cut into ``points`` values (geometric on
+    log ranges, rounded and deduplicated on integer ones). Combinations already run or
+    pending are skipped, so the position in the grid comes from the ledger alone (a
+    restart resumes). Returns [] once the grid is exhausted. ``seed`` is accepted for
+    a uniform constructor and unused: the order is fixed.
+    """
 
     name = "grid"
 
-    def __init__(self, points: int = 3) -> None:
+    def __init__(self, seed: int = 0, points: int = 3) -> None:
+        if points < 1:
+            raise ConfigError(f"researcher 'grid': points must be at least 1, got {points}")
+        self.seed = seed
         self.points = points
+
+    def values(self, knob: Knob) -> list[KnobValue]:
+        """One knob's axis of the grid."""
+        # space.grid_values rounds to 4 digits, which could step past a bound with more digits.
+        return [v for v in space.grid_values(knob, self.points) if knob.contains(v)]
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
             return []
         names = list(state.knobs)
-        axes = [space.grid_values(state.knobs[name], self.points) for name in names]
+        axes = [self.values(state.knobs[name]) for name in names]
         combos = (dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes))
         return [
             Proposal(description=f"grid: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id)

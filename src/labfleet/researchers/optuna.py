@@ -1,94 +1,174 @@
 """Optuna's TPE over the target's knobs, through its ask/tell interface.
 
-The study lives in memory and is kept in step with the ledger's snapshot: before
-every ``propose``, each finished experiment not yet in the study is told to it.
-An experiment this study asked for (its tags carry the study's id and the trial
-number) is told to that trial; any other (the baseline, hand-submitted ones, or
-everything after a restart, when the study is new and ``observe`` is not replayed)
-is added as a finished trial with ``create_trial``. So each result enters the
-study exactly once. Trials still running are seen by TPE's constant liar, which
-spreads a wave of parallel asks.
+Optuna is imported when an ``OptunaResearcher`` is made, not when this module is.
+
+How results reach the in-memory study (each finished experiment exactly once):
+
+- Every ``propose`` first syncs the study with ``state.history``; ``observe`` is not
+  needed (and not replayed after a restart), so it is the base class's no-op.
+- A proposal carries tags naming this study (a random id per instance) and its trial
+  number. Its trial stays ``RUNNING`` while the experiment is pending, so TPE's
+  constant liar steers parallel asks away from it. When the experiment shows up in
+  the history, that trial is told its metric (``FAIL`` when the run did not count).
+- Every other finished experiment (the baseline, hand-submitted ones, other
+  researchers', and everything recorded before a restart, whose tags name a study
+  that no longer exists) is added with ``create_trial``.
+- Experiment ids already synced are remembered, and an open trial is told at most
+  once (it leaves ``open`` when told), so nothing counts twice.
+- An asked trial whose experiment is in neither the history nor the pending list at
+  the next ``propose`` was dropped by the caller: it is told ``FAIL`` (TPE ignores
+  failed trials) rather than left running forever.
+- An ask that lands on a setting already run or pending is told ``FAIL`` and asked
+  again; ``FAIL`` rather than ``PRUNED`` because TPE ranks pruned trials as bad.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from typing import Any
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import optuna
-
-from labfleet.records import Proposal, SessionState
+from labfleet.records import Proposal, Result, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
-from labfleet.target import Knob
+from labfleet.target import Knob, KnobValue
 
-MAX_ASKS = 50  # per proposal, to skip settings already tried
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_TAG = "optuna_study"
+TRIAL_TAG = "optuna_trial"
+MAX_ASKS = 20  # per proposal, to get past settings already tried
 
 
-def distribution(knob: Knob) -> Any:
+def distribution(knob: Knob) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one knob."""
+    import optuna
+
     if knob.choices is not None:
         return optuna.distributions.CategoricalDistribution(knob.choices)
     assert knob.low is not None and knob.high is not None
     if knob.integer:
-        return optuna.distributions.IntDistribution(int(knob.low), int(knob.high), log=knob.log)
+        low, high = math.ceil(knob.low), math.floor(knob.high)
+        return optuna.distributions.IntDistribution(low, high, log=knob.log)
     return optuna.distributions.FloatDistribution(knob.low, knob.high, log=knob.log)
 
 
+def _readable(params: Mapping[str, Any], knobs: Mapping[str, Knob]) -> dict[str, KnobValue]:
+    """Floats cut to 4 significant digits for readable diffs (kept exact if that leaves the range)."""
+    out: dict[str, KnobValue] = {}
+    for name, value in params.items():
+        knob = knobs[name]
+        if knob.choices is None and not knob.integer and isinstance(value, float):
+            short = float(f"{value:.4g}")
+            value = short if knob.contains(short) else value
+        out[name] = value
+    return out
+
+
+def _value(result: Result) -> float | None:
+    """The metric to tell, or None when the run does not count."""
+    if not result.ok:
+        return None
+    mean = result.experiment.metric  # the mean when the experiment was repeated
+    return mean if mean is not None and math.isfinite(mean) else result.run.metric
+
+
 class OptunaResearcher(Researcher):
+    """TPE (``TPESampler(seed=seed)`` with constant liar) on an in-memory study; parent = baseline."""
+
     name = "optuna"
 
     def __init__(self, seed: int = 0) -> None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial
         self.seed = seed
         self.study: optuna.Study | None = None
-        self.study_id = uuid.uuid4().hex[:12]  # tags experiments this study asked for
-        self.added: set[int] = set()  # experiment ids already in the study
-
-    def _sync(self, state: SessionState) -> optuna.Study:
-        if self.study is None:
-            sampler = optuna.samplers.TPESampler(seed=self.seed, constant_liar=True)
-            self.study = optuna.create_study(direction=state.direction, sampler=sampler)
-        distributions = {name: distribution(knob) for name, knob in state.knobs.items()}
-        for result in state.history:
-            exp = result.experiment
-            if exp.id in self.added:
-                continue
-            self.added.add(exp.id)
-            value = result.run.metric if result.ok else None
-            if exp.tags.get("optuna_study") == self.study_id:
-                number = int(exp.tags["trial"])
-                if value is None:
-                    self.study.tell(number, state=optuna.trial.TrialState.FAIL)
-                else:
-                    self.study.tell(number, value)
-                continue
-            params = {k: v for k, v in exp.knobs.items() if k in distributions}
-            try:
-                trial = optuna.trial.create_trial(
-                    params=params, distributions=distributions, value=value,
-                    state=optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL,
-                )
-            except ValueError:
-                continue  # a setting outside the search space: nothing to learn from it
-            self.study.add_trial(trial)
-        return self.study
+        self.study_id = uuid.uuid4().hex[:8]  # tells this instance's trials from a previous one's
+        self.synced: set[int] = set()  # experiment ids already in the study
+        self.open: set[int] = set()  # trial numbers asked and not yet told
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
             return []
-        study = self._sync(state)
+        import optuna
+
+        study = self.sync(state)
         distributions = {name: distribution(knob) for name, knob in state.knobs.items()}
         seen = space.tried(state)
-        proposals = []
+        proposals: list[Proposal] = []
         for _ in range(n * MAX_ASKS):
             trial = study.ask(distributions)
-            knobs = dict(trial.params)
+            knobs = _readable(trial.params, state.knobs)
             if space.key(knobs) in seen:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a duplicate: not run
+                trial.set_user_attr("labfleet", "not run: setting already tried")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             seen.add(space.key(knobs))
-            proposals.append(Proposal(description=f"optuna: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id,
-                                      tags={"optuna_study": self.study_id, "trial": str(trial.number)}))
+            self.open.add(trial.number)
+            proposals.append(Proposal(
+                description=f"optuna: {space.describe(knobs)}",
+                knobs=knobs,
+                parent=state.baseline.id,
+                tags={STUDY_TAG: self.study_id, TRIAL_TAG: str(trial.number)},
+            ))
             if len(proposals) == n:
                 break
         return proposals
+
+    def sync(self, state: SessionState) -> optuna.Study:
+        """The study, created on first use, with every finished experiment in it once."""
+        import optuna
+
+        if self.study is None:
+            with warnings.catch_warnings():  # constant_liar is "experimental" before Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = optuna.samplers.TPESampler(seed=self.seed, constant_liar=True)
+            self.study = optuna.create_study(direction=state.direction, sampler=sampler)
+        study = self.study
+        distributions = {name: distribution(knob) for name, knob in state.knobs.items()}
+        finished: set[int] = set()
+        for result in state.history:
+            exp = result.experiment
+            number = self._own_trial(exp.tags)
+            if number is not None:
+                finished.add(number)
+            if exp.id in self.synced:
+                continue
+            self.synced.add(exp.id)
+            value = _value(result)
+            if number is not None and number in self.open:
+                self.open.discard(number)
+                if value is None:
+                    study.tell(number, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(number, value)
+                continue
+            params = {k: v for k, v in exp.knobs.items() if k in distributions}
+            try:
+                trial = optuna.trial.create_trial(
+                    params=params,
+                    distributions={k: distributions[k] for k in params},
+                    value=value,
+                    state=optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL,
+                )
+            except (ValueError, TypeError):
+                continue  # a setting outside the search space (e.g. a baseline off-range): nothing to learn
+            study.add_trial(trial)
+        waiting = {self._own_trial(exp.tags) for exp in state.pending}
+        for number in sorted(self.open - finished - waiting):  # asked, never recorded
+            self.open.discard(number)
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        return study
+
+    def _own_trial(self, tags: Mapping[str, str]) -> int | None:
+        """The trial number of an experiment this study asked for, else None."""
+        if tags.get(STUDY_TAG) != self.study_id:
+            return None
+        try:
+            return int(tags[TRIAL_TAG])
+        except (KeyError, ValueError):
+            return None

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 from labfleet.records import Proposal, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
+from labfleet.target import KnobValue
 
 MAX_DRAWS = 1000  # per proposal, before deciding the space is exhausted
 
 
 class RandomResearcher(Researcher):
+    """Uniform samples of all knobs (choices uniformly, log ranges log-uniformly).
+
+    Knob values fully specify a version, so every proposal starts from the baseline.
+    Settings already run or pending are skipped. The generator is seeded once: after a
+    restart it draws the same sequence again, and the settings already in the ledger
+    are skipped, so the session carries on where it stopped.
+    """
+
     name = "random"
 
     def __init__(self, seed: int = 0) -> None:
@@ -20,8 +30,15 @@ class RandomResearcher(Researcher):
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
             return []
-        draws = ({name: space.sample(knob, self.rng) for name, knob in state.knobs.items()} for _ in range(n * MAX_DRAWS))
+        picks = space.first_new(self._draws(state, n * MAX_DRAWS), space.tried(state), n)
         return [
             Proposal(description=f"random: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id)
-            for knobs in space.first_new(draws, space.tried(state), n)
+            for knobs in picks
         ]
+
+    def _draws(self, state: SessionState, count: int) -> Iterator[dict[str, KnobValue]]:
+        for _ in range(count):
+            knobs = {name: space.sample(knob, self.rng) for name, knob in state.knobs.items()}
+            # space.sample rounds to 4 digits, which could step past a bound with more digits.
+            if all(state.knobs[k].contains(v) for k, v in knobs.items()):
+                yield knobs

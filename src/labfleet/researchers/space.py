@@ -47,7 +47,8 @@ def _cast(value: float, knob: Knob) -> KnobValue:
     value = min(knob.high, max(knob.low, value))
     if knob.integer:
         return int(round(value))
-    return float(f"{value:.4g}")  # short, readable values in diffs
+    short = float(f"{value:.4g}")  # short, readable values in diffs
+    return short if knob.low <= short <= knob.high else value  # rounding must not leave the range
 
 
 def sample(knob: Knob, rng: random.Random) -> KnobValue:
