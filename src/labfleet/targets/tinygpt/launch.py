@@ -14,6 +14,8 @@ import runpy
 import sys
 
 key = os.environ.pop("LABFLEET_SIGNING_KEY", None)
+if len(sys.argv) < 2:
+    sys.exit("usage: python launch.py train.py")
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
 import prepare  # noqa: E402
 

@@ -5,10 +5,13 @@ FROZEN: labfleet hashes this file and rejects any experiment that changes it, so
 every version of train.py is measured by the same data and the same evaluation.
 
     python prepare.py                       # the default corpus (offline, any machine)
-    python prepare.py --dataset climbmix    # autoresearch's climbmix shards (needs internet)
+    python prepare.py --dataset climbmix    # autoresearch's climbmix shards (needs internet, pyarrow)
+    python prepare.py --force               # rebuild even if the cache already holds the corpus
 
 Outputs go to $LABFLEET_CACHE_DIR (set by labfleet; default ~/.cache/labfleet-tinygpt):
-train.bin and val.bin (uint8 tokens) and meta.json.
+train.bin and val.bin (uint8 tokens) and meta.json. Running it again is a no-op.
+
+What train.py uses: VOCAB_SIZE, load_split(), get_batch(), evaluate_bpb(), print_summary().
 """
 
 import argparse
@@ -19,6 +22,7 @@ import math
 import os
 import sys
 import sysconfig
+import time
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +36,8 @@ EVAL_TOKENS = 65_536  # the fixed validation slice evaluate_bpb measures
 EVAL_BATCH = 16  # sequences per evaluation forward pass
 SEPARATOR = b"\n\n# ---- file ----\n\n"
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/shard_{:05d}.parquet"
-CLIMBMIX_SHARDS = 2  # ~100 MB of text each
+CLIMBMIX_SHARDS = 2  # training shards 0..N-1 (~100 MB of text each)
+CLIMBMIX_VAL_SHARD = 6542  # the last shard, pinned for validation as in autoresearch
 
 
 def cache_dir() -> Path:
@@ -64,36 +69,69 @@ def stdlib_documents():
             continue
 
 
-def climbmix_documents():
-    """autoresearch's climbmix shards (downloaded once into the cache; needs pyarrow)."""
-    import pyarrow.parquet as pq  # only this option needs it
-
-    for index in range(CLIMBMIX_SHARDS):
-        path = cache_dir() / f"climbmix_{index:05d}.parquet"
-        if not path.exists():
-            print(f"downloading climbmix shard {index} ...", flush=True)
+def download(url: str, path: Path, attempts: int = 4) -> None:
+    """Fetch url into path atomically (a .part file, then rename), retrying with backoff."""
+    for attempt in range(attempts):
+        try:
+            print(f"downloading {url} ...", flush=True)
             tmp = path.with_suffix(".part")
-            urllib.request.urlretrieve(CLIMBMIX_URL.format(index), tmp)
-            tmp.rename(path)
-        table = pq.read_table(path, columns=["text"])
-        for row, text in enumerate(table.column("text").to_pylist()):
-            yield f"shard{index}/{row}", text.encode("utf-8", errors="replace")
+            urllib.request.urlretrieve(url, tmp)
+            os.replace(tmp, path)
+            return
+        except OSError as err:
+            if attempt == attempts - 1:
+                raise SystemExit(f"could not download {url}: {err}")
+            time.sleep(2**attempt)
 
 
-def build(dataset: str) -> dict:
+def climbmix_documents():
+    """autoresearch's climbmix parquet shards: CLIMBMIX_SHARDS for training, the pinned
+    CLIMBMIX_VAL_SHARD for validation. Downloaded once into the cache; reading needs pyarrow."""
+    try:
+        import pyarrow.parquet as pq  # only this option needs it
+    except ImportError:
+        raise SystemExit("--dataset climbmix needs pyarrow: pip install pyarrow") from None
+
+    for index in [*range(CLIMBMIX_SHARDS), CLIMBMIX_VAL_SHARD]:
+        path = cache_dir() / f"shard_{index:05d}.parquet"
+        if not path.exists():
+            download(CLIMBMIX_URL.format(index), path)
+        texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+        for row, text in enumerate(texts):
+            yield f"shard_{index:05d}/{row}", text.encode("utf-8", errors="replace")
+
+
+def split_of(dataset: str, name: str) -> str:
+    """Which split a document goes to. Deterministic: by path hash, or by pinned shard."""
+    if dataset == "climbmix":
+        return "val" if name.startswith(f"shard_{CLIMBMIX_VAL_SHARD:05d}/") else "train"
+    return "val" if is_validation(name) else "train"
+
+
+def build(dataset: str, force: bool = False) -> dict:
+    """Write train.bin, val.bin and meta.json into the cache; a no-op if they are there."""
+    out = cache_dir()
+    meta_path = out / "meta.json"
+    if not force and meta_path.exists() and all((out / f"{s}.bin").exists() for s in ("train", "val")):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("dataset") == dataset:
+            return meta
     documents = {"stdlib": stdlib_documents, "climbmix": climbmix_documents}[dataset]()
     splits = {"train": bytearray(), "val": bytearray()}
     counts = {"train": 0, "val": 0}
     for name, data in documents:
-        split = "val" if is_validation(name) else "train"
+        split = split_of(dataset, name)
         splits[split] += data + SEPARATOR
         counts[split] += 1
-    out = cache_dir()
-    for split, data in splits.items():
-        np.frombuffer(bytes(data), dtype=np.uint8).tofile(out / f"{split}.bin")
+    for split, data in splits.items():  # temp file + rename: a reader never sees half a file
+        tmp = out / f"{split}.bin.tmp"
+        np.frombuffer(bytes(data), dtype=np.uint8).tofile(tmp)
+        os.replace(tmp, out / f"{split}.bin")
     meta = {"dataset": dataset, "vocab_size": VOCAB_SIZE, "documents": counts,
             "tokens": {k: len(v) for k, v in splits.items()}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)
     return meta
 
 
@@ -122,10 +160,12 @@ _LAST_EVAL = {"value": None}
 
 
 def evaluate_bpb(model, seq_len: int, device: str = "cpu") -> float:
-    """Bits per byte on the fixed validation slice (the first EVAL_TOKENS tokens).
+    """Bits per byte on the fixed validation slice (the first EVAL_TOKENS tokens of val.bin).
 
-    ``model(x)`` must return logits of shape (batch, seq_len, VOCAB_SIZE) for int64
-    token ids x of shape (batch, seq_len). Deterministic: no sampling, eval mode.
+    Call contract: ``model(x)`` takes int64 token ids x of shape (batch, seq_len) on
+    ``device`` and returns logits of shape (batch, seq_len, VOCAB_SIZE) (any float dtype).
+    Deterministic: the same slice every time, no sampling, eval mode and no_grad (the
+    model's training flag is restored). The value is also kept here for print_summary().
     """
     import torch
     import torch.nn.functional as F
@@ -160,7 +200,12 @@ def _set_signing_key(key) -> None:
 
 
 def print_summary(figures: dict) -> None:
-    """Print the `---` block. The val_bpb line is the last evaluate_bpb() result, signed."""
+    """Print the `---` block: aligned `key: value` lines, the metric first.
+
+    The val_bpb value is the last evaluate_bpb() result, never a figure from the caller
+    (a "val_bpb" key in ``figures`` is ignored). With a signing key from launch.py, a
+    `signature:` line follows: HMAC-SHA256 over "val_bpb=<the printed value>".
+    """
     value = _LAST_EVAL["value"]
     value_text = "nan" if value is None else f"{value:.6f}"
     lines = {"val_bpb": value_text}
@@ -182,7 +227,8 @@ def print_summary(figures: dict) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Build tinygpt's corpus in $LABFLEET_CACHE_DIR.")
     parser.add_argument("--dataset", choices=["stdlib", "climbmix"], default="stdlib")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cache holds this corpus")
     args = parser.parse_args()
-    meta = build(args.dataset)
+    meta = build(args.dataset, force=args.force)
     print(f"{meta['dataset']}: {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val bytes "
           f"from {meta['documents']['train'] + meta['documents']['val']:,} documents in {cache_dir()}")
