@@ -15,16 +15,6 @@ LOG_FACTOR = 2.0  # first step on log ranges: x2 and /2
 LINEAR_FRACTION = 1 / 8  # first step on linear ranges: +-1/8 of the range
 
 
-def fit(value: float, knob: Knob) -> KnobValue:
-    """``value`` clipped into the range: an int for integer knobs, else 4 significant digits."""
-    assert knob.low is not None and knob.high is not None
-    value = min(knob.high, max(knob.low, value))
-    if knob.integer:
-        return int(round(value))
-    short = float(f"{value:.4g}")  # readable values in diffs
-    return short if knob.low <= short <= knob.high else value  # rounding must not leave the range
-
-
 def steps(knob: Knob, value: KnobValue, level: int) -> list[KnobValue]:
     """The values one step of size ``level`` away (0: x2, /2 or +-1/8; each level halves the step).
 
@@ -51,9 +41,9 @@ def steps(knob: Knob, value: KnobValue, level: int) -> list[KnobValue]:
         raw = [(x + width, 1), (x - width, -1)]
     out: list[KnobValue] = []
     for target, direction in raw:
-        new = fit(target, knob)
+        new = space.fit(target, knob)
         if knob.integer and new == x:
-            new = fit(x + direction, knob)
+            new = space.fit(x + direction, knob)
         if new != x and new not in out:
             out.append(new)
     return out

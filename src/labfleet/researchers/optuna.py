@@ -58,14 +58,10 @@ def distribution(knob: Knob) -> optuna.distributions.BaseDistribution:
 
 def _readable(params: Mapping[str, Any], knobs: Mapping[str, Knob]) -> dict[str, KnobValue]:
     """Floats cut to 4 significant digits for readable diffs (kept exact if that leaves the range)."""
-    out: dict[str, KnobValue] = {}
-    for name, value in params.items():
-        knob = knobs[name]
-        if knob.choices is None and not knob.integer and isinstance(value, float):
-            short = float(f"{value:.4g}")
-            value = short if knob.contains(short) else value
-        out[name] = value
-    return out
+    return {
+        name: space.fit(value, knobs[name]) if knobs[name].choices is None and isinstance(value, float) else value
+        for name, value in params.items()
+    }
 
 
 def _value(result: Result) -> float | None:

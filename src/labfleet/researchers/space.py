@@ -1,4 +1,4 @@
-"""Knob-space helpers shared by the built-in researchers: sampling, neighbours, identity."""
+"""Knob-space helpers shared by the built-in researchers: sampling, grids, identity."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def describe(knobs: Mapping[str, KnobValue]) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in knobs.items())
 
 
-def _cast(value: float, knob: Knob) -> KnobValue:
+def fit(value: float, knob: Knob) -> KnobValue:
+    """``value`` clipped into the range: an int for integer knobs, else 4 significant digits."""
     assert knob.low is not None and knob.high is not None
     value = min(knob.high, max(knob.low, value))
     if knob.integer:
@@ -57,30 +58,8 @@ def sample(knob: Knob, rng: random.Random) -> KnobValue:
         return rng.choice(knob.choices)
     assert knob.low is not None and knob.high is not None
     if knob.log:
-        return _cast(math.exp(rng.uniform(math.log(knob.low), math.log(knob.high))), knob)
-    return _cast(rng.uniform(knob.low, knob.high), knob)
-
-
-def neighbours(knob: Knob, value: KnobValue) -> list[KnobValue]:
-    """The values one step away: adjacent choices; x2 and /2 on log ranges; +-1/8 of linear ones."""
-    if knob.choices is not None:
-        if value not in knob.choices:
-            return list(knob.choices)
-        i = knob.choices.index(value)
-        return [knob.choices[j] for j in (i + 1, i - 1) if 0 <= j < len(knob.choices)]
-    assert knob.low is not None and knob.high is not None
-    x = float(value)  # type: ignore[arg-type]
-    if knob.log and x > 0:
-        steps = [x * 2, x / 2]
-    else:
-        width = (knob.high - knob.low) / 8
-        steps = [x + width, x - width]
-    out = []
-    for step in steps:
-        v = _cast(step, knob)
-        if v != value and v not in out:
-            out.append(v)
-    return out
+        return fit(math.exp(rng.uniform(math.log(knob.low), math.log(knob.high))), knob)
+    return fit(rng.uniform(knob.low, knob.high), knob)
 
 
 def grid_values(knob: Knob, points: int) -> list[KnobValue]:
@@ -89,7 +68,7 @@ def grid_values(knob: Knob, points: int) -> list[KnobValue]:
         return list(knob.choices)
     assert knob.low is not None and knob.high is not None
     if points == 1:
-        return [_cast((knob.low + knob.high) / 2, knob)]
+        return [fit((knob.low + knob.high) / 2, knob)]
     if knob.log:
         ratio = (knob.high / knob.low) ** (1 / (points - 1))
         raw = [knob.low * ratio**i for i in range(points)]
@@ -97,7 +76,7 @@ def grid_values(knob: Knob, points: int) -> list[KnobValue]:
         raw = [knob.low + (knob.high - knob.low) * i / (points - 1) for i in range(points)]
     values: list[KnobValue] = []
     for v in raw:
-        cast = _cast(v, knob)
+        cast = fit(v, knob)
         if cast not in values:
             values.append(cast)
     return values
