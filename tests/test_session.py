@@ -203,3 +203,22 @@ def test_champion_is_compared_within_a_hardware_class(tmp_path):
     assert loop.champion_metric("H100") == 1.00
     assert loop.champion_metric("H200") == 0.95
     assert loop.champion_metric("A100") == 1.00  # never measured there: its own metric
+
+
+class AfterBaseline(Scripted):
+    """Has ideas only once the baseline's result is known."""
+
+    def propose(self, state: SessionState, n: int) -> list[Proposal]:
+        if state.baseline is None or state.baseline.decision != Decision.BASELINE:
+            self.sizes.append(0)
+            return []
+        return super().propose(state, n)
+
+
+def test_a_researcher_without_ideas_is_asked_again_after_a_result(tmp_path):
+    folder = lab(tmp_path)
+    researcher = AfterBaseline([Proposal("lr best", knobs={"LEARNING_RATE": 1e-2})])
+    ledger, loop = run_session(folder, researcher, workers=2)
+    assert researcher.sizes[0] == 0  # asked while the baseline ran: nothing yet
+    assert [e.description for e in ledger.experiments(loop.session_id)] == ["baseline", "lr best"]
+    assert loop.stop_reason == "the researcher has nothing more to propose"

@@ -130,7 +130,9 @@ class SessionLoop:
     # runtime state, rebuilt from the ledger on start
     busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
     champion: _Champion = field(default_factory=_Champion)
-    exhausted: bool = False  # the researcher had nothing more to propose
+    # The researcher had nothing to propose: ask again only after a new result (a new
+    # champion may open new ideas); with nothing left running, the session ends.
+    researcher_idle: bool = False
     stop_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -173,7 +175,7 @@ class SessionLoop:
         progressed |= self.place_queued()
         wanted = len(self.free_workers()) + self.config.lookahead
         wanted -= len(self.ledger.run_rows(self.session_id, ["queued"]))
-        if wanted > 0 and self.may_propose():
+        if wanted > 0 and not self.researcher_idle and self.may_propose():
             progressed |= self.propose(wanted)
             progressed |= self.place_queued()
         return progressed
@@ -189,7 +191,7 @@ class SessionLoop:
         if self.stop_reason:
             return False
         reason = ""
-        if self.exhausted:
+        if self.researcher_idle and not self.ledger.run_rows(self.session_id, ["queued", "running"]):
             reason = "the researcher has nothing more to propose"
         elif cfg.max_experiments is not None and self.proposed_count() >= cfg.max_experiments:
             reason = f"reached --max-experiments {cfg.max_experiments}"
@@ -249,6 +251,7 @@ class SessionLoop:
 
     def collect(self, finished: Finished) -> None:
         run_row = self.ledger.run_row(finished.run_id)
+        self.researcher_idle = False
         self.busy = {w: r for w, r in self.busy.items() if r != finished.run_id}
         if run_row is None or run_row["status"] != "running":
             return  # already final (e.g. recorded before a restart): never count twice
@@ -425,7 +428,7 @@ class SessionLoop:
             return False
         proposals = self.researcher.propose(self.state(), n)[:n]
         if not proposals:
-            self.exhausted = True
+            self.researcher_idle = True
             return False
         for proposal in proposals:
             self.materialize(proposal)
