@@ -231,16 +231,16 @@ def _open_ledger(target: Path, must_exist: bool = True) -> tuple[Path, Any]:
 @app.command()
 def run(
     target: TargetOption = Path("."),
-    workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. [default: 1]", min=1)] = None,
-    researcher: Annotated[str | None, typer.Option(help="greedy, random, grid or optuna. [default: greedy]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. (default 1)", min=1)] = None,
+    researcher: Annotated[str | None, typer.Option(help="greedy, random, grid or optuna. (default greedy)")] = None,
     max_experiments: Annotated[int | None, typer.Option(help="Stop proposing after this many experiments (baseline not counted).", min=1)] = None,
     hours: Annotated[float | None, typer.Option(help="Stop proposing after this many hours.", min=0)] = None,
     until: Annotated[float | None, typer.Option(help="Stop once the best metric reaches this value.")] = None,
     budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=0.1)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for runs and for the researcher. [default: 0]")] = None,
-    margin: Annotated[float | None, typer.Option(help="A keep must beat the best by more than this. [default: 0]", min=0)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per worker. [default: 1]", min=1)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). [default: cpu]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for runs and for the researcher. (default 0)")] = None,
+    margin: Annotated[float | None, typer.Option(help="A keep must beat the best by more than this. (default 0)", min=0)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). (default cpu)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start a new session even if the latest one is unfinished.")] = False,
 ) -> None:
