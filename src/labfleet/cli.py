@@ -52,6 +52,7 @@ TargetOption = Annotated[
     Path, typer.Option("--target", "-C", help="Target folder (a git repo with labfleet.toml).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for agents and scripts.")]
+SessionOption = Annotated[int | None, typer.Option(help="Session id (default: the latest).")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -326,7 +327,7 @@ def _escape(text: str) -> str:
 @app.command()
 def status(
     target: TargetOption = Path("."),
-    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    session: SessionOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Where the session stands: running or not, counts, best so far, what each worker runs."""
@@ -355,7 +356,7 @@ def status(
 @app.command()
 def results(
     target: TargetOption = Path("."),
-    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    session: SessionOption = None,
     last: Annotated[int, typer.Option(help="Show the most recent N experiments.", min=1)] = 50,
     all_: Annotated[bool, typer.Option("--all", help="Show every experiment.")] = False,
     as_json: JsonOption = False,
@@ -391,7 +392,7 @@ def results(
 @app.command()
 def best(
     target: TargetOption = Path("."),
-    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    session: SessionOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The best version found: its metric against the baseline, its commit, and its diff."""
@@ -425,7 +426,7 @@ def _print_best(root: Path, ledger: Any, session: int | None, metric: str) -> No
 @app.command()
 def export(
     target: TargetOption = Path("."),
-    session: Annotated[int | None, typer.Option(help="Session id (default: the latest).")] = None,
+    session: SessionOption = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write; - for stdout.")] = Path("results.tsv"),
     tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv columns (the only format).")] = True,
 ) -> None:
