@@ -179,8 +179,6 @@ class Ledger:
                     (session_id, w.id, w.hardware, w.device, w.threads, w.price_per_hour),
                 )
 
-    def workers(self, session_id: int) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM workers WHERE session_id = ? ORDER BY id", (session_id,)).fetchall()
 
     # ----------------------------------------------------------------- experiments and runs
 
@@ -309,6 +307,13 @@ class Ledger:
             "SELECT status, COUNT(*) AS n FROM runs WHERE session_id = ? GROUP BY status", (session_id,)
         )
         return {r["status"]: r["n"] for r in rows}
+
+    def proposed_count(self, session_id: int) -> int:
+        """Experiments other than the baseline (the one without a parent)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) AS n FROM experiments WHERE session_id = ? AND parent_id IS NOT NULL", (session_id,)
+        ).fetchone()
+        return int(row["n"])
 
     def decision_counts(self, session_id: int) -> dict[str, int]:
         rows = self.db.execute(

@@ -207,12 +207,8 @@ class SessionLoop:
         return True
 
     def proposed_count(self) -> int:
-        counts = self.ledger.decision_counts(self.session_id)
-        return sum(counts.values()) - counts.get(str(Decision.BASELINE), 0) - self._baseline_pending()
-
-    def _baseline_pending(self) -> int:
-        baseline = self.baseline()
-        return int(baseline is not None and baseline.decision == Decision.PENDING)
+        """Experiments proposed so far, the baseline not counted."""
+        return self.ledger.proposed_count(self.session_id)
 
     def interrupt(self) -> None:
         """Ctrl-C or an error: stop local runs and queue them again for a resume."""
@@ -288,7 +284,7 @@ class SessionLoop:
             exp = self.ledger.experiment(exp_id)
             self.champion = _Champion(exp, run.metric)
             self.on_event(Event("baseline", f"baseline {self._fmt(run.metric)}", exp, run))
-            self.researcher.observe(self.state(), Result(exp, run))
+            self.tell(Result(exp, run))
             for other in self.ledger.experiments(self.session_id):  # results that waited for it
                 if other.decision == Decision.PENDING and other.id != exp_id:
                     latest = self.latest_run(other.id)
@@ -316,8 +312,12 @@ class SessionLoop:
             else:
                 self.ledger.decide(exp_id, Decision.DISCARDED, run.metric)
                 self.on_event(Event("discarded", f"e{exp_id} {self._fmt(run.metric)} discarded ({run.metric - champion:+.4f})  [{exp.description}]", exp, run))
-        final = self.ledger.experiment(exp_id)
-        self.researcher.observe(self.state(), Result(final, run))
+        self.tell(Result(self.ledger.experiment(exp_id), run))
+
+    def tell(self, result: Result) -> None:
+        """researcher.observe, building the snapshot only for researchers that override it."""
+        if type(self.researcher).observe is not Researcher.observe:
+            self.researcher.observe(self.state(), result)
 
     def champion_metric(self, hardware: str | None) -> float | None:
         """The champion's metric as measured on ``hardware`` (its own metric if never run there).
@@ -360,8 +360,8 @@ class SessionLoop:
             placed = True
         return placed
 
-    def _job(self, row: Any, worker: Worker) -> Job:
-        exp = self.ledger.experiment(row["experiment_id"])
+    def _job(self, row: Any, worker: Worker, exp: Experiment | None = None) -> Job:
+        exp = exp or self.ledger.experiment(row["experiment_id"])
         run_dir = Path(row["run_dir"]) if row["run_dir"] else self.run_dir(exp.id, row["id"])
         request = RunRequest(
             target_dir=self.target.root, run_dir=run_dir, commit=exp.commit, seed=exp.seed,
@@ -374,7 +374,8 @@ class SessionLoop:
         return self.state_dir / "runs" / f"s{self.session_id}" / f"e{exp_id}-r{run_id}"
 
     def place(self, row: Any, worker: Worker) -> None:
-        job = self._job(row, worker)
+        exp = self.ledger.experiment(row["experiment_id"])
+        job = self._job(row, worker, exp)
         run_dir = job.request.run_dir
         # recorded before the start: a crash right after leaves a row that resume can follow
         self.ledger.mark_running(
@@ -389,7 +390,6 @@ class SessionLoop:
             self.ledger.requeue(row["id"])
             raise
         self.ledger.set_handle(row["id"], handle)
-        exp = self.ledger.experiment(row["experiment_id"])
         self.on_event(Event("started", f"e{exp.id} started on {worker.id}  [{exp.description}]", exp))
 
     # ----------------------------------------------------------------- proposing

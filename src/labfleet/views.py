@@ -44,7 +44,9 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         " ORDER BY r.worker",
         (sid,),
     ).fetchall()
-    holder = lock_holder(state_dir) if session_id is None or session_id == sid else None
+    # the lock belongs to whichever session runs now: only the latest one can be it
+    latest = ledger.session()
+    holder = lock_holder(state_dir) if latest is not None and latest["id"] == sid else None
     config = json.loads(session["config"])
     now = time.time()
     finished_runs = sum(n for s, n in runs.items() if s not in ("queued", "running"))
