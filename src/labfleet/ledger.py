@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,8 +116,9 @@ def _dumps(value: Any) -> str:
 class Ledger:
     """A connection to one ledger file. Not shared between threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock  # every timestamp; the simulator passes its virtual clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -149,7 +150,7 @@ class Ledger:
         self, target: str, researcher: str, config: Mapping[str, Any], branch_prefix: str,
         base_commit: str, frozen_hashes: Mapping[str, str],
     ) -> int:
-        now = time.time()
+        now = self.clock()
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO sessions (target, researcher, config, branch, base_commit, frozen_hashes,"
@@ -168,7 +169,7 @@ class Ledger:
 
     def set_session_status(self, session_id: int, status: str) -> None:
         self.db.execute(
-            "UPDATE sessions SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), session_id)
+            "UPDATE sessions SET status = ?, updated_at = ? WHERE id = ?", (status, self.clock(), session_id)
         )
 
     def set_workers(self, session_id: int, workers: Iterable[Any]) -> None:
@@ -188,7 +189,7 @@ class Ledger:
         budget_seconds: float, decision: Decision = Decision.PENDING, queue: bool = True,
     ) -> tuple[int, int | None]:
         """Record an experiment and (with ``queue``) its first queued run, in one transaction."""
-        now = time.time()
+        now = self.clock()
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO experiments (session_id, parent_id, commit_sha, patch, description, hypothesis,"
@@ -210,7 +211,7 @@ class Ledger:
 
     def add_final_run(self, session_id: int, exp_id: int, status: RunStatus, reason: str) -> int:
         """A run that ended before it started (e.g. a patch rejected while materializing)."""
-        now = time.time()
+        now = self.clock()
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs (experiment_id, session_id, attempt, status, queued_at, ended_at, reason)"
@@ -226,7 +227,7 @@ class Ledger:
         self.db.execute(
             "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
             " started_at = ? WHERE id = ? AND status = 'queued'",
-            (worker, hardware, run_dir, log_path, time.time(), run_id),
+            (worker, hardware, run_dir, log_path, self.clock(), run_id),
         )
 
     def set_handle(self, run_id: int, handle: str) -> None:
@@ -248,10 +249,10 @@ class Ledger:
                 return None
             db.execute(
                 "UPDATE runs SET status = ?, metric = ?, figures = ?, reason = ?, ended_at = ? WHERE id = ?",
-                (str(status), metric, _dumps(figures or {}), reason, ended_at or time.time(), run_id),
+                (str(status), metric, _dumps(figures or {}), reason, ended_at or self.clock(), run_id),
             )
             if retry:
-                return self._queue_run(db, row["session_id"], row["experiment_id"], row["attempt"] + 1, time.time())
+                return self._queue_run(db, row["session_id"], row["experiment_id"], row["attempt"] + 1, self.clock())
         return None
 
     def requeue(self, run_id: int) -> None:
@@ -265,7 +266,7 @@ class Ledger:
     def decide(self, exp_id: int, decision: Decision, metric: float | None) -> None:
         self.db.execute(
             "UPDATE experiments SET decision = ?, metric = ?, decided_at = ? WHERE id = ?",
-            (str(decision), metric, time.time(), exp_id),
+            (str(decision), metric, self.clock(), exp_id),
         )
 
     def experiment(self, exp_id: int) -> Experiment:
@@ -324,7 +325,7 @@ class Ledger:
     def event(self, session_id: int | None, kind: str, **data: Any) -> None:
         self.db.execute(
             "INSERT INTO events (session_id, at, kind, data) VALUES (?, ?, ?, ?)",
-            (session_id, time.time(), kind, _dumps(data)),
+            (session_id, self.clock(), kind, _dumps(data)),
         )
 
 

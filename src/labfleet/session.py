@@ -127,6 +127,7 @@ class SessionLoop:
     state_dir: Path
     on_event: Callable[[Event], None] = lambda event: None
     clock: Callable[[], float] = time.time
+    tick: float = TICK_SECONDS  # the longest idle wait (the simulator's virtual clock jumps instead)
     # runtime state, rebuilt from the ledger on start
     busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
     champion: _Champion = field(default_factory=_Champion)
@@ -157,7 +158,7 @@ class SessionLoop:
                 if self.finished():
                     break
                 if not progressed:
-                    time.sleep(TICK_SECONDS)
+                    self.executor.wait(self.tick)
         except BaseException:
             self.interrupt()
             raise
@@ -368,7 +369,7 @@ class SessionLoop:
             budget_seconds=exp.budget_seconds, device=worker.device, threads=worker.threads,
             frozen_hashes=self.frozen_hashes,
         )
-        return Job(run_id=row["id"], worker_id=worker.id, request=request)
+        return Job(run_id=row["id"], worker_id=worker.id, request=request, knobs=exp.knobs)
 
     def run_dir(self, exp_id: int, run_id: int) -> Path:
         return self.state_dir / "runs" / f"s{self.session_id}" / f"e{exp_id}-r{run_id}"

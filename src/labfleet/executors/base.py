@@ -8,6 +8,7 @@ Call order, driven only by the session loop:
     executor.poll()                        # finished jobs since the last poll (never blocks long)
     executor.cancel(run_id)                # kill a running job (it is then reported by poll as lost)
     executor.adopt(job, handle)            # after an orchestrator restart: follow a job it started
+    executor.wait(seconds)                 # idle: block until a job may have finished (at most seconds)
     executor.close()                       # stop everything still running
 
 Rules every executor follows (the conformance suite in ``executors/conformance.py``
@@ -25,7 +26,10 @@ checks them):
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from labfleet.errors import LabfleetError
 from labfleet.harness import RunRequest, RunResult
@@ -53,6 +57,9 @@ class Job:
     run_id: int
     worker_id: str
     request: RunRequest
+    # The experiment's knob values: real executors run the commit and ignore them; the
+    # simulated executor's surrogate objective reads them instead of training.
+    knobs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,13 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def running(self) -> list[int]:
         """Run ids started or adopted and not yet reported by ``poll``."""
+
+    def wait(self, seconds: float) -> None:
+        """Block until a job may have finished, at most ``seconds`` (the loop calls it when idle).
+
+        Real executors sleep; the simulated one advances its virtual clock instead.
+        """
+        time.sleep(seconds)
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -85,8 +85,8 @@ def _wait(executor: Executor, count: int, timeout: float = 60.0) -> list[Finishe
     while len(finished) < count:
         assert time.monotonic() < deadline, f"only {len(finished)} of {count} jobs finished in {timeout:g} s"
         finished += executor.poll()
-        time.sleep(0.02)
-    time.sleep(0.3)
+        executor.wait(0.02)
+    executor.wait(0.3)
     finished += executor.poll()
     assert len(finished) == count, f"poll reported {len(finished)} jobs, expected {count}"
     return finished
@@ -164,7 +164,7 @@ def check_cancel(factory: ExecutorFactory, tmp: Path) -> None:
     executor = factory(1)
     try:
         executor.start(_job(folder, tmp, 1, executor.workers()[0].id, sleep=30.0))
-        time.sleep(1.0)
+        executor.wait(1.0)
         executor.cancel(1)
         [f] = _wait(executor, 1, timeout=15)
         assert f.result is None and f.reason == "cancelled"

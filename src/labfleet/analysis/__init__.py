@@ -1,0 +1,1 @@
+"""What the ledger says: noise, hardware, effects, phases, cost, and the report."""
