@@ -6,15 +6,17 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from labfleet.executors.base import Worker
 from labfleet.executors.local import LocalExecutor
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Proposal, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
-from labfleet.session import SessionConfig, SessionError, SessionLoop, start_session
+from labfleet.session import SessionConfig, SessionError, SessionLoop, _Champion, start_session
 from labfleet.target import load_target
 from tests.conftest import git, make_target
 
@@ -86,10 +88,10 @@ def test_session_keeps_improvements_and_advances_the_lineage(tmp_path):
     assert exps["baseline"].metric == pytest.approx(2.02)
     assert exps["lr way down"].decision == Decision.DISCARDED
     assert exps["lr best"].decision == Decision.KEPT and exps["lr best"].metric == pytest.approx(1.02)
-    # every experiment ended with exactly one final run
+    # the baseline ran three seeds (to measure the noise: none here), every other experiment once
     for exp in exps.values():
         runs = [r for r in ledger.runs(sid) if r.experiment_id == exp.id]
-        assert [r.status for r in runs] == [RunStatus.DONE]
+        assert [r.status for r in runs] == [RunStatus.DONE] * (3 if exp.parent_id is None else 1)
     assert sorted(researcher.observed) == sorted(e.id for e in exps.values())
     # the lineage branch ends at a version holding the best knob values
     branch = f"labfleet/s{sid}"
@@ -107,7 +109,7 @@ def test_free_workers_are_filled_and_limits_stop_proposing(tmp_path):
     folder = lab(tmp_path)
     many = [Proposal(f"lr {i}", knobs={"LEARNING_RATE": 1e-3 * (1 + i / 10)}) for i in range(1, 20)]
     researcher = Scripted(many)
-    ledger, loop = run_session(folder, researcher, workers=3, max_experiments=5)
+    ledger, loop = run_session(folder, researcher, workers=3, max_experiments=5, noise_repeats=0)
     assert len(ledger.experiments(loop.session_id)) == 6  # baseline + 5
     assert researcher.sizes[0] == 3  # two free workers (the baseline took one) and one ahead
     assert loop.stop_reason == "reached --max-experiments 5"
@@ -192,17 +194,39 @@ def test_champion_is_compared_within_a_hardware_class(tmp_path):
     baseline = loop.baseline()
     assert baseline is not None
     first = ledger.runs(sid)[0].id
-    ledger.db.execute("UPDATE runs SET status = 'running', hardware = 'H100' WHERE id = ?", (first,))
+    ledger.db.execute("UPDATE runs SET status = 'running', hardware = 'H100', budget_seconds = 1 WHERE id = ?", (first,))
     ledger.finish_run(first, RunStatus.DONE, metric=1.00)
-    loop.decide(baseline.id)
-    _, second = ledger.add_experiment(sid, parent_id=None, commit=baseline.commit, patch="", description="calibration",
-                                      hypothesis="", knobs={}, tags={}, seed=1, budget_seconds=1)
-    ledger.db.execute("UPDATE runs SET experiment_id = ?, hardware = 'H200', status = 'running' WHERE id = ?",
-                      (baseline.id, second))
-    ledger.finish_run(second, RunStatus.DONE, metric=0.95)
-    assert loop.champion_metric("H100") == 1.00
-    assert loop.champion_metric("H200") == 0.95
-    assert loop.champion_metric("A100") == 1.00  # never measured there: its own metric
+    loop.recover()  # reads the samples, decides the baseline
+    assert loop.champion.metric == 1.00
+    b = baseline.id
+    loop.samples[(b, "H100", 1.0)].append(1.02)
+    loop.samples[(b, "H200", 1.0)] = [0.95]
+    assert loop.champion_metrics("H100", 1.0) == [1.00, 1.02]
+    assert loop.champion_metrics("H200", 1.0) == [0.95]
+    assert loop.champion_metrics("A100", 1.0) == [1.00]  # never measured there: its own metric
+    # a champion measured only on H100 is compared on H200 through the measured offset
+    loop.champion = _Champion(replace(baseline, id=99), 0.90)
+    loop.samples[(99, "H100", 1.0)] = [0.90]
+    assert loop.hardware_offset("H200", "H100", 1.0) == pytest.approx(0.95 - 1.01)
+    assert loop.champion_metrics("H200", 1.0) == [pytest.approx(0.90 + 0.95 - 1.01)]
+
+
+def test_calibration_queues_the_baseline_on_every_class_once(tmp_path):
+    folder = lab(tmp_path)
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=2, noise_repeats=2)
+    sid = start_session(target, ledger, cfg)
+    fleet = LocalExecutor(1, hardware="H100")
+    fleet._workers.append(Worker("h200-0", "H200"))
+    loop = SessionLoop(target, ledger, fleet, Scripted([]), sid, cfg, folder / ".labfleet")
+    loop.plan_calibration()
+    loop.plan_calibration()  # a resume adds nothing
+    runs = ledger.runs(sid)
+    assert sorted((r.place_on, r.role, r.seed) for r in runs) == [
+        ("H100", "noise", 1), ("H100", "noise", 2), ("H100", "screen", None),
+        ("H200", "calibrate", 3), ("H200", "noise", 4), ("H200", "noise", 5),
+    ]
 
 
 class AfterBaseline(Scripted):
@@ -218,7 +242,7 @@ class AfterBaseline(Scripted):
 def test_a_researcher_without_ideas_is_asked_again_after_a_result(tmp_path):
     folder = lab(tmp_path)
     researcher = AfterBaseline([Proposal("lr best", knobs={"LEARNING_RATE": 1e-2})])
-    ledger, loop = run_session(folder, researcher, workers=2)
+    ledger, loop = run_session(folder, researcher, workers=2, noise_repeats=0)
     assert researcher.sizes[0] == 0  # asked while the baseline ran: nothing yet
     assert [e.description for e in ledger.experiments(loop.session_id)] == ["baseline", "lr best"]
     assert loop.stop_reason == "the researcher has nothing more to propose"

@@ -75,7 +75,11 @@ CREATE TABLE IF NOT EXISTS runs (
     figures TEXT NOT NULL DEFAULT '{}',
     reason TEXT NOT NULL DEFAULT '',
     run_dir TEXT,
-    log_path TEXT
+    log_path TEXT,
+    seed INTEGER,                    -- NULL: the experiment's seed
+    role TEXT NOT NULL DEFAULT 'screen',  -- screen | confirm | validate | noise | calibrate
+    place_on TEXT,                   -- a hardware class this run must run on (NULL: any the role allows)
+    budget_seconds REAL              -- the budget it ran with (set when placed)
 );
 CREATE INDEX IF NOT EXISTS runs_session_status ON runs(session_id, status);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
@@ -99,6 +103,12 @@ CREATE INDEX IF NOT EXISTS events_session ON events(session_id);
 """
 
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+# Columns added after the first release: an older ledger gets them on open.
+MIGRATIONS = {
+    "runs": {
+        "seed": "INTEGER", "role": "TEXT NOT NULL DEFAULT 'screen'", "place_on": "TEXT", "budget_seconds": "REAL",
+    },
+}
 
 
 class LedgerError(LabfleetError):
@@ -126,6 +136,11 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; fine under WAL
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        for table, columns in MIGRATIONS.items():
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @classmethod
     def for_target(cls, state_dir: Path) -> Ledger:
@@ -202,12 +217,62 @@ class Ledger:
         return exp_id, run_id
 
     @staticmethod
-    def _queue_run(db: sqlite3.Connection, session_id: int, exp_id: int, attempt: int, now: float) -> int:
+    def _queue_run(
+        db: sqlite3.Connection, session_id: int, exp_id: int, attempt: int, now: float,
+        seed: int | None = None, role: str = "screen", place_on: str | None = None,
+    ) -> int:
         cur = db.execute(
-            "INSERT INTO runs (experiment_id, session_id, attempt, status, queued_at) VALUES (?, ?, ?, 'queued', ?)",
-            (exp_id, session_id, attempt, now),
+            "INSERT INTO runs (experiment_id, session_id, attempt, status, queued_at, seed, role, place_on)"
+            " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (exp_id, session_id, attempt, now, seed, role, place_on),
         )
         return int(cur.lastrowid or 0)
+
+    def queue_run(
+        self, session_id: int, exp_id: int, *, seed: int | None = None, role: str = "screen",
+        place_on: str | None = None,
+    ) -> int:
+        """One more run of an experiment: a repeat with another seed, a validation, a calibration."""
+        return self._queue_run(self.db, session_id, exp_id, 1, self.clock(), seed, role, place_on)
+
+    def pin_run(self, run_id: int, place_on: str) -> None:
+        """Tie a queued run to a hardware class."""
+        self.db.execute("UPDATE runs SET place_on = ? WHERE id = ? AND status = 'queued'", (place_on, run_id))
+
+    def decided_since_keep(self, session_id: int) -> int:
+        """Experiments decided after the latest keep (or the baseline): the patience count."""
+        row = self.db.execute(
+            "SELECT COUNT(*) AS n FROM experiments WHERE session_id = ? AND parent_id IS NOT NULL"
+            " AND decision IN ('kept', 'discarded', 'failed') AND decided_at > COALESCE((SELECT MAX(decided_at)"
+            " FROM experiments WHERE session_id = ? AND decision IN ('kept', 'baseline')), 0)",
+            (session_id, session_id),
+        ).fetchone()
+        return int(row["n"])
+
+    def awaiting_validation(self, session_id: int) -> list[int]:
+        """Screened experiments still pending with nothing queued or running: winners waiting for a slot."""
+        rows = self.db.execute(
+            "SELECT e.id FROM experiments e WHERE e.session_id = ? AND e.decision = 'pending'"
+            " AND e.parent_id IS NOT NULL AND EXISTS (SELECT 1 FROM runs r WHERE r.experiment_id = e.id"
+            " AND r.status = 'done') AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.experiment_id = e.id"
+            " AND (r.status IN ('queued', 'running') OR r.role = 'validate')) ORDER BY e.id",
+            (session_id,),
+        )
+        return [r["id"] for r in rows]
+
+    def validations_in_flight(self, session_id: int) -> int:
+        """Experiments with a validation run queued or running."""
+        row = self.db.execute(
+            "SELECT COUNT(DISTINCT experiment_id) AS n FROM runs WHERE session_id = ? AND role = 'validate'"
+            " AND status IN ('queued', 'running') AND experiment_id IN (SELECT id FROM experiments"
+            " WHERE session_id = ? AND parent_id IS NOT NULL)",
+            (session_id, session_id),
+        ).fetchone()
+        return int(row["n"])
+
+    def runs_of(self, exp_id: int) -> list[Run]:
+        rows = self.db.execute("SELECT * FROM runs WHERE experiment_id = ? ORDER BY id", (exp_id,))
+        return [run_record(r) for r in rows]
 
     def add_final_run(self, session_id: int, exp_id: int, status: RunStatus, reason: str) -> int:
         """A run that ended before it started (e.g. a patch rejected while materializing)."""
@@ -221,13 +286,14 @@ class Ledger:
         return int(cur.lastrowid or 0)
 
     def mark_running(
-        self, run_id: int, *, worker: str, hardware: str, run_dir: str, log_path: str
+        self, run_id: int, *, worker: str, hardware: str, run_dir: str, log_path: str,
+        budget_seconds: float | None = None,
     ) -> None:
         """Written before the executor starts the run: a crash right after leaves a traceable row."""
         self.db.execute(
             "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
-            " started_at = ? WHERE id = ? AND status = 'queued'",
-            (worker, hardware, run_dir, log_path, self.clock(), run_id),
+            " started_at = ?, budget_seconds = ? WHERE id = ? AND status = 'queued'",
+            (worker, hardware, run_dir, log_path, self.clock(), budget_seconds, run_id),
         )
 
     def set_handle(self, run_id: int, handle: str) -> None:
@@ -252,7 +318,10 @@ class Ledger:
                 (str(status), metric, _dumps(figures or {}), reason, ended_at or self.clock(), run_id),
             )
             if retry:
-                return self._queue_run(db, row["session_id"], row["experiment_id"], row["attempt"] + 1, self.clock())
+                return self._queue_run(
+                    db, row["session_id"], row["experiment_id"], row["attempt"] + 1, self.clock(),
+                    row["seed"], row["role"], row["place_on"],
+                )
         return None
 
     def requeue(self, run_id: int) -> None:
@@ -344,7 +413,8 @@ def run_record(row: sqlite3.Row) -> Run:
         id=row["id"], experiment_id=row["experiment_id"], attempt=row["attempt"], status=RunStatus(row["status"]),
         worker=row["worker"], hardware=row["hardware"], queued_at=row["queued_at"], started_at=row["started_at"],
         ended_at=row["ended_at"], metric=row["metric"], figures=json.loads(row["figures"]), reason=row["reason"],
-        run_dir=row["run_dir"], log_path=row["log_path"],
+        run_dir=row["run_dir"], log_path=row["log_path"], seed=row["seed"], role=row["role"],
+        place_on=row["place_on"], budget_seconds=row["budget_seconds"],
     )
 
 

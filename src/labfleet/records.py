@@ -116,6 +116,10 @@ class Run:
     reason: str
     run_dir: str | None
     log_path: str | None
+    seed: int | None = None  # None: the experiment's seed
+    role: str = "screen"  # screen | confirm | validate | noise | calibrate
+    place_on: str | None = None  # the hardware class it must run on, if any
+    budget_seconds: float | None = None  # the budget it ran with (None until placed)
 
 
 @dataclass(frozen=True)

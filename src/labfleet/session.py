@@ -28,16 +28,22 @@ from pathlib import Path
 from typing import Any
 
 from labfleet import workspace
+from labfleet.analysis import cost
+from labfleet.analysis.noise import DEFAULT_Z, Group, Verdict, judge, noise_floors
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
-from labfleet.ledger import Ledger
+from labfleet.ledger import Ledger, run_record
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
-from labfleet.target import Target, knob_patch
+from labfleet.target import Target, Tiers, knob_patch
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
+# Queued runs are placed in this order: validation first (winners waiting to be kept),
+# then the baseline's noise and calibration runs, then confirmations, then new screens.
+ROLE_PRIORITY = {"validate": 0, "calibrate": 1, "noise": 1, "confirm": 2, "screen": 3}
+VALIDATION_SEED_OFFSET = 1000  # validation seeds differ from every screening seed
 
 
 class SessionError(LabfleetError):
@@ -55,6 +61,12 @@ class SessionConfig:
     budget_seconds: float | None = None  # None: the target's
     seed: int = 0
     margin: float = 0.0  # a keep must beat the champion by more than this (metric units)
+    # "noise": a keep must beat the champion by z standard errors of the measured noise
+    # (or win a confirmation repeat); "margin": by the fixed margin alone.
+    keep: str = "noise"
+    z: float = DEFAULT_Z
+    noise_repeats: int = 2  # extra seeds of the baseline per hardware class, to measure the noise
+    confirm_repeats: int = 1  # extra seeds for a result better than the champion but within noise
     max_attempts: int = 3  # runs per experiment lost to infrastructure before giving up
     # Experiments proposed and materialized ahead of a free worker: dispatch is then a
     # ledger write and a process start, not a researcher call and a git commit.
@@ -62,6 +74,8 @@ class SessionConfig:
     max_experiments: int | None = None  # not counting the baseline
     hours: float | None = None
     until: float | None = None  # stop proposing once the champion reaches this metric
+    patience: int | None = None  # stop proposing after this many decided experiments without a keep
+    max_usd: float | None = None  # stop proposing once the fleet's cost reaches this
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +159,10 @@ class SessionLoop:
         self.frozen_hashes: dict[str, str] = json.loads(session["frozen_hashes"])
         self.workers: dict[str, Worker] = {w.id: w for w in self.executor.workers()}
         self.ledger.set_workers(self.session_id, self.workers.values())
+        self.tiers: Tiers | None = self.target.config.tiers
+        # metrics of done runs that differ only by seed: the noise floor and the
+        # champion's per-class figures come from here (rebuilt from the ledger in recover)
+        self.samples: dict[Group, list[float]] = {}
 
     # ----------------------------------------------------------------- the loop
 
@@ -174,7 +192,7 @@ class SessionLoop:
             self.collect(finished)
             progressed = True
         progressed |= self.place_queued()
-        wanted = len(self.free_workers()) + self.config.lookahead
+        wanted = sum(1 for w in self.free_workers() if self._role_allows("screen", w.hardware)) + self.config.lookahead
         wanted -= len(self.ledger.run_rows(self.session_id, ["queued"]))
         if wanted > 0 and not self.researcher_idle and self.may_propose():
             progressed |= self.propose(wanted)
@@ -200,6 +218,10 @@ class SessionLoop:
             reason = f"reached --hours {cfg.hours:g}"
         elif cfg.until is not None and self.champion.metric is not None and not self._better(cfg.until, self.champion.metric):
             reason = f"reached --until {cfg.until:g}"
+        elif cfg.patience is not None and self.ledger.decided_since_keep(self.session_id) >= cfg.patience:
+            reason = f"no keep in the last {cfg.patience} experiments (--patience {cfg.patience}): diminishing returns"
+        elif cfg.max_usd is not None and cost.fleet_usd(self.ledger, self.session_id, self.clock()) >= cfg.max_usd:
+            reason = f"reached --max-usd {cfg.max_usd:g}"
         if reason:
             self.stop_reason = reason
             self.ledger.event(self.session_id, "stop_proposing", reason=reason)
@@ -227,6 +249,9 @@ class SessionLoop:
         for exp in self.ledger.experiments(self.session_id):
             if exp.decision == Decision.BASELINE or exp.decision == Decision.KEPT:
                 self.champion = _Champion(exp, exp.metric)
+        for run in self.ledger.runs(self.session_id):
+            self._add_sample(run)
+        self.plan_calibration()
         for row in self.ledger.run_rows(self.session_id, ["running"]):
             worker = row["worker"]
             if worker not in self.workers or worker in self.busy:
@@ -237,12 +262,35 @@ class SessionLoop:
             self.busy[worker] = row["id"]
             self.executor.adopt(self._job(row, self.workers[worker]), row["handle"] or "")
             self.ledger.event(self.session_id, "run_adopted", run=row["id"], worker=worker)
-        # experiments whose final run was recorded but whose decision was not
+        # experiments whose runs were recorded but whose decision was not
         for exp in self.ledger.experiments(self.session_id):
             if exp.decision == Decision.PENDING:
-                run = self.latest_run(exp.id)
-                if run is not None and run.status.final and run.status != RunStatus.LOST:
-                    self.decide(exp.id)
+                self.decide(exp.id)
+
+    def plan_calibration(self) -> None:
+        """Queue the baseline on every hardware class, with extra seeds to measure the noise.
+
+        Idempotent (it counts the runs already there), so a resume adds nothing twice.
+        """
+        base = self.baseline()
+        if base is None:
+            return
+        classes = list(dict.fromkeys(w.hardware for w in self.workers.values()))
+        screen = [c for c in classes if self._role_allows("screen", c)] or classes
+        classes = sorted(classes, key=lambda c: c not in screen)  # the first run screens
+        runs = [r for r in self.ledger.runs_of(base.id) if r.status not in (RunStatus.LOST, RunStatus.CANCELLED)]
+        first = runs[0] if runs else None
+        if first is not None and first.status == RunStatus.QUEUED and first.place_on is None:
+            self.ledger.pin_run(first.id, classes[0])
+            runs[0] = first = self.ledger.runs_of(base.id)[0]
+        want = 1 + (self.config.noise_repeats if self.config.keep == "noise" else 0)
+        seeds = len(runs)
+        for hw in classes:
+            have = sum(1 for r in runs if (r.place_on or r.hardware) == hw)
+            for k in range(have, want):
+                role = "validate" if self.tiers is not None and hw not in screen else ("noise" if k else "calibrate")
+                self.ledger.queue_run(self.session_id, base.id, seed=base.seed + seeds, role=role, place_on=hw)
+                seeds += 1
 
     # ----------------------------------------------------------------- collecting
 
@@ -267,74 +315,205 @@ class SessionLoop:
             finished.run_id, RunStatus.from_outcome(result.outcome), metric=_finite(result.metric),
             figures=result.figures, reason=result.reason, ended_at=result.ended_at,
         )
+        run = self.ledger.run_row(finished.run_id)
+        if run is not None:
+            self._add_sample(run_record(run))
         self.decide(exp_id)
 
+    def _add_sample(self, run: Run) -> None:
+        if run.status == RunStatus.DONE and run.metric is not None and run.hardware:
+            key = (run.experiment_id, run.hardware, run.budget_seconds or 0.0)
+            self.samples.setdefault(key, []).append(run.metric)
+
     def decide(self, exp_id: int) -> None:
+        """Decide an experiment once all its runs are final: keep, discard, repeat, or validate.
+
+        Compared with the champion on the same hardware class and budget; with the
+        noise measured, a keep must beat it by ``z`` standard errors, and a result
+        better but within the noise earns a confirmation repeat (or, with tiers, a
+        validation on the validate class) instead.
+        """
         exp = self.ledger.experiment(exp_id)
-        run = self.latest_run(exp_id)
-        if run is None or exp.decision != Decision.PENDING:
+        runs = self.ledger.runs_of(exp_id)
+        if exp.parent_id is None:
+            self._decide_baseline(exp, runs)
             return
-        ok = run.status == RunStatus.DONE and run.metric is not None
-        if exp.parent_id is None:  # the baseline
-            if not ok:
+        if exp.decision != Decision.PENDING or any(not r.status.final for r in runs) or not runs:
+            return
+        if self.champion.metric is None:
+            return  # decided once the baseline is known
+        done = [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
+        if not done:
+            run = runs[-1]
+            self.ledger.decide(exp_id, Decision.FAILED, None)
+            self.on_event(Event("failed", f"e{exp_id} {run.status}: {run.reason}  [{exp.description}]", exp, run))
+            self.tell(Result(self.ledger.experiment(exp_id), run))
+            return
+        validated = [r for r in done if r.role == "validate"]
+        hardware, budget, metrics = _compared(validated or done)
+        verdict = self.judge(metrics, hardware, budget)
+        if not validated and verdict.outcome != "worse":
+            if self.tiers is not None:
+                self.await_validation(exp, verdict)
+                return
+            if verdict.outcome == "unsure" and len(metrics) <= self.config.confirm_repeats:
+                self.ledger.queue_run(self.session_id, exp_id, seed=exp.seed + len(runs), role="confirm",
+                                      place_on=hardware)
+                self.ledger.event(self.session_id, "confirming", experiment=exp_id, gain=verdict.improvement,
+                                  threshold=verdict.threshold)
+                self.on_event(Event("confirming", f"e{exp_id} {self._fmt(_avg(metrics))} within noise"
+                                    f" ({verdict.improvement:+.4f} < {verdict.threshold:.4f}): repeating"
+                                    f"  [{exp.description}]", exp, done[-1]))
+                return
+        if verdict.outcome == "better":
+            self.keep(exp, _avg(metrics), verdict, done[-1])
+        else:
+            self.ledger.decide(exp_id, Decision.DISCARDED, _avg(metrics))
+            self.on_event(Event("discarded", f"e{exp_id} {self._fmt(_avg(metrics))} discarded"
+                                f" ({-verdict.improvement if self._minimize else verdict.improvement:+.4f})"
+                                f"  [{exp.description}]", exp, done[-1]))
+        self.tell(Result(self.ledger.experiment(exp_id), done[-1]))
+        if self.tiers is not None:
+            self.promote_waiting()
+
+    def _decide_baseline(self, exp: Experiment, runs: list[Run]) -> None:
+        """The baseline counts from its first done run; its other runs measure noise and hardware."""
+        if exp.decision != Decision.PENDING:
+            return
+        done = [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
+        if not done:
+            if runs and all(r.status.final and r.status != RunStatus.LOST for r in runs):
+                run = runs[0]
                 raise SessionError(
                     f"the baseline run {run.status}: {run.reason or 'see ' + str(run.log_path)} "
                     "(fix the target, commit, and start again with `labfleet run --new`)"
                 )
-            self.ledger.decide(exp_id, Decision.BASELINE, run.metric)
-            exp = self.ledger.experiment(exp_id)
-            self.champion = _Champion(exp, run.metric)
-            self.on_event(Event("baseline", f"baseline {self._fmt(run.metric)}", exp, run))
-            self.tell(Result(exp, run))
-            for other in self.ledger.experiments(self.session_id):  # results that waited for it
-                if other.decision == Decision.PENDING and other.id != exp_id:
-                    latest = self.latest_run(other.id)
-                    if latest is not None and latest.status.final and latest.status != RunStatus.LOST:
-                        self.decide(other.id)
             return
-        if not ok:
-            self.ledger.decide(exp_id, Decision.FAILED, None)
-            self.on_event(Event("failed", f"e{exp_id} {run.status}: {run.reason}  [{exp.description}]", exp, run))
-        elif self.champion.metric is None:
-            return  # decided once the baseline is known
-        else:
-            assert run.metric is not None
-            champion = self.champion_metric(run.hardware)
-            if self._better(run.metric, champion, margin=self.config.margin):
-                self.ledger.decide(exp_id, Decision.KEPT, run.metric)
+        run = done[0]
+        self.ledger.decide(exp.id, Decision.BASELINE, run.metric)
+        exp = self.ledger.experiment(exp.id)
+        self.champion = _Champion(exp, run.metric)
+        self.on_event(Event("baseline", f"baseline {self._fmt(run.metric)}", exp, run))
+        self.tell(Result(exp, run))
+        for other in self.ledger.experiments(self.session_id):  # results that waited for it
+            if other.decision == Decision.PENDING and other.id != exp.id:
+                self.decide(other.id)
+
+    def judge(self, metrics: list[float], hardware: str, budget: float) -> Verdict:
+        sd = None
+        if self.config.keep == "noise":
+            floor = noise_floors(self.samples).get(hardware)
+            sd = floor.sd if floor is not None else None
+        return judge(metrics, self.champion_metrics(hardware, budget), sd, self.target.spec.direction,
+                     z=self.config.z, margin=self.config.margin)
+
+    def keep(self, exp: Experiment, metric: float, verdict: Verdict, run: Run) -> None:
+        previous = self.champion.metric
+        self.ledger.decide(exp.id, Decision.KEPT, metric)
+        exp = self.ledger.experiment(exp.id)
+        workspace.advance_branch(
+            self.target.root, self.branch, exp.commit,
+            f"keep e{exp.id}: {exp.description} ({self.target.spec.metric} {metric:.6f})",
+        )
+        self.champion = _Champion(exp, metric)
+        self.ledger.event(self.session_id, "kept", experiment=exp.id, metric=metric, previous=previous,
+                          gain=verdict.improvement, threshold=verdict.threshold, se=verdict.se)
+        self.on_event(Event("kept", f"e{exp.id} {self._fmt(metric)} KEPT"
+                            f" ({-verdict.improvement if self._minimize else verdict.improvement:+.4f})"
+                            f"  [{exp.description}]", exp, run))
+
+    # ----------------------------------------------------------------- tiers
+
+    def await_validation(self, exp: Experiment, verdict: Verdict) -> None:
+        """A screened winner: validate it now if a validation slot is free, else it waits."""
+        self.ledger.event(self.session_id, "screen_winner", experiment=exp.id, gain=verdict.improvement)
+        self.promote_waiting()
+
+    def promote(self, exp_id: int, reason: str = "screened winner") -> None:
+        """Queue validation runs (new seeds, validate-class workers) for an experiment."""
+        assert self.tiers is not None
+        exp = self.ledger.experiment(exp_id)
+        for k in range(self.tiers.validate_.repeats):
+            self.ledger.queue_run(self.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role="validate")
+        self.ledger.event(self.session_id, "promoted", experiment=exp_id, reason=reason)
+        self.on_event(Event("promoted", f"e{exp_id} promoted to validation ({reason})  [{exp.description}]", exp))
+
+    def promote_waiting(self) -> None:
+        """Promote the best waiting screened winners while validation slots are free."""
+        assert self.tiers is not None
+        waiting = self.ledger.awaiting_validation(self.session_id)
+        slots = self.tiers.validate_.promote - self.ledger.validations_in_flight(self.session_id)
+        if not waiting or slots <= 0:
+            return
+        ranked = []
+        for exp_id in waiting:
+            done = [r for r in self.ledger.runs_of(exp_id) if r.status == RunStatus.DONE and r.metric is not None]
+            if not done:
+                continue
+            hardware, budget, metrics = _compared(done)
+            verdict = self.judge(metrics, hardware, budget)
+            if verdict.outcome == "worse":  # the champion moved past it meanwhile
+                self.ledger.decide(exp_id, Decision.DISCARDED, _avg(metrics))
                 exp = self.ledger.experiment(exp_id)
-                workspace.advance_branch(
-                    self.target.root, self.branch, exp.commit,
-                    f"keep e{exp_id}: {exp.description} ({self.target.spec.metric} {run.metric:.6f})",
-                )
-                self.champion = _Champion(exp, run.metric)
-                self.ledger.event(self.session_id, "kept", experiment=exp_id, metric=run.metric, previous=champion)
-                self.on_event(Event("kept", f"e{exp_id} {self._fmt(run.metric)} KEPT ({run.metric - champion:+.4f})  [{exp.description}]", exp, run))
-            else:
-                self.ledger.decide(exp_id, Decision.DISCARDED, run.metric)
-                self.on_event(Event("discarded", f"e{exp_id} {self._fmt(run.metric)} discarded ({run.metric - champion:+.4f})  [{exp.description}]", exp, run))
-        self.tell(Result(self.ledger.experiment(exp_id), run))
+                self.on_event(Event("discarded", f"e{exp_id} {self._fmt(_avg(metrics))} discarded"
+                                    f" (no longer beats the best)  [{exp.description}]", exp, done[-1]))
+                self.tell(Result(exp, done[-1]))
+                continue
+            ranked.append((-verdict.improvement, exp_id))
+        for _, exp_id in sorted(ranked)[:slots]:
+            self.promote(exp_id)
+
+    def _role_allows(self, role: str, hardware: str) -> bool:
+        """Whether a run of ``role`` may run on ``hardware`` under the [tiers] classes."""
+        if self.tiers is None:
+            return True
+        classes = self.tiers.validate_.classes if role == "validate" else self.tiers.screen.classes
+        return not classes or hardware in classes
+
+    def run_budget(self, exp: Experiment, role: str) -> float:
+        """The tier's budget when [tiers] sets one, else the experiment's."""
+        if self.tiers is not None:
+            tier = self.tiers.validate_ if role == "validate" else self.tiers.screen
+            if tier.budget_seconds is not None:
+                return tier.budget_seconds
+        return exp.budget_seconds
 
     def tell(self, result: Result) -> None:
         """researcher.observe, building the snapshot only for researchers that override it."""
         if type(self.researcher).observe is not Researcher.observe:
             self.researcher.observe(self.state(), result)
 
-    def champion_metric(self, hardware: str | None) -> float | None:
-        """The champion's metric as measured on ``hardware`` (its own metric if never run there).
+    def champion_metrics(self, hardware: str, budget: float) -> list[float]:
+        """The champion's metrics on ``hardware`` at ``budget``, normalized if it never ran there.
 
-        Results are compared within a hardware class: an H200 runs more steps in the
-        same budget than an H100, so its numbers are not the H100's.
+        An H200 runs more steps than an H100 in the same budget, so numbers are compared
+        within a class; a class the champion has no run on gets its runs from another
+        class shifted by the offset measured on experiments that ran on both.
         """
         champion = self.champion.experiment
-        if champion is None:
-            return None
-        row = self.ledger.db.execute(
-            "SELECT metric FROM runs WHERE experiment_id = ? AND status = 'done' AND hardware IS ?"
-            " ORDER BY id DESC LIMIT 1",
-            (champion.id, hardware),
-        ).fetchone()
-        return row["metric"] if row is not None and row["metric"] is not None else self.champion.metric
+        assert champion is not None and self.champion.metric is not None
+        own = self.samples.get((champion.id, hardware, budget))
+        if own:
+            return own
+        for (exp_id, other, b), values in self.samples.items():
+            if exp_id == champion.id and b == budget:
+                offset = self.hardware_offset(hardware, other, budget)
+                if offset is not None:
+                    return [v + offset for v in values]
+        return [self.champion.metric]
+
+    def hardware_offset(self, hardware: str, other: str, budget: float) -> float | None:
+        """Mean metric on ``hardware`` minus on ``other`` over experiments run on both."""
+        by_exp: dict[int, dict[str, list[float]]] = {}
+        for (exp_id, hw, b), values in self.samples.items():
+            if b == budget and hw in (hardware, other):
+                by_exp.setdefault(exp_id, {})[hw] = values
+        diffs = [_avg(v[hardware]) - _avg(v[other]) for v in by_exp.values() if len(v) == 2]
+        return _avg(diffs) if diffs else None
+
+    @property
+    def _minimize(self) -> bool:
+        return self.target.spec.direction == "minimize"
 
     def _better(self, a: float, b: float, margin: float = 0.0) -> bool:
         if self.target.spec.direction == "minimize":
@@ -349,25 +528,35 @@ class SessionLoop:
     def free_workers(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.id not in self.busy]
 
+    def eligible(self, row: Any, worker: Worker) -> bool:
+        if row["place_on"]:
+            return bool(worker.hardware == row["place_on"])
+        return self._role_allows(row["role"], worker.hardware)
+
     def place_queued(self) -> bool:
         placed = False
         free = self.free_workers()
         if not free:
             return False
-        for row in self.ledger.run_rows(self.session_id, ["queued"]):
+        queued = self.ledger.run_rows(self.session_id, ["queued"])
+        for row in sorted(queued, key=lambda r: (ROLE_PRIORITY.get(r["role"], 9), r["id"])):
+            worker = next((w for w in free if self.eligible(row, w)), None)
+            if worker is None:
+                continue
+            free.remove(worker)
+            self.place(row, worker)
+            placed = True
             if not free:
                 break
-            self.place(row, free.pop(0))
-            placed = True
         return placed
 
     def _job(self, row: Any, worker: Worker, exp: Experiment | None = None) -> Job:
         exp = exp or self.ledger.experiment(row["experiment_id"])
         run_dir = Path(row["run_dir"]) if row["run_dir"] else self.run_dir(exp.id, row["id"])
         request = RunRequest(
-            target_dir=self.target.root, run_dir=run_dir, commit=exp.commit, seed=exp.seed,
-            budget_seconds=exp.budget_seconds, device=worker.device, threads=worker.threads,
-            frozen_hashes=self.frozen_hashes,
+            target_dir=self.target.root, run_dir=run_dir, commit=exp.commit,
+            seed=exp.seed if row["seed"] is None else row["seed"], budget_seconds=self.run_budget(exp, row["role"]),
+            device=worker.device, threads=worker.threads, frozen_hashes=self.frozen_hashes,
         )
         return Job(run_id=row["id"], worker_id=worker.id, request=request, knobs=exp.knobs)
 
@@ -381,7 +570,7 @@ class SessionLoop:
         # recorded before the start: a crash right after leaves a row that resume can follow
         self.ledger.mark_running(
             row["id"], worker=worker.id, hardware=worker.hardware, run_dir=str(run_dir),
-            log_path=str(run_dir / "run.log"),
+            log_path=str(run_dir / "run.log"), budget_seconds=job.request.budget_seconds,
         )
         self.busy[worker.id] = row["id"]
         try:
@@ -477,3 +666,17 @@ class SessionLoop:
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
+
+
+def _avg(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _compared(runs: list[Run]) -> tuple[str, float, list[float]]:
+    """The hardware class and budget most of ``runs`` ran on, and their metrics there."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for run in runs:
+        assert run.metric is not None
+        groups.setdefault((run.hardware or "", run.budget_seconds or 0.0), []).append(run.metric)
+    (hardware, budget), metrics = max(groups.items(), key=lambda kv: len(kv[1]))
+    return hardware, budget, metrics

@@ -111,6 +111,36 @@ class TargetSpec(BaseModel):
         return self
 
 
+class ScreenTier(BaseModel):
+    """Cheap first look at every proposal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classes: list[str] = []  # hardware classes that screen; empty: every class
+    budget_seconds: float | None = Field(default=None, gt=0)  # None: the target's budget
+    seeds: int = Field(default=1, ge=1)  # runs (seeds) per screened experiment
+
+
+class ValidateTier(BaseModel):
+    """Where screened winners are confirmed before they are kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classes: list[str] = []  # hardware classes that validate; empty: every class
+    budget_seconds: float | None = Field(default=None, gt=0)
+    repeats: int = Field(default=2, ge=1)  # validation runs (seeds) per promoted experiment
+    promote: int = Field(default=2, ge=1)  # screened winners under validation at once
+
+
+class Tiers(BaseModel):
+    """``[tiers]``: screen every proposal on cheap workers, validate winners on fast ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    screen: ScreenTier = ScreenTier()
+    validate_: ValidateTier = Field(default=ValidateTier(), alias="validate")
+
+
 class TargetConfig(BaseModel):
     """The whole ``labfleet.toml``."""
 
@@ -118,6 +148,7 @@ class TargetConfig(BaseModel):
 
     target: TargetSpec
     knobs: dict[str, Knob] = {}
+    tiers: Tiers | None = None  # None: one tier, every result decided where it ran
 
     @model_validator(mode="after")
     def _knobs_in_editable_files(self) -> TargetConfig:
