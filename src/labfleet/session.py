@@ -29,7 +29,7 @@ from typing import Any
 
 from labfleet import workspace
 from labfleet.analysis import cost
-from labfleet.analysis.noise import DEFAULT_Z, Group, Verdict, judge, noise_floors
+from labfleet.analysis.noise import DEFAULT_Z, Group, Verdict, judge, noise_floors, samples_from_runs
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
@@ -249,8 +249,7 @@ class SessionLoop:
         for exp in self.ledger.experiments(self.session_id):
             if exp.decision == Decision.BASELINE or exp.decision == Decision.KEPT:
                 self.champion = _Champion(exp, exp.metric)
-        for run in self.ledger.runs(self.session_id):
-            self._add_sample(run)
+        self.samples = samples_from_runs(self.ledger.runs(self.session_id))
         self.plan_calibration()
         for row in self.ledger.run_rows(self.session_id, ["running"]):
             worker = row["worker"]
@@ -315,15 +314,10 @@ class SessionLoop:
             finished.run_id, RunStatus.from_outcome(result.outcome), metric=_finite(result.metric),
             figures=result.figures, reason=result.reason, ended_at=result.ended_at,
         )
-        run = self.ledger.run_row(finished.run_id)
-        if run is not None:
-            self._add_sample(run_record(run))
+        row = self.ledger.run_row(finished.run_id)
+        for key, values in samples_from_runs([run_record(row)] if row is not None else []).items():
+            self.samples.setdefault(key, []).extend(values)
         self.decide(exp_id)
-
-    def _add_sample(self, run: Run) -> None:
-        if run.status == RunStatus.DONE and run.metric is not None and run.hardware:
-            key = (run.experiment_id, run.hardware, run.budget_seconds or 0.0)
-            self.samples.setdefault(key, []).append(run.metric)
 
     def decide(self, exp_id: int) -> None:
         """Decide an experiment once all its runs are final: keep, discard, repeat, or validate.

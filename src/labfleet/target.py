@@ -50,6 +50,9 @@ class Knob(BaseModel):
     log: bool = False
     integer: bool = False
     choices: list[KnobValue] | None = None
+    # what kind of change it is ("optimizer", "architecture", "width", ...): names the
+    # session's phases and lets a researcher move on to another group
+    group: str = ""
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> Knob:

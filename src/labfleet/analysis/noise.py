@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from labfleet.records import Run, RunStatus
+
 MIN_DF = 2  # fewer pooled degrees of freedom than this: the noise is not known yet
 DEFAULT_Z = 2.0  # one-sided: ~2.3% of pure-noise comparisons pass at once
 
@@ -32,6 +34,15 @@ class NoiseFloor:
 
     def to_json(self) -> dict[str, float | int | str]:
         return {"hardware": self.hardware, "sd": self.sd, "df": self.df, "groups": self.groups}
+
+
+def samples_from_runs(runs: Iterable[Run]) -> dict[Group, list[float]]:
+    """Done runs' metrics grouped by (experiment, hardware class, budget)."""
+    samples: dict[Group, list[float]] = {}
+    for run in runs:
+        if run.status == RunStatus.DONE and run.metric is not None and run.hardware:
+            samples.setdefault((run.experiment_id, run.hardware, run.budget_seconds or 0.0), []).append(run.metric)
+    return samples
 
 
 def noise_floors(samples: Mapping[Group, Sequence[float]]) -> dict[str, NoiseFloor]:
