@@ -240,6 +240,12 @@ def run(
     budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=0.1)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for runs and for the researcher. (default 0)")] = None,
     margin: Annotated[float | None, typer.Option(help="A keep must beat the best by more than this. (default 0)", min=0)] = None,
+    keep: Annotated[str | None, typer.Option(help="noise: a keep must beat the best beyond the measured noise (or win a repeat); margin: by --margin alone. (default noise)")] = None,
+    noise_repeats: Annotated[int | None, typer.Option(help="Extra seeds of the baseline per hardware class, to measure the noise. (default 2)", min=0)] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop proposing after this many experiments without a keep.", min=1)] = None,
+    max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop proposing once the fleet has cost this many dollars.", min=0)] = None,
+    price: Annotated[float | None, typer.Option(help="Dollars per hour of one worker, for cost figures. (default 0)", min=0)] = None,
+    hardware: Annotated[str | None, typer.Option(help="Hardware class name of this machine's workers. (default cpu, or gpu with --device cuda)")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). (default cpu)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
@@ -269,8 +275,11 @@ def run(
     _, ledger = _open_ledger(root, must_exist=False)
     given = {k: v for k, v in dict(
         researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
-        budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device,
+        budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device, keep=keep,
+        noise_repeats=noise_repeats, patience=patience, max_usd=max_usd, price=price, hardware=hardware,
     ).items() if v is not None}
+    if keep is not None and keep not in ("noise", "margin"):
+        raise LabfleetError(f"--keep {keep!r}: use noise or margin")
     try:
         latest = ledger.session()
         if not new and latest is not None and latest["status"] != "finished":
@@ -289,7 +298,8 @@ def run(
             console.print(f"session {session_id}: {config.researcher} on {config.workers} worker(s), "
                           f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run")
         devices = [f"cuda:{i}" for i in range(config.workers)] if config.device == "cuda" else None
-        executor = LocalExecutor(config.workers, threads=config.threads, devices=devices)
+        executor = LocalExecutor(config.workers, threads=config.threads, devices=devices,
+                                 hardware=config.hardware, price_per_hour=config.price)
         loop = SessionLoop(
             target=loaded, ledger=ledger, executor=executor,
             researcher=make_researcher(config.researcher, seed=config.seed),
@@ -349,6 +359,10 @@ def status(
         b = view["best"]
         delta = b["metric"] - view["baseline_metric"] if view["baseline_metric"] is not None else 0.0
         console.print(f"best: e{b['id']} {b['metric']:.6f} ({delta:+.6f} vs baseline) {b['commit_sha'][:10]}  {b['description']}")
+    if view["noise"]:
+        console.print("noise floor (sd of one run): " + ", ".join(f"{hw} {sd:.4f}" for hw, sd in view["noise"].items()))
+    if view["cost_usd"]:
+        console.print(f"fleet cost so far: ${view['cost_usd']:.2f}")
     for w in view["running"]:
         console.print(f"  {w['worker']}: e{w['experiment']} for {w['seconds']:.0f} s  {w['description']}")
 
@@ -383,6 +397,8 @@ def results(
     styles = {"kept": "green", "baseline": "bold", "failed": "red"}
     for r in rows:
         metric = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
+        if r["uncertainty"] is not None and r["metric"] is not None:
+            metric += f" ±{r['uncertainty']:.4f}"
         desc = r["description"] + (f"  ({r['reason']})" if r["reason"] and r["status"] != "done" else "")
         table.add_row(str(r["experiment"]), r["commit"] or "-", r["status"] or "-", metric,
                       Text(r["decision"], style=styles.get(r["decision"], "")), r["worker"] or "-", Text(desc))
@@ -421,6 +437,48 @@ def _print_best(root: Path, ledger: Any, session: int | None, metric: str) -> No
     console.print(f"commit {view['commit'][:10]} on branch {view['branch']} (git show {view['commit'][:10]})")
     if view["diff"]:
         console.print(Syntax(view["diff"], "diff", theme="ansi_dark", background_color="default", word_wrap=True))
+
+
+@app.command()
+def promote(
+    experiment: Annotated[int, typer.Argument(help="Experiment id (as in `labfleet results`).")],
+    target: TargetOption = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """Validate an experiment by hand: queue repeat runs on the validate tier ([tiers] in labfleet.toml).
+
+    A running session places them before any screening and keeps the experiment if
+    its validation runs beat the best beyond the noise; otherwise `labfleet run`
+    picks them up when it resumes.
+    """
+    from labfleet.ledger import LedgerError, lock_holder
+    from labfleet.session import queue_validation
+    from labfleet.target import load_target
+
+    root, ledger = _open_ledger(target)
+    loaded = load_target(root, check_files=False)
+    try:
+        exp = ledger.experiment(experiment)
+    except LedgerError:
+        raise LabfleetError(f"no experiment {experiment} (see `labfleet results`)") from None
+    if exp.parent_id is None or exp.decision in ("kept", "failed"):
+        what = {"kept": "is already kept", "failed": "has no result to validate"}.get(exp.decision, "is the baseline")
+        raise LabfleetError(f"e{experiment} {what}")
+    if ledger.db.execute("SELECT 1 FROM runs WHERE experiment_id = ? AND status IN ('queued', 'running')",
+                         (experiment,)).fetchone():
+        raise LabfleetError(f"e{experiment} still has runs queued or running: wait for them first")
+    queue_validation(ledger, loaded, experiment, "promoted by hand")
+    session = ledger.session(exp.session_id)
+    if session is not None and session["status"] == "finished":
+        ledger.set_session_status(exp.session_id, "stopped")  # `labfleet run` resumes it
+    running = lock_holder(_state_dir(root)) is not None
+    runs = ledger.db.execute("SELECT COUNT(*) AS n FROM runs WHERE experiment_id = ? AND status = 'queued'",
+                             (experiment,)).fetchone()["n"]
+    if as_json:
+        print(json.dumps({"experiment": experiment, "queued_runs": runs, "session_running": running}))
+        return
+    where = "the running session places them first" if running else "`labfleet run` runs them when it resumes"
+    console.print(f"e{experiment}: {runs} validation run(s) queued; {where}")
 
 
 @app.command()

@@ -338,6 +338,14 @@ class Ledger:
             (str(decision), metric, self.clock(), exp_id),
         )
 
+    def reopen(self, exp_id: int) -> None:
+        """Back to pending (a discarded experiment promoted by hand is decided again)."""
+        self.db.execute("UPDATE experiments SET decision = 'pending', decided_at = NULL WHERE id = ?", (exp_id,))
+
+    def set_metric(self, exp_id: int, metric: float) -> None:
+        """Refine a decided experiment's figure (more seeds arrived) without changing its decision time."""
+        self.db.execute("UPDATE experiments SET metric = ? WHERE id = ?", (metric, exp_id))
+
     def experiment(self, exp_id: int) -> Experiment:
         row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         if row is None:

@@ -76,6 +76,8 @@ class SessionConfig:
     until: float | None = None  # stop proposing once the champion reaches this metric
     patience: int | None = None  # stop proposing after this many decided experiments without a keep
     max_usd: float | None = None  # stop proposing once the fleet's cost reaches this
+    price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)
+    hardware: str | None = None  # hardware class of local workers (None: cpu, or gpu with cuda)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +120,21 @@ def start_session(target: Target, ledger: Ledger, config: SessionConfig) -> int:
     )
     ledger.event(session_id, "session_started", base=head, researcher=config.researcher)
     return session_id
+
+
+def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str) -> Experiment:
+    """Queue validation runs (new seeds, validate-tier workers, placed before any screening).
+
+    The session's loop and ``labfleet promote`` both come here; the experiment is
+    decided again, on its validation runs, once they are all final.
+    """
+    exp = ledger.experiment(exp_id)
+    repeats = (target.config.tiers or Tiers()).validate_.repeats
+    ledger.reopen(exp_id)
+    for k in range(repeats):
+        ledger.queue_run(exp.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role="validate")
+    ledger.event(exp.session_id, "promoted", experiment=exp_id, reason=reason)
+    return exp
 
 
 def _knob_files(target: Target) -> set[str]:
@@ -372,9 +389,15 @@ class SessionLoop:
 
     def _decide_baseline(self, exp: Experiment, runs: list[Run]) -> None:
         """The baseline counts from its first done run; its other runs measure noise and hardware."""
-        if exp.decision != Decision.PENDING:
-            return
         done = [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
+        if exp.decision != Decision.PENDING:
+            # a later seed on the first run's class: the baseline's figure becomes their mean
+            first = done[0]
+            same = [r.metric for r in done if (r.hardware, r.budget_seconds) == (first.hardware, first.budget_seconds)]
+            self.ledger.set_metric(exp.id, _avg(same))  # type: ignore[arg-type]
+            if self.champion.experiment is not None and self.champion.experiment.id == exp.id:
+                self.champion = _Champion(self.ledger.experiment(exp.id), _avg(same))  # type: ignore[arg-type]
+            return
         if not done:
             if runs and all(r.status.final and r.status != RunStatus.LOST for r in runs):
                 run = runs[0]
@@ -424,12 +447,7 @@ class SessionLoop:
         self.promote_waiting()
 
     def promote(self, exp_id: int, reason: str = "screened winner") -> None:
-        """Queue validation runs (new seeds, validate-class workers) for an experiment."""
-        assert self.tiers is not None
-        exp = self.ledger.experiment(exp_id)
-        for k in range(self.tiers.validate_.repeats):
-            self.ledger.queue_run(self.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role="validate")
-        self.ledger.event(self.session_id, "promoted", experiment=exp_id, reason=reason)
+        exp = queue_validation(self.ledger, self.target, exp_id, reason)
         self.on_event(Event("promoted", f"e{exp_id} promoted to validation ({reason})  [{exp.description}]", exp))
 
     def promote_waiting(self) -> None:

@@ -26,6 +26,8 @@ def _session(ledger: Ledger, session_id: int | None) -> Any:
 
 
 def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) -> dict[str, Any]:
+    from labfleet.analysis.cost import fleet_usd
+
     session = _session(ledger, session_id)
     sid = session["id"]
     runs = ledger.status_counts(sid)
@@ -64,6 +66,8 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         "runs": runs,
         "finished_runs": finished_runs,
         "baseline_metric": baseline["metric"] if baseline else None,
+        "noise": noise_view(ledger, sid),
+        "cost_usd": round(fleet_usd(ledger, sid, now), 4),
         "best": dict(best) if best and best["metric"] is not None else None,
         "running": [
             {"run": r["id"], "experiment": r["experiment_id"], "worker": r["worker"],
@@ -71,6 +75,22 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
             for r in running
         ],
     }
+
+
+def noise_view(ledger: Ledger, session_id: int) -> dict[str, float]:
+    """The noise floor (sd of one run) per hardware class, from runs repeated with other seeds."""
+    from labfleet.analysis.noise import noise_floors
+    from labfleet.ledger import run_record
+
+    rows = ledger.db.execute(
+        "SELECT * FROM runs WHERE session_id = ? AND status = 'done' AND (experiment_id, hardware) IN"
+        " (SELECT experiment_id, hardware FROM runs WHERE session_id = ? AND status = 'done'"
+        "  GROUP BY experiment_id, hardware HAVING COUNT(*) > 1)",
+        (session_id, session_id),
+    ).fetchall()
+    from labfleet.analysis.noise import samples_from_runs
+
+    return {hw: floor.sd for hw, floor in noise_floors(samples_from_runs(run_record(r) for r in rows)).items()}
 
 
 def results_view(ledger: Ledger, session_id: int | None = None, last: int | None = 50) -> list[dict[str, Any]]:
@@ -89,11 +109,21 @@ def results_view(ledger: Ledger, session_id: int | None = None, last: int | None
            ORDER BY id""",
         (session["id"], limit),
     ).fetchall()
+    noise = noise_view(ledger, session["id"])
+    counts = {  # done runs per experiment and class: the n behind each mean
+        (c["experiment_id"], c["hardware"]): c["n"] for c in ledger.db.execute(
+            "SELECT experiment_id, hardware, COUNT(*) AS n FROM runs WHERE session_id = ? AND status = 'done'"
+            " GROUP BY experiment_id, hardware", (session["id"],))
+    }
     out = []
     for r in rows:
+        n = counts.get((r["id"], r["hardware"]), 0)
+        sd = noise.get(r["hardware"] or "")
+        metric = r["metric"] if r["metric"] is not None else r["run_metric"]
         out.append({
             "experiment": r["id"], "parent": r["parent_id"], "commit": r["commit_sha"][:10],
-            "decision": r["decision"], "status": r["status"], "metric": r["run_metric"],
+            "decision": r["decision"], "status": r["status"], "metric": metric, "run_metric": r["run_metric"],
+            "runs_done": n, "uncertainty": round(sd / n**0.5, 6) if sd is not None and n else None,
             "description": r["description"], "hypothesis": r["hypothesis"], "knobs": json.loads(r["knobs"]),
             "tags": json.loads(r["tags"]), "seed": r["seed"], "budget_seconds": r["budget_seconds"],
             "run": r["run_id"], "attempt": r["attempt"], "worker": r["worker"], "hardware": r["hardware"],

@@ -64,9 +64,16 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(
-        self, workers: int = 1, *, threads: int = 1, devices: list[str] | None = None,
+        self, workers: int | list[Worker] = 1, *, threads: int = 1, devices: list[str] | None = None,
         hardware: str | None = None, price_per_hour: float = 0.0,
     ) -> None:
+        self._slots: dict[int, _Slot] = {}  # run id -> slot
+        self._lost: list[Finished] = []  # cancelled/failed starts waiting for poll
+        if isinstance(workers, list):  # a mixed fleet: slots of several classes on one machine
+            if not workers or len({w.id for w in workers}) != len(workers):
+                raise ExecutorError("a local fleet needs at least one worker, with unique ids")
+            self._workers = list(workers)
+            return
         if workers < 1:
             raise ExecutorError("--workers must be at least 1")
         if devices and len(devices) < workers:
@@ -81,8 +88,6 @@ class LocalExecutor(Executor):
             )
             for i in range(workers)
         ]
-        self._slots: dict[int, _Slot] = {}  # run id -> slot
-        self._lost: list[Finished] = []  # cancelled/failed starts waiting for poll
 
     def workers(self) -> list[Worker]:
         return list(self._workers)
