@@ -148,6 +148,8 @@ class SessionState:
     pending: tuple[Experiment, ...]  # proposed, not finished (queued or running)
     free_workers: int
     seed: int = 0  # the session's seed, for researchers' own randomness
+    noise: Mapping[str, float] = field(default_factory=dict)  # hardware class -> sd of one run's metric
+    since_keep: int = 0  # experiments decided since the latest keep: a long streak says move on
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is better than ``b`` in this session's direction."""

@@ -620,7 +620,8 @@ class SessionLoop:
             session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
             knobs=self.target.knobs, baseline=baseline, champion=self.champion.experiment or baseline,
             history=tuple(history), pending=tuple(pending), free_workers=len(self.free_workers()),
-            seed=self.config.seed,
+            seed=self.config.seed, noise={hw: f.sd for hw, f in noise_floors(self.samples).items()},
+            since_keep=self.ledger.decided_since_keep(self.session_id),
         )
 
     def propose(self, n: int) -> bool:
@@ -652,7 +653,8 @@ class SessionLoop:
                 commit = workspace.commit_patch(repo, commit, proposal.patch, proposal.description,
                                                 self.target.spec.editable)
             sources = {f: workspace.show_file(repo, commit, f) for f in _knob_files(self.target)}
-            changed = {k: v for k, v in proposal.knobs.items() if self.target.read_knobs(sources).get(k) != v}
+            current = self.target.read_knobs(sources)
+            changed = {k: v for k, v in proposal.knobs.items() if current.get(k) != v}
             if changed:
                 patch = knob_patch(self.target, changed, sources)
                 commit = workspace.commit_patch(repo, commit, patch, proposal.description, self.target.spec.editable)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import math
 import re
 import tomllib
@@ -257,6 +258,7 @@ def _find_assignment(tree: ast.Module, name: str) -> ast.Assign | ast.AnnAssign 
     return None
 
 
+@functools.lru_cache(maxsize=32)  # the same source is read for every knob of every experiment
 def _parse(text: str, file: str) -> ast.Module:
     try:
         return ast.parse(text)

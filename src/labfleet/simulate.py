@@ -1,0 +1,161 @@
+"""Plan a fleet before paying for it: a whole session on a virtual clock.
+
+The real session loop, ledger, researchers and git run unchanged on a throw-away
+clone of the target; only training is replaced by the simulated executor's
+surrogate, and time by its virtual clock. ``labfleet simulate`` and the benchmarks
+both come here, so what they print is what a real session would have recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labfleet import scaffold, workspace
+from labfleet.analysis import cost
+from labfleet.analysis.phases import points_from_ledger, progress
+from labfleet.errors import ConfigError
+from labfleet.executors.simulated import SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
+from labfleet.ledger import Ledger
+from labfleet.researchers import make_researcher
+from labfleet.session import SessionConfig, SessionLoop, start_session
+from labfleet.target import CONFIG_FILE, Target, load_target
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What a simulated session did, in the figures a user plans with."""
+
+    folder: Path  # the clone holding the ledger (gone unless kept)
+    session_id: int
+    fleet: str
+    workers: int
+    researcher: str
+    hours: float  # virtual hours from the first run's start to the last run's end
+    experiments: int
+    decisions: Mapping[str, int]
+    runs: int
+    utilization: float  # busy worker-time / (workers x hours)
+    baseline: float
+    best: float
+    # the champion over time: (virtual hours since the start, its metric, its knobs)
+    champions: list[tuple[float, float, dict[str, Any]]] = field(default_factory=list)
+    cost_usd: float = 0.0
+    cost_by_class: Mapping[str, float] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+    stop_reason: str = ""
+
+    def time_to(self, metric: float, minimize: bool = True) -> float | None:
+        """Virtual hours until the champion first reached ``metric`` (None: never)."""
+        for hours, value, _ in self.champions:
+            if (value <= metric) if minimize else (value >= metric):
+                return hours
+        return None
+
+    @property
+    def experiments_per_hour(self) -> float:
+        return self.experiments / self.hours if self.hours > 0 else 0.0
+
+
+def _fleet_tiers(text: str, screen: list[str], validate: list[str], repeats: int, promote: int) -> str:
+    """labfleet.toml with a [tiers] table for the simulated clone."""
+    lines = [text.rstrip(), "", "[tiers.screen]", f"classes = {screen!r}".replace("'", '"'),
+             "[tiers.validate]", f"classes = {validate!r}".replace("'", '"'), f"repeats = {repeats}",
+             f"promote = {promote}", ""]
+    return "\n".join(lines)
+
+
+@contextmanager
+def clone_target(source: Path | None, keep: Path | None = None) -> Iterator[Path]:
+    """A throw-away git clone of ``source``'s HEAD (the bundled tinygpt when None)."""
+    tmp = Path(tempfile.mkdtemp(prefix="labfleet-sim-"))
+    folder = tmp / "target"
+    try:
+        if source is None:
+            scaffold.init_bundled(folder)
+        else:
+            load_target(source, check_files=False)  # a clear error for a folder that is no target
+            if not workspace.is_repo(source):
+                raise ConfigError(f"{source} is not a git repository: commit the target first")
+            subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(source), str(folder)],
+                           check=True, capture_output=True)
+            workspace.exclude_path(folder, "/.labfleet/")
+        yield folder
+        if keep is not None:
+            if keep.exists():
+                raise ConfigError(f"{keep} already exists: choose a new folder for --save")
+            shutil.copytree(folder, keep, symlinks=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def simulate(
+    folder: Path, fleet: str, *, researcher: str = "waves", hours: float | None = 8.0, seed: int = 0,
+    budget_seconds: float | None = None, screen: list[str] | None = None, validate: list[str] | None = None,
+    validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | None = None,
+    researcher_options: Mapping[str, Any] | None = None, **config: Any,
+) -> Simulation:
+    """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock."""
+    if screen or validate:
+        path = folder / CONFIG_FILE
+        path.write_text(_fleet_tiers(path.read_text(), screen or [], validate or [], validate_repeats, promote))
+        workspace.git(folder, "commit", "--quiet", "-am", "simulate: tiers")
+    target = load_target(folder, check_files=False)
+    try:
+        workers = parse_fleet(fleet)
+    except ValueError as exc:
+        raise ConfigError(f"--fleet: {exc}") from None
+    budget = budget_seconds or target.spec.budget_seconds
+    model = Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
+                                 reference_budget_seconds=budget, direction=target.spec.direction,
+                                 metric_name=target.spec.metric, **(surrogate or {}))
+    clock = VirtualClock()
+    ledger = Ledger.for_target(target.state_dir)
+    ledger.clock = clock
+    cfg = SessionConfig(researcher=researcher, workers=len(workers), budget_seconds=budget_seconds, seed=seed,
+                        hours=hours, **config)
+    sid = start_session(target, ledger, cfg)
+    loop = SessionLoop(target, ledger, SimulatedExecutor(workers, model, clock=clock),
+                       make_researcher(researcher, seed=seed, **(researcher_options or {})), sid, cfg,
+                       target.state_dir, clock=clock, tick=math.inf)
+    reason = loop.run()
+    return summarize(target, ledger, sid, fleet, len(workers), reason)
+
+
+def summarize(target: Target, ledger: Ledger, sid: int, fleet: str, workers: int, reason: str = "") -> Simulation:
+    row = ledger.db.execute(
+        "SELECT MIN(started_at) AS s, MAX(ended_at) AS e, COUNT(*) AS n FROM runs WHERE session_id = ?"
+        " AND started_at IS NOT NULL", (sid,),
+    ).fetchone()
+    start, end = row["s"] or 0.0, row["e"] or 0.0
+    span = max(end - start, 1e-9)
+    costs = cost.worker_costs(ledger, sid, end)
+    busy = sum(c.busy_seconds for c in costs)
+    by_class: dict[str, float] = {}
+    for c in costs:
+        by_class[c.hardware] = by_class.get(c.hardware, 0.0) + c.usd
+    champions = [
+        ((r["decided_at"] - start) / 3600, r["metric"], json.loads(r["knobs"]))
+        for r in ledger.db.execute(
+            "SELECT decided_at, metric, knobs FROM experiments WHERE session_id = ?"
+            " AND decision IN ('baseline', 'kept') ORDER BY decided_at, id", (sid,))
+    ]
+    groups = {name: knob.group for name, knob in target.knobs.items() if knob.group}
+    prog = progress(points_from_ledger(ledger, sid, groups), target.spec.direction, target.spec.metric)
+    decisions = ledger.decision_counts(sid)
+    session = ledger.session(sid)
+    return Simulation(
+        folder=target.root, session_id=sid, fleet=fleet, workers=workers, researcher=session["researcher"],
+        hours=span / 3600, experiments=ledger.proposed_count(sid), decisions=decisions, runs=int(row["n"]),
+        utilization=busy / (workers * span), baseline=champions[0][1] if champions else math.nan,
+        best=champions[-1][1] if champions else math.nan, champions=champions,
+        cost_usd=sum(by_class.values()), cost_by_class=by_class, findings=prog.findings, stop_reason=reason,
+    )
