@@ -56,7 +56,7 @@ SessionOption = Annotated[int | None, typer.Option(help="Session id (default: th
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {_escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -328,6 +328,11 @@ def _print_event(event: Any) -> None:
     console.print(f"[{style}]{_escape(text)}[/]" if style else _escape(text), highlight=False, soft_wrap=True)
 
 
+def _say(text: str, **options: Any) -> None:
+    """One line of plain output: no markup, no wrapping (it goes to logs and pipes)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -479,6 +484,121 @@ def promote(
         return
     where = "the running session places them first" if running else "`labfleet run` runs them when it resumes"
     console.print(f"e{experiment}: {runs} validation run(s) queued; {where}")
+
+
+@app.command()
+def effects(
+    target: TargetOption = Path("."),
+    session: SessionOption = None,
+    wave: Annotated[str | None, typer.Option(help="One wave (its number); default: the latest --last waves.")] = None,
+    last: Annotated[int, typer.Option(help="How many of the latest waves to show.", min=1)] = 3,
+    as_json: JsonOption = False,
+) -> None:
+    """Main effects and interactions, with confidence intervals, from the waves researcher's factorial waves."""
+    from collections import Counter
+
+    from labfleet.analysis.effects import session_effects
+    from labfleet.target import load_target
+    from labfleet.views import _session, noise_view
+
+    root, ledger = _open_ledger(target)
+    spec = load_target(root, check_files=False).spec
+    sid = _session(ledger, session)["id"]
+    history, _ = ledger.history(sid)
+    noise = noise_view(ledger, sid)
+    classes = Counter(r.run.hardware for r in history if r.ok and "wave" in r.experiment.tags)
+    sd = noise.get(classes.most_common(1)[0][0] or "") if classes else None
+    found = session_effects(history, noise_sd=sd)
+    if wave is not None:
+        if wave not in found:
+            raise LabfleetError(f"no effects for wave {wave} (waves with results: {', '.join(found) or 'none'})")
+        found = {wave: found[wave]}
+    else:
+        found = dict(list(found.items())[-last:])
+    if as_json:
+        print(json.dumps({"session": sid, "noise_sd": sd, "waves": {k: v.to_json() for k, v in found.items()}}, indent=2))
+        return
+    if not found:
+        _say("no waves with results yet (the waves researcher tags its experiments: `labfleet run --researcher waves`)")
+        return
+    for tag, eff in found.items():
+        factors = ", ".join(eff.levels) or "-"
+        _say(f"wave {tag}: {eff.n} results over {factors}" + (f", noise sd {sd:.4g}" if sd else ""))
+        for line in eff.describe(spec.metric, spec.direction):
+            _say(f"  {line}")
+
+
+@app.command()
+def simulate(
+    target: Annotated[Path | None, typer.Option("--target", "-C", help="Target folder (default: this folder if it has labfleet.toml, else the bundled tinygpt).")] = None,
+    fleet: Annotated[str, typer.Option(help="Workers as CLASS:COUNT[@PRICE],... e.g. H100:13,H200:3.")] = "H100:13,H200:3",
+    hours: Annotated[float, typer.Option(help="Virtual hours to simulate.", min=0.01)] = 8.0,
+    researcher: Annotated[str, typer.Option(help="waves, greedy, random, grid or optuna.")] = "waves",
+    budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=1)] = None,
+    screen: Annotated[str | None, typer.Option(help="Hardware classes that screen, e.g. H100 (sets [tiers]).")] = None,
+    validate: Annotated[str | None, typer.Option(help="Hardware classes that validate winners, e.g. H200 (sets [tiers]).")] = None,
+    noise: Annotated[float, typer.Option(help="Seed-to-seed sd of the metric in the surrogate.", min=0)] = 0.002,
+    crash_rate: Annotated[float, typer.Option(help="Share of runs that crash.", min=0, max=1)] = 0.02,
+    hang_rate: Annotated[float, typer.Option(help="Share of runs that hang until the hard timeout.", min=0, max=1)] = 0.005,
+    setup_seconds: Annotated[float, typer.Option(help="Setup once per worker (data, compile cache).", min=0)] = 180.0,
+    seed: Annotated[int, typer.Option(help="Seed of the surrogate, the runs and the researcher.")] = 0,
+    until: Annotated[float | None, typer.Option(help="Stop once the best metric reaches this value.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many experiments without a keep.", min=1)] = None,
+    max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop once the fleet has cost this much.", min=0)] = None,
+    save: Annotated[Path | None, typer.Option(help="Keep the simulated target and its ledger here (for `labfleet report -C DIR`).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Plan a fleet before paying for it: a whole session on a virtual clock, in seconds.
+
+    The real scheduler, ledger and researcher run on a throw-away clone of the target;
+    training is replaced by a surrogate objective of the knobs (a smooth bowl with
+    interactions, seed noise, per-class speed: an H200 runs 9% more steps than an
+    H100; crashes, hangs, setup). Prints experiments, utilization, time to reach the
+    best, and cost.
+    """
+    from labfleet.simulate import clone_target
+    from labfleet.simulate import simulate as run_simulation
+
+    if target is None and (Path.cwd() / "labfleet.toml").is_file():
+        target = Path.cwd()
+    limits = {k: v for k, v in dict(until=until, patience=patience, max_usd=max_usd).items() if v is not None}
+    classes = [c.strip() for c in (screen or "").split(",") if c.strip()], [c.strip() for c in (validate or "").split(",") if c.strip()]
+    try:
+        with clone_target(target.resolve() if target else None, keep=save) as folder:
+            sim = run_simulation(
+                folder, fleet, researcher=researcher, hours=hours, seed=seed, budget_seconds=budget,
+                screen=classes[0], validate=classes[1],
+                surrogate=dict(noise_sd=noise, crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds),
+                **limits,
+            )
+    except ValueError as exc:
+        raise LabfleetError(str(exc)) from None
+    gain = sim.baseline - sim.best
+    reach = {f"{f:.0%}": sim.time_to(sim.baseline - f * gain) for f in (0.5, 0.9, 1.0)} if gain > 0 else {}
+    if as_json:
+        print(json.dumps({
+            "fleet": sim.fleet, "workers": sim.workers, "researcher": sim.researcher, "hours": sim.hours,
+            "experiments": sim.experiments, "experiments_per_hour": sim.experiments_per_hour, "runs": sim.runs,
+            "decisions": sim.decisions, "utilization": sim.utilization, "baseline": sim.baseline, "best": sim.best,
+            "hours_to_share_of_gain": reach, "cost_usd": sim.cost_usd, "cost_by_class": sim.cost_by_class,
+            "findings": sim.findings, "stop_reason": sim.stop_reason, "saved": str(save) if save else None,
+        }, indent=2))
+        return
+    d = sim.decisions
+    _say(f"simulated {sim.hours:.1f} h on {sim.workers} workers ({sim.fleet}), {sim.researcher} researcher, seed {seed}"
+         f"; stopped: {sim.stop_reason}")
+    _say(f"experiments {sim.experiments} ({sim.experiments_per_hour:.0f}/h): kept {d.get('kept', 0)}, "
+                  f"discarded {d.get('discarded', 0)}, failed {d.get('failed', 0)}; runs {sim.runs}")
+    _say(f"utilization {sim.utilization:.1%} of worker time running experiments")
+    _say(f"best {sim.best:.4f} from baseline {sim.baseline:.4f} ({-gain / sim.baseline:+.2%})")
+    if reach:
+        _say("time to reach: " + ", ".join(
+            f"{k} of the gain {v:.1f} h" if v is not None else f"{k} never" for k, v in reach.items()))
+    _say(f"cost ${sim.cost_usd:,.0f} (" + ", ".join(f"{hw} ${usd:,.0f}" for hw, usd in sim.cost_by_class.items()) + ")")
+    for line in sim.findings:
+        _say(f"  {line}")
+    if save:
+        _say(f"saved to {save}: `labfleet report -C {save}` draws it")
 
 
 @app.command()

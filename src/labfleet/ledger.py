@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from labfleet.errors import LabfleetError
-from labfleet.records import Decision, Experiment, Run, RunStatus
+from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 
 LEDGER_FILE = "ledger.sqlite"
 LOCK_FILE = "session.lock"
@@ -359,6 +359,22 @@ class Ledger:
     def runs(self, session_id: int) -> list[Run]:
         rows = self.db.execute("SELECT * FROM runs WHERE session_id = ? ORDER BY id", (session_id,))
         return [run_record(r) for r in rows]
+
+    def history(self, session_id: int) -> tuple[list[Result], list[Experiment]]:
+        """Decided experiments with their latest run (a done one when there is one), and pending ones."""
+        latest: dict[int, Run] = {}
+        for run in self.runs(session_id):
+            have = latest.get(run.experiment_id)
+            if have is None or run.status == RunStatus.DONE or have.status != RunStatus.DONE:
+                latest[run.experiment_id] = run
+        history, pending = [], []
+        for exp in self.experiments(session_id):
+            run = latest.get(exp.id)
+            if exp.decision == Decision.PENDING:
+                pending.append(exp)
+            elif run is not None:
+                history.append(Result(exp, run))
+        return history, pending
 
     def run_row(self, run_id: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

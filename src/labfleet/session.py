@@ -604,18 +604,8 @@ class SessionLoop:
 
     def state(self) -> SessionState:
         """A frozen snapshot of the ledger for the researcher."""
-        experiments = self.ledger.experiments(self.session_id)
-        runs: dict[int, Run] = {}
-        for run in self.ledger.runs(self.session_id):
-            runs[run.experiment_id] = run  # the latest run per experiment
-        history, pending = [], []
-        for exp in experiments:
-            run = runs.get(exp.id)
-            if exp.decision == Decision.PENDING:
-                pending.append(exp)
-            elif run is not None:
-                history.append(Result(exp, run))
-        baseline = next((e for e in experiments if e.parent_id is None), None)
+        history, pending = self.ledger.history(self.session_id)
+        baseline = self.baseline()
         return SessionState(
             session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
             knobs=self.target.knobs, baseline=baseline, champion=self.champion.experiment or baseline,

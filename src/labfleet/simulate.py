@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Simulation:
     cost_by_class: Mapping[str, float] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     stop_reason: str = ""
+    model: Surrogate | None = None  # the objective it ran against (benchmarks read its noise-free values)
 
     def time_to(self, metric: float, minimize: bool = True) -> float | None:
         """Virtual hours until the champion first reached ``metric`` (None: never)."""
@@ -127,7 +128,7 @@ def simulate(
                        make_researcher(researcher, seed=seed, **(researcher_options or {})), sid, cfg,
                        target.state_dir, clock=clock, tick=math.inf)
     reason = loop.run()
-    return summarize(target, ledger, sid, fleet, len(workers), reason)
+    return replace(summarize(target, ledger, sid, fleet, len(workers), reason), model=model)
 
 
 def summarize(target: Target, ledger: Ledger, sid: int, fleet: str, workers: int, reason: str = "") -> Simulation:
