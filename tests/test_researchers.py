@@ -23,7 +23,7 @@ KNOBS = {
     "ACTIVATION": Knob(file="train.py", choices=["relu", "gelu"]),
 }
 BASE = {"LEARNING_RATE": 1e-3, "N_LAYER": 2, "WARMUP": 0.1, "BATCH": 8, "ACTIVATION": "relu"}
-NAMES = ["greedy", "grid", "optuna", "random"]
+NAMES = ["greedy", "grid", "optuna", "random", "waves"]
 ids = itertools.count(100)
 
 
@@ -306,7 +306,7 @@ def test_registry():
 
 
 def test_unknown_researcher():
-    with pytest.raises(ConfigError, match=r"^unknown researcher 'genius' \(available: greedy, grid, optuna, random\)$"):
+    with pytest.raises(ConfigError, match=r"^unknown researcher 'genius' \(available: greedy, grid, optuna, random, waves\)$"):
         make_researcher("genius")
 
 

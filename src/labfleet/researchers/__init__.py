@@ -15,6 +15,7 @@ from labfleet.researchers.greedy import GreedyResearcher
 from labfleet.researchers.grid import GridResearcher
 from labfleet.researchers.optuna import OptunaResearcher
 from labfleet.researchers.random import RandomResearcher
+from labfleet.researchers.waves import WavesResearcher
 
 __all__ = [
     "RESEARCHERS",
@@ -23,11 +24,13 @@ __all__ = [
     "OptunaResearcher",
     "RandomResearcher",
     "Researcher",
+    "WavesResearcher",
     "make_researcher",
 ]
 
 RESEARCHERS: dict[str, type[Researcher]] = {
-    cls.name: cls for cls in (GreedyResearcher, GridResearcher, OptunaResearcher, RandomResearcher)
+    cls.name: cls
+    for cls in (GreedyResearcher, GridResearcher, OptunaResearcher, RandomResearcher, WavesResearcher)
 }
 
 

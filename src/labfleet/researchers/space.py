@@ -80,3 +80,21 @@ def grid_values(knob: Knob, points: int) -> list[KnobValue]:
         if cast not in values:
             values.append(cast)
     return values
+
+
+def shift(knob: Knob, value: KnobValue, fraction: float) -> KnobValue:
+    """``value`` moved by ``fraction`` of the knob's range (of its log range for log knobs), through ``fit``.
+
+    An integer knob moves by at least 1 when ``fraction`` is not 0, so small steps do
+    not collapse onto the value itself. Ranges only: choices have no distance.
+    """
+    assert knob.low is not None and knob.high is not None
+    x = min(knob.high, max(knob.low, float(value)))
+    if knob.log:
+        target = math.exp(math.log(x) + fraction * (math.log(knob.high) - math.log(knob.low)))
+    else:
+        target = x + fraction * (knob.high - knob.low)
+    new = fit(target, knob)
+    if knob.integer and fraction and new == round(x):
+        new = fit(round(x) + (1 if fraction > 0 else -1), knob)
+    return new
