@@ -529,6 +529,28 @@ def effects(
 
 
 @app.command()
+def report(
+    target: TargetOption = Path("."),
+    session: SessionOption = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write (default .labfleet/report/s<session>).")] = None,
+) -> None:
+    """Draw the session: progress, worker timeline, hardware, effects and cost as PNGs and one HTML page."""
+    from labfleet.analysis.report import build_report
+    from labfleet.target import load_target
+    from labfleet.views import _session
+
+    root, ledger = _open_ledger(target)
+    loaded = load_target(root, check_files=False)
+    sid = _session(ledger, session)["id"]
+    out = output or _state_dir(root) / "report" / f"s{sid}"
+    groups = {name: knob.group for name, knob in loaded.knobs.items() if knob.group}
+    page = build_report(ledger, sid, out, metric=loaded.spec.metric, direction=loaded.spec.direction,
+                        groups=groups, title=f"{loaded.spec.name}, session {sid}")
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    _say(f"wrote {page} ({', '.join(pictures)})")
+
+
+@app.command()
 def simulate(
     target: Annotated[Path | None, typer.Option("--target", "-C", help="Target folder (default: this folder if it has labfleet.toml, else the bundled tinygpt).")] = None,
     fleet: Annotated[str, typer.Option(help="Workers as CLASS:COUNT[@PRICE],... e.g. H100:13,H200:3.")] = "H100:13,H200:3",
