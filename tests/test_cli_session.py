@@ -66,8 +66,10 @@ def test_run_then_read_commands(tmp_path):
 
     status = json.loads(run_cli("status", "-C", str(folder), "--json").stdout)
     assert status["state"] == "finished" and status["experiments"] == 6
-    # the baseline ran three seeds to measure the noise (none here: the metric ignores the seed)
-    assert status["runs"].get("done") == 8 and status["orchestrator_pid"] is None
+    # the baseline ran three seeds to measure the noise (none here: the metric ignores the seed),
+    # and every keep one fresh seed
+    kept = status["decisions"].get("kept", 0)
+    assert status["runs"].get("done") == 8 + kept and status["orchestrator_pid"] is None
 
     rows = json.loads(run_cli("results", "-C", str(folder), "--json").stdout)
     assert [r["experiment"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -114,7 +116,7 @@ def test_kill_9_then_resume_counts_everything_once(tmp_path):
     assert len(exps) == 8
     for exp in exps:  # one final run per seed (the baseline ran three to measure the noise)
         final = [r for r in runs if r["experiment_id"] == exp["id"] and r["status"] not in ("lost", "queued", "running")]
-        want = 3 if exp["parent_id"] is None else 1
+        want = 3 if exp["parent_id"] is None else 2 if exp["decision"] == "kept" else 1
         assert len(final) == want, [dict(r) for r in runs if r["experiment_id"] == exp["id"]]
         assert exp["decision"] in ("baseline", "kept", "discarded", "failed")
     for run_id in orphaned:  # finished while the orchestrator was dead: collected, not re-run

@@ -86,7 +86,8 @@ def test_keeps_beyond_noise_confirms_within_noise(tmp_path):
     assert len(ledger.runs_of(exps["baseline"].id)) == 3
     assert loop.judge([1.0], "cpu", 1.0).se is not None
     assert exps["lr closer"].decision == Decision.KEPT
-    assert len(ledger.runs_of(exps["lr closer"].id)) == 1  # kept at once
+    # kept at once; then one fresh seed of the new champion, which later candidates are compared with
+    assert [r.role for r in ledger.runs_of(exps["lr closer"].id)] == ["screen", "calibrate"]
     hair = exps["lr a hair better"]
     runs = ledger.runs_of(hair.id)
     # seed 0 beat 1.0806 by 0.01, under 2 se (0.028): a confirmation repeat on seed 1 (+0.01) lost it
@@ -110,8 +111,7 @@ def test_calibration_on_two_local_classes_of_different_speed(tmp_path):
     folder = lab(tmp_path)
     fleet = [Worker("slow-0", "slow", threads=1, price_per_hour=1.0),
              Worker("fast-0", "fast", threads=2, price_per_hour=3.0)]
-    researcher = Scripted([Proposal("lr best", knobs={"LEARNING_RATE": 1e-2})])
-    ledger, loop = session(folder, researcher, LocalExecutor(fleet), noise_repeats=1)
+    ledger, loop = session(folder, Scripted([]), LocalExecutor(fleet), noise_repeats=1)
     sid = loop.session_id
     base = ledger.baseline(sid)
     assert base is not None
@@ -149,7 +149,10 @@ promote = 1
     sid = loop.session_id
     exps = {e.description: e for e in ledger.experiments(sid)}
     best = ledger.runs_of(exps["lr best"].id)
-    assert [(r.role, r.hardware) for r in best] == [("screen", "slow"), ("validate", "fast"), ("validate", "fast")]
+    assert [(r.role, r.hardware) for r in best] == [
+        ("screen", "slow"), ("validate", "fast"), ("validate", "fast"),
+        ("calibrate", "slow"),  # the new champion's fresh seed on the screening class
+    ]
     assert exps["lr best"].decision == Decision.KEPT
     worse = ledger.runs_of(exps["lr worse"].id)
     assert [(r.role, r.hardware) for r in worse] == [("screen", "slow")]  # screened out, never validated

@@ -88,10 +88,12 @@ def test_session_keeps_improvements_and_advances_the_lineage(tmp_path):
     assert exps["baseline"].metric == pytest.approx(2.02)
     assert exps["lr way down"].decision == Decision.DISCARDED
     assert exps["lr best"].decision == Decision.KEPT and exps["lr best"].metric == pytest.approx(1.02)
-    # the baseline ran three seeds (to measure the noise: none here), every other experiment once
+    # the baseline ran three seeds (to measure the noise: none here), every other experiment once,
+    # and a kept one once more with a fresh seed (its first run won a selection)
     for exp in exps.values():
         runs = [r for r in ledger.runs(sid) if r.experiment_id == exp.id]
-        assert [r.status for r in runs] == [RunStatus.DONE] * (3 if exp.parent_id is None else 1)
+        want = 3 if exp.parent_id is None else 2 if exp.decision == Decision.KEPT else 1
+        assert [r.status for r in runs] == [RunStatus.DONE] * want
     assert sorted(researcher.observed) == sorted(e.id for e in exps.values())
     # the lineage branch ends at a version holding the best knob values
     branch = f"labfleet/s{sid}"
@@ -133,7 +135,7 @@ def test_crashes_hangs_and_bad_patches_never_stop_the_session(tmp_path):
     assert results["crash"] == (Decision.FAILED, [RunStatus.CRASHED])
     assert results["hang"] == (Decision.FAILED, [RunStatus.TIMEOUT])
     assert results["does not apply"] == (Decision.FAILED, [RunStatus.REJECTED])
-    assert results["good"] == (Decision.KEPT, [RunStatus.DONE])
+    assert results["good"] == (Decision.KEPT, [RunStatus.DONE, RunStatus.DONE])  # + its calibration run
 
 
 def test_a_lost_run_is_retried(tmp_path):
@@ -165,7 +167,7 @@ def test_a_lost_run_is_retried(tmp_path):
     killer.join()
     slow = next(e for e in ledger.experiments(sid) if e.description == "slow")
     statuses = [r.status for r in ledger.runs(sid) if r.experiment_id == slow.id]
-    assert statuses == [RunStatus.LOST, RunStatus.DONE]
+    assert statuses == [RunStatus.LOST, RunStatus.DONE, RunStatus.DONE]  # retried; then calibrated as the champion
     assert slow.decision == Decision.KEPT
 
 
@@ -200,13 +202,15 @@ def test_champion_is_compared_within_a_hardware_class(tmp_path):
     assert loop.champion.metric == 1.00
     b = baseline.id
     loop.samples[(b, "H100", 1.0)].append(1.02)
-    loop.samples[(b, "H200", 1.0)] = [0.95]
+    loop.samples[(b, "H200", 1.0)] = loop.unbiased[(b, "H200", 1.0)] = [0.95]
     assert loop.champion_metrics("H100", 1.0) == [1.00, 1.02]
     assert loop.champion_metrics("H200", 1.0) == [0.95]
     assert loop.champion_metrics("A100", 1.0) == [1.00]  # never measured there: its own metric
     # a champion measured only on H100 is compared on H200 through the measured offset
     loop.champion = _Champion(replace(baseline, id=99), 0.90)
-    loop.samples[(99, "H100", 1.0)] = [0.90]
+    loop.samples[(99, "H100", 1.0)] = [0.88, 0.90]  # its lucky screening run, then a fresh seed
+    loop.unbiased[(99, "H100", 1.0)] = [0.90]
+    assert loop.champion_metrics("H100", 1.0) == [0.90]  # the fresh seed only: no winner's luck
     assert loop.hardware_offset("H200", "H100", 1.0) == pytest.approx(0.95 - 1.01)
     assert loop.champion_metrics("H200", 1.0) == [pytest.approx(0.90 + 0.95 - 1.01)]
 

@@ -29,7 +29,15 @@ from typing import Any
 
 from labfleet import workspace
 from labfleet.analysis import cost
-from labfleet.analysis.noise import DEFAULT_Z, Group, Verdict, judge, noise_floors, samples_from_runs
+from labfleet.analysis.noise import (
+    DEFAULT_Z,
+    UNBIASED_ROLES,
+    Group,
+    Verdict,
+    judge,
+    noise_floors,
+    samples_from_runs,
+)
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
@@ -180,6 +188,7 @@ class SessionLoop:
         # metrics of done runs that differ only by seed: the noise floor and the
         # champion's per-class figures come from here (rebuilt from the ledger in recover)
         self.samples: dict[Group, list[float]] = {}
+        self.unbiased: dict[Group, list[float]] = {}  # the subset not chosen for looking good
 
     # ----------------------------------------------------------------- the loop
 
@@ -266,7 +275,13 @@ class SessionLoop:
         for exp in self.ledger.experiments(self.session_id):
             if exp.decision == Decision.BASELINE or exp.decision == Decision.KEPT:
                 self.champion = _Champion(exp, exp.metric)
-        self.samples = samples_from_runs(self.ledger.runs(self.session_id))
+        runs = self.ledger.runs(self.session_id)
+        self.samples = samples_from_runs(runs)
+        self.unbiased = samples_from_runs(runs, UNBIASED_ROLES)
+        base = self.baseline()
+        for key, values in self.samples.items():  # nothing chose the baseline's seeds
+            if base is not None and key[0] == base.id:
+                self.unbiased[key] = values
         self.plan_calibration()
         for row in self.ledger.run_rows(self.session_id, ["running"]):
             worker = row["worker"]
@@ -332,8 +347,13 @@ class SessionLoop:
             figures=result.figures, reason=result.reason, ended_at=result.ended_at,
         )
         row = self.ledger.run_row(finished.run_id)
-        for key, values in samples_from_runs([run_record(row)] if row is not None else []).items():
-            self.samples.setdefault(key, []).extend(values)
+        if row is not None:
+            run = run_record(row)
+            base = self.baseline()
+            for key, values in samples_from_runs([run]).items():
+                self.samples.setdefault(key, []).extend(values)
+                if run.role in UNBIASED_ROLES or (base is not None and key[0] == base.id):
+                    self.unbiased.setdefault(key, []).extend(values)
         self.decide(exp_id)
 
     def decide(self, exp_id: int) -> None:
@@ -433,11 +453,28 @@ class SessionLoop:
             f"keep e{exp.id}: {exp.description} ({self.target.spec.metric} {metric:.6f})",
         )
         self.champion = _Champion(exp, metric)
+        self.calibrate_champion(exp)
         self.ledger.event(self.session_id, "kept", experiment=exp.id, metric=metric, previous=previous,
                           gain=verdict.improvement, threshold=verdict.threshold, se=verdict.se)
         self.on_event(Event("kept", f"e{exp.id} {self._fmt(metric)} KEPT"
                             f" ({-verdict.improvement if self._minimize else verdict.improvement:+.4f})"
                             f"  [{exp.description}]", exp, run))
+
+    def calibrate_champion(self, exp: Experiment) -> None:
+        """One fresh-seed run of a new champion on every class it has no unbiased run on.
+
+        Its own screening run won a selection, so later candidates would be measured
+        against its luck; the calibration run is what they are compared with, and it
+        measures the class offsets on the current code.
+        """
+        classes = dict.fromkeys(w.hardware for w in self.workers.values())
+        for k, hw in enumerate(classes):
+            role = "calibrate" if self._role_allows("screen", hw) else "validate"
+            budget = self.run_budget(exp, role)
+            if self.unbiased.get((exp.id, hw, budget)):
+                continue
+            self.ledger.queue_run(self.session_id, exp.id, seed=exp.seed + VALIDATION_SEED_OFFSET // 2 + k,
+                                  role=role, place_on=hw)
 
     # ----------------------------------------------------------------- tiers
 
@@ -504,10 +541,11 @@ class SessionLoop:
         """
         champion = self.champion.experiment
         assert champion is not None and self.champion.metric is not None
-        own = self.samples.get((champion.id, hardware, budget))
+        key = (champion.id, hardware, budget)
+        own = self.unbiased.get(key) or self.samples.get(key)
         if own:
             return own
-        for (exp_id, other, b), values in self.samples.items():
+        for (exp_id, other, b), values in self.unbiased.items():
             if exp_id == champion.id and b == budget:
                 offset = self.hardware_offset(hardware, other, budget)
                 if offset is not None:
@@ -515,9 +553,9 @@ class SessionLoop:
         return [self.champion.metric]
 
     def hardware_offset(self, hardware: str, other: str, budget: float) -> float | None:
-        """Mean metric on ``hardware`` minus on ``other`` over experiments run on both."""
+        """Mean metric on ``hardware`` minus on ``other`` over experiments run on both (unbiased runs)."""
         by_exp: dict[int, dict[str, list[float]]] = {}
-        for (exp_id, hw, b), values in self.samples.items():
+        for (exp_id, hw, b), values in self.unbiased.items():
             if b == budget and hw in (hardware, other):
                 by_exp.setdefault(exp_id, {})[hw] = values
         diffs = [_avg(v[hardware]) - _avg(v[other]) for v in by_exp.values() if len(v) == 2]

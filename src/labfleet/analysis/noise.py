@@ -36,10 +36,17 @@ class NoiseFloor:
         return {"hardware": self.hardware, "sd": self.sd, "df": self.df, "groups": self.groups}
 
 
-def samples_from_runs(runs: Iterable[Run]) -> dict[Group, list[float]]:
-    """Done runs' metrics grouped by (experiment, hardware class, budget)."""
+# Runs whose seed was not chosen for looking good: a champion's screening run won a
+# selection (its luck is in it), its validation and calibration runs did not.
+UNBIASED_ROLES = frozenset({"validate", "calibrate", "noise"})
+
+
+def samples_from_runs(runs: Iterable[Run], roles: frozenset[str] | None = None) -> dict[Group, list[float]]:
+    """Done runs' metrics grouped by (experiment, hardware class, budget); only ``roles`` if given."""
     samples: dict[Group, list[float]] = {}
     for run in runs:
+        if roles is not None and run.role not in roles:
+            continue
         if run.status == RunStatus.DONE and run.metric is not None and run.hardware:
             samples.setdefault((run.experiment_id, run.hardware, run.budget_seconds or 0.0), []).append(run.metric)
     return samples
