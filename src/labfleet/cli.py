@@ -233,7 +233,7 @@ def _open_ledger(target: Path, must_exist: bool = True) -> tuple[Path, Any]:
 def run(
     target: TargetOption = Path("."),
     workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. (default 1)", min=1)] = None,
-    researcher: Annotated[str | None, typer.Option(help="greedy, random, grid or optuna. (default greedy)")] = None,
+    researcher: Annotated[str | None, typer.Option(help="greedy, waves, random, grid or optuna. (default greedy)")] = None,
     max_experiments: Annotated[int | None, typer.Option(help="Stop proposing after this many experiments (baseline not counted).", min=1)] = None,
     hours: Annotated[float | None, typer.Option(help="Stop proposing after this many hours.", min=0)] = None,
     until: Annotated[float | None, typer.Option(help="Stop once the best metric reaches this value.")] = None,
@@ -323,7 +323,7 @@ def _print_event(event: Any) -> None:
     if event.kind == "finished":
         return  # the caller prints the closing line
     style = {"kept": "bold green", "baseline": "bold", "failed": "red", "rejected": "red",
-             "lost": "yellow", "started": "dim", "stopping": "cyan"}.get(event.kind, "")
+             "lost": "yellow", "started": "dim", "stopping": "cyan", "promoted": "cyan", "confirming": "cyan"}.get(event.kind, "")
     text = f"{stamp} {event.message}"
     console.print(f"[{style}]{_escape(text)}[/]" if style else _escape(text), highlight=False, soft_wrap=True)
 

@@ -490,6 +490,8 @@ class SessionLoop:
     def promote_waiting(self) -> None:
         """Promote the best waiting screened winners while validation slots are free."""
         assert self.tiers is not None
+        if self.stop_reason:  # the session is winding down: what waits stays pending (`labfleet promote`)
+            return
         waiting = self.ledger.awaiting_validation(self.session_id)
         slots = self.tiers.validate_.promote - self.ledger.validations_in_flight(self.session_id)
         if not waiting or slots <= 0:
