@@ -13,7 +13,7 @@ from labfleet.ledger import Ledger
 
 BUSY_SQL = """
 SELECT r.worker AS worker, w.hardware AS hardware, w.price_per_hour AS price,
-       SUM(MAX(0, MIN(COALESCE(r.ended_at, :now), :now) - r.started_at)) AS busy
+       SUM(MAX(0, COALESCE(r.ended_at, :now) - r.started_at)) AS busy
 FROM runs r JOIN workers w ON w.session_id = r.session_id AND w.id = r.worker
 WHERE r.session_id = :sid AND r.started_at IS NOT NULL
 GROUP BY r.worker
