@@ -553,12 +553,12 @@ def report(
 @app.command()
 def simulate(
     target: Annotated[Path | None, typer.Option("--target", "-C", help="Target folder (default: this folder if it has labfleet.toml, else the bundled tinygpt).")] = None,
-    fleet: Annotated[str, typer.Option(help="Workers as CLASS:COUNT[@PRICE],... e.g. H100:13,H200:3.")] = "H100:13,H200:3",
+    fleet: Annotated[str, typer.Option(help="Workers as CLASS:COUNT or CLASS:COUNT@PRICE_PER_HOUR, comma-separated, e.g. H100:13,H200:3.")] = "H100:13,H200:3",
     hours: Annotated[float, typer.Option(help="Virtual hours to simulate.", min=0.01)] = 8.0,
     researcher: Annotated[str, typer.Option(help="waves, greedy, random, grid or optuna.")] = "waves",
     budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=1)] = None,
-    screen: Annotated[str | None, typer.Option(help="Hardware classes that screen, e.g. H100 (sets [tiers]).")] = None,
-    validate: Annotated[str | None, typer.Option(help="Hardware classes that validate winners, e.g. H200 (sets [tiers]).")] = None,
+    screen: Annotated[str | None, typer.Option(help="Hardware classes that screen, e.g. H100 (sets the tiers).")] = None,
+    validate: Annotated[str | None, typer.Option(help="Hardware classes that validate winners, e.g. H200 (sets the tiers).")] = None,
     noise: Annotated[float, typer.Option(help="Seed-to-seed sd of the metric in the surrogate.", min=0)] = 0.002,
     crash_rate: Annotated[float, typer.Option(help="Share of runs that crash.", min=0, max=1)] = 0.02,
     hang_rate: Annotated[float, typer.Option(help="Share of runs that hang until the hard timeout.", min=0, max=1)] = 0.005,

@@ -60,7 +60,8 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         "researcher": session["researcher"],
         "branch": session["branch"],
         "config": config,
-        "elapsed_seconds": round(now - session["created_at"], 1),
+        # a session that is not running ended at its last update (a simulated one on its virtual clock)
+        "elapsed_seconds": round((now if holder else session["updated_at"]) - session["created_at"], 1),
         "experiments": sum(decisions.values()),
         "decisions": decisions,
         "runs": runs,
