@@ -396,6 +396,13 @@ class SessionLoop:
                                     f" ({verdict.improvement:+.4f} < {verdict.threshold:.4f}): repeating"
                                     f"  [{exp.description}]", exp, done[-1]))
                 return
+        if validated and verdict.outcome == "unsure" and len(metrics) < self._validate_runs() + self.config.confirm_repeats:
+            # better on the fast class but within its noise: one more seed there, then decide
+            self.ledger.queue_run(self.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + len(metrics),
+                                  role="validate", place_on=hardware)
+            self.ledger.event(self.session_id, "confirming", experiment=exp_id, gain=verdict.improvement,
+                              threshold=verdict.threshold)
+            return
         if verdict.outcome == "better":
             self.keep(exp, _avg(metrics), verdict, done[-1])
         else:
@@ -513,6 +520,9 @@ class SessionLoop:
             ranked.append((-verdict.improvement, exp_id))
         for _, exp_id in sorted(ranked)[:slots]:
             self.promote(exp_id)
+
+    def _validate_runs(self) -> int:
+        return (self.tiers or Tiers()).validate_.repeats
 
     def _role_allows(self, role: str, hardware: str) -> bool:
         """Whether a run of ``role`` may run on ``hardware`` under the [tiers] classes."""
