@@ -246,6 +246,11 @@ def run(
     max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop proposing once the fleet has cost this many dollars.", min=0)] = None,
     price: Annotated[float | None, typer.Option(help="Dollars per hour of one worker, for cost figures. (default 0)", min=0)] = None,
     hardware: Annotated[str | None, typer.Option(help="Hardware class name of this machine's workers. (default cpu, or gpu with --device cuda)")] = None,
+    provider: Annotated[str | None, typer.Option(help="LLM researcher: anthropic, or openai (any OpenAI-compatible endpoint).")] = None,
+    model: Annotated[str | None, typer.Option(help="LLM researcher: the model name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="LLM researcher: the API's base URL (vLLM, Ollama, OpenRouter, a proxy).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="LLM researcher: the environment variable holding the API key. (default ANTHROPIC_API_KEY or OPENAI_API_KEY)")] = None,
+    max_llm_usd: Annotated[float | None, typer.Option("--max-llm-usd", help="LLM researcher: no new model calls once they have cost this much.", min=0)] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). (default cpu)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
@@ -280,20 +285,24 @@ def run(
     ).items() if v is not None}
     if keep is not None and keep not in ("noise", "margin"):
         raise LabfleetError(f"--keep {keep!r}: use noise or margin")
+    llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
+                                 max_usd=max_llm_usd).items() if v is not None}
     try:
         latest = ledger.session()
         if not new and latest is not None and latest["status"] != "finished":
-            config = replace(SessionConfig.from_json(json.loads(latest["config"])), **given)
+            config = SessionConfig.from_json(json.loads(latest["config"]))
+            config = replace(config, **given, researcher_options={**config.researcher_options, **llm})
             session_id = latest["id"]
             ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(config.to_json()), session_id))
             console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers)")
         elif resume:
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
         else:
-            config = SessionConfig(**given)
+            config = SessionConfig(**given, researcher_options=llm)
             if config.device not in ("cpu", "cuda"):
                 raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
-            make_researcher(config.researcher)  # an unknown name fails before anything is recorded
+            # an unknown name or option (or a missing API key) fails before anything is recorded
+            make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options)
             session_id = start_session(loaded, ledger, config)
             console.print(f"session {session_id}: {config.researcher} on {config.workers} worker(s), "
                           f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run")
@@ -302,7 +311,7 @@ def run(
                                  hardware=config.hardware, price_per_hour=config.price)
         loop = SessionLoop(
             target=loaded, ledger=ledger, executor=executor,
-            researcher=make_researcher(config.researcher, seed=config.seed),
+            researcher=make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options),
             session_id=session_id, config=config, state_dir=state_dir, on_event=_print_event,
         )
         try:

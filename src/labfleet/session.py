@@ -82,6 +82,8 @@ class SessionConfig:
     max_experiments: int | None = None  # not counting the baseline
     hours: float | None = None
     until: float | None = None  # stop proposing once the champion reaches this metric
+    # options of the researcher (the LLM's provider, model, base URL, key variable's name: never a key)
+    researcher_options: dict[str, Any] = field(default_factory=dict)
     patience: int | None = None  # stop proposing after this many decided experiments without a keep
     max_usd: float | None = None  # stop proposing once the fleet's cost reaches this
     price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)

@@ -7,7 +7,7 @@ registry itself is cheap to import.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labfleet.errors import ConfigError
 from labfleet.researchers.base import Researcher
@@ -16,6 +16,9 @@ from labfleet.researchers.grid import GridResearcher
 from labfleet.researchers.optuna import OptunaResearcher
 from labfleet.researchers.random import RandomResearcher
 from labfleet.researchers.waves import WavesResearcher
+
+if TYPE_CHECKING:
+    from labfleet.target import Target
 
 __all__ = [
     "RESEARCHERS",
@@ -34,11 +37,16 @@ RESEARCHERS: dict[str, type[Researcher]] = {
 }
 
 
-def make_researcher(name: str, seed: int = 0, **options: Any) -> Researcher:
-    """A researcher by name; ``ConfigError`` (one line) for an unknown name or option."""
+def make_researcher(name: str, seed: int = 0, target: Target | None = None, **options: Any) -> Researcher:
+    """A researcher by name; ``ConfigError`` (one line) for an unknown name or option.
+
+    ``target`` goes only to researchers that read the target's files (``wants_target``).
+    """
     cls = RESEARCHERS.get(name)
     if cls is None:
         raise ConfigError(f"unknown researcher {name!r} (available: {', '.join(sorted(RESEARCHERS))})")
+    if cls.wants_target:
+        options["target"] = target
     try:
         return cls(seed=seed, **options)  # type: ignore[call-arg]
     except TypeError as exc:  # an option the researcher does not take

@@ -28,6 +28,8 @@ class Researcher(abc.ABC):
     """Base class. Subclasses set ``name`` and implement ``propose``."""
 
     name: ClassVar[str]
+    # True for researchers that read the target's files (the LLM): make_researcher passes target=
+    wants_target: ClassVar[bool] = False
 
     @abc.abstractmethod
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
