@@ -262,6 +262,47 @@ def run(
     including one whose orchestrator was killed: finished runs are collected, lost
     ones retried. Options given on a resume override the recorded ones.
     """
+    if resume and new:
+        raise LabfleetError("--resume and --new exclude each other")
+    if keep is not None and keep not in ("noise", "margin"):
+        raise LabfleetError(f"--keep {keep!r}: use noise or margin")
+    given = {k: v for k, v in dict(
+        researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
+        budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device, keep=keep,
+        noise_repeats=noise_repeats, patience=patience, max_usd=max_usd, price=price, hardware=hardware,
+    ).items() if v is not None}
+    llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
+                                 max_usd=max_llm_usd).items() if v is not None}
+    _run_session(target, {**given, "serve": False}, llm, resume=resume, new=new)
+
+
+@app.command()
+def serve(
+    target: TargetOption = Path("."),
+    workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. (default 1)", min=1)] = None,
+    budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=0.1)] = None,
+    hours: Annotated[float | None, typer.Option(help="Stop after this many hours (default: until Ctrl-C).", min=0)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker). (default cpu)")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Hardware class name of this machine's workers.")] = None,
+    price: Annotated[float | None, typer.Option(help="Dollars per hour of one worker, for cost figures.", min=0)] = None,
+    max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop once the fleet has cost this much.", min=0)] = None,
+) -> None:
+    """The scheduler as a daemon: runs what agents submit (`labfleet submit`, `labfleet mcp`) until Ctrl-C.
+
+    It continues the latest unfinished session (or starts one), proposes nothing
+    itself, keeps every worker busy with the queue, and decides each experiment as
+    `labfleet run` does. `labfleet status` says whether a daemon is running.
+    """
+    given = {k: v for k, v in dict(
+        workers=workers, budget_seconds=budget, hours=hours, threads=threads, device=device, hardware=hardware,
+        price=price, max_usd=max_usd,
+    ).items() if v is not None}
+    _run_session(target, {**given, "researcher": "external", "serve": True}, {}, resume=False, new=False)
+
+
+def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, resume: bool, new: bool) -> None:
+    """Start or resume the session and run it to its end (``run`` and ``serve``)."""
     from dataclasses import replace
 
     from labfleet.executors.local import LocalExecutor
@@ -270,23 +311,12 @@ def run(
     from labfleet.session import SessionConfig, SessionLoop, start_session
     from labfleet.target import load_target
 
-    if resume and new:
-        raise LabfleetError("--resume and --new exclude each other")
     loaded = load_target(target)
     root = loaded.root
     state_dir = _state_dir(root)
     lock = SessionLock(state_dir)
     lock.acquire()
     _, ledger = _open_ledger(root, must_exist=False)
-    given = {k: v for k, v in dict(
-        researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
-        budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device, keep=keep,
-        noise_repeats=noise_repeats, patience=patience, max_usd=max_usd, price=price, hardware=hardware,
-    ).items() if v is not None}
-    if keep is not None and keep not in ("noise", "margin"):
-        raise LabfleetError(f"--keep {keep!r}: use noise or margin")
-    llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
-                                 max_usd=max_llm_usd).items() if v is not None}
     try:
         latest = ledger.session()
         if not new and latest is not None and latest["status"] != "finished":
@@ -294,7 +324,8 @@ def run(
             config = replace(config, **given, researcher_options={**config.researcher_options, **llm})
             session_id = latest["id"]
             ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(config.to_json()), session_id))
-            console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers)")
+            console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers)"
+                          + (": serving the queue until Ctrl-C" if config.serve else ""))
         elif resume:
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
         else:
@@ -305,7 +336,8 @@ def run(
             make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options)
             session_id = start_session(loaded, ledger, config)
             console.print(f"session {session_id}: {config.researcher} on {config.workers} worker(s), "
-                          f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run")
+                          f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run"
+                          + ("; serving the queue until Ctrl-C" if config.serve else ""))
         devices = [f"cuda:{i}" for i in range(config.workers)] if config.device == "cuda" else None
         executor = LocalExecutor(config.workers, threads=config.threads, devices=devices,
                                  hardware=config.hardware, price_per_hour=config.price)
@@ -459,7 +491,7 @@ def promote(
     target: TargetOption = Path("."),
     as_json: JsonOption = False,
 ) -> None:
-    """Validate an experiment by hand: queue repeat runs on the validate tier ([tiers] in labfleet.toml).
+    """Validate an experiment by hand: queue repeat runs on the validate tier (the tiers table in labfleet.toml).
 
     A running session places them before any screening and keeps the experiment if
     its validation runs beat the best beyond the noise; otherwise `labfleet run`
@@ -493,6 +525,128 @@ def promote(
         return
     where = "the running session places them first" if running else "`labfleet run` runs them when it resumes"
     console.print(f"e{experiment}: {runs} validation run(s) queued; {where}")
+
+
+def _target_and_ledger(target: Path) -> tuple[Any, Any]:
+    from labfleet.target import load_target
+
+    loaded = load_target(target, check_files=False)
+    _, ledger = _open_ledger(loaded.root, must_exist=False)
+    return loaded, ledger
+
+
+@app.command()
+def submit(
+    patch: Annotated[Path | None, typer.Argument(help="A unified diff against the best version, or a folder whose editable files differ from it.")] = None,
+    target: TargetOption = Path("."),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="KNOB=VALUE (repeat for several knobs).")] = None,
+    description: Annotated[str, typer.Option("--description", "-m", help="What the experiment changes.")] = "",
+    hypothesis: Annotated[str, typer.Option(help="Why it should help.")] = "",
+    parent: Annotated[int | None, typer.Option(help="Experiment to start from (default: the best so far).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue an experiment for the session: a patch file, a folder, or knob values.
+
+    Works whether or not `labfleet serve` is running: the experiment waits in the
+    ledger's queue. Prints its id; `labfleet wait ID` blocks until it is decided.
+    """
+    from labfleet import agents
+
+    loaded, ledger = _target_and_ledger(target)
+    knobs = agents.parse_settings(loaded, set_ or [])
+    folder = text = None
+    if patch is not None:
+        if patch.is_dir():
+            folder = patch
+        elif patch.is_file():
+            text = patch.read_text()
+        else:
+            raise LabfleetError(f"{patch}: no such patch file or folder")
+    out = agents.submit(loaded, ledger, description=description or (patch.name if patch else ", ".join(set_ or [])),
+                        hypothesis=hypothesis, patch=text or "", knobs=knobs, folder=folder, parent=parent)
+    if as_json:
+        print(json.dumps(out))
+    elif out["status"] == "rejected":
+        raise LabfleetError(f"e{out['experiment']} rejected: {out['reason']}")
+    else:
+        _say(f"e{out['experiment']} queued (session {out['session']}, from e{out['parent']})")
+    if out["status"] == "rejected":
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(
+    experiment: Annotated[int, typer.Argument(help="Experiment id.")],
+    target: TargetOption = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """One experiment: its diff, decision, every run's figures, and the latest log tail."""
+    from labfleet import agents
+
+    _, ledger = _open_ledger(target)
+    view = agents.show(ledger, experiment)
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return
+    metric = f"{view['metric']:.6f}" if view["metric"] is not None else "-"
+    _say(f"e{view['experiment']} {view['decision']} {metric}  {view['description']}")
+    if view["hypothesis"]:
+        _say(f"hypothesis: {view['hypothesis']}")
+    _say(f"parent e{view['parent']}, commit {view['commit'][:10] or '-'}")
+    for r in view["runs"]:
+        m = f"{r['metric']:.6f}" if r["metric"] is not None else "-"
+        _say(f"  run {r['run']} {r['role']} {r['status']} {m} on {r['worker'] or '-'} ({r['hardware'] or '-'})"
+             + (f": {r['reason']}" if r["reason"] else ""))
+    if view["diff"]:
+        _say(view["diff"].rstrip())
+    if view["log_tail"]:
+        _say("--- log tail\n" + view["log_tail"])
+
+
+@app.command()
+def wait(
+    experiments: Annotated[list[int], typer.Argument(help="Experiment ids.")],
+    target: TargetOption = Path("."),
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds (exit 1).", min=0)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Block until every given experiment is decided; print their decisions."""
+    from labfleet import agents
+
+    _, ledger = _open_ledger(target)
+    done = agents.wait(ledger, experiments, timeout)
+    if as_json:
+        print(json.dumps(done))
+        return
+    for d in done:
+        metric = f"{d['metric']:.6f}" if d["metric"] is not None else "-"
+        _say(f"e{d['experiment']} {d['decision']} {metric}  {d['description']}")
+
+
+@app.command()
+def cancel(
+    experiment: Annotated[int, typer.Argument(help="Experiment id.")],
+    target: TargetOption = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel an experiment: its queued runs at once, its running ones through the orchestrator."""
+    from labfleet import agents
+
+    _, ledger = _open_ledger(target)
+    out = agents.cancel(ledger, experiment)
+    if as_json:
+        print(json.dumps(out))
+        return
+    _say(f"e{experiment}: {out['cancelled_queued']} queued run(s) cancelled"
+         + (f", {out['stopping_running']} running run(s) being stopped" if out["stopping_running"] else ""))
+
+
+@app.command()
+def skill() -> None:
+    """Print SKILL.md: how a coding agent (Claude Code, Codex) researches with labfleet."""
+    from labfleet.scaffold import bundled_path
+
+    sys.stdout.write((bundled_path("tinygpt") / "SKILL.md").read_text())
 
 
 @app.command()

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS runs (
     seed INTEGER,                    -- NULL: the experiment's seed
     role TEXT NOT NULL DEFAULT 'screen',  -- screen | confirm | validate | noise | calibrate
     place_on TEXT,                   -- a hardware class this run must run on (NULL: any the role allows)
-    budget_seconds REAL              -- the budget it ran with (set when placed)
+    budget_seconds REAL,             -- the budget it ran with (set when placed)
+    cancel INTEGER NOT NULL DEFAULT 0  -- 1: `labfleet cancel` asked the orchestrator to stop it
 );
 CREATE INDEX IF NOT EXISTS runs_session_status ON runs(session_id, status);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
@@ -107,6 +108,7 @@ ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 MIGRATIONS = {
     "runs": {
         "seed": "INTEGER", "role": "TEXT NOT NULL DEFAULT 'screen'", "place_on": "TEXT", "budget_seconds": "REAL",
+        "cancel": "INTEGER NOT NULL DEFAULT 0",
     },
 }
 
@@ -337,6 +339,24 @@ class Ledger:
             "UPDATE experiments SET decision = ?, metric = ?, decided_at = ? WHERE id = ?",
             (str(decision), metric, self.clock(), exp_id),
         )
+
+    def cancel_runs(self, exp_id: int) -> tuple[int, int]:
+        """Queued runs become cancelled; running ones are flagged for the orchestrator to stop."""
+        with self.transaction() as db:
+            queued = db.execute(
+                "UPDATE runs SET status = 'cancelled', ended_at = ?, reason = 'cancelled'"
+                " WHERE experiment_id = ? AND status = 'queued'", (self.clock(), exp_id),
+            ).rowcount
+            running = db.execute(
+                "UPDATE runs SET cancel = 1 WHERE experiment_id = ? AND status = 'running'", (exp_id,)
+            ).rowcount
+        return queued, running
+
+    def cancel_requests(self, session_id: int) -> list[int]:
+        rows = self.db.execute(
+            "SELECT id FROM runs WHERE session_id = ? AND status = 'running' AND cancel = 1", (session_id,)
+        )
+        return [r["id"] for r in rows]
 
     def reopen(self, exp_id: int) -> None:
         """Back to pending (a discarded experiment promoted by hand is decided again)."""

@@ -86,6 +86,7 @@ class SessionConfig:
     researcher_options: dict[str, Any] = field(default_factory=dict)
     patience: int | None = None  # stop proposing after this many decided experiments without a keep
     max_usd: float | None = None  # stop proposing once the fleet's cost reaches this
+    serve: bool = False  # a daemon: keep running while idle, placing what agents submit
     price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)
     hardware: str | None = None  # hardware class of local workers (None: cpu, or gpu with cuda)
 
@@ -216,6 +217,9 @@ class SessionLoop:
     def step(self) -> bool:
         """One tick: collect finished runs, place queued ones, propose for idle workers."""
         progressed = False
+        for run_id in self.ledger.cancel_requests(self.session_id):
+            if run_id in self.busy.values():
+                self.executor.cancel(run_id)
         for finished in self.executor.poll():
             self.collect(finished)
             progressed = True
@@ -238,7 +242,7 @@ class SessionLoop:
         if self.stop_reason:
             return False
         reason = ""
-        if self.researcher_idle and not self.ledger.run_rows(self.session_id, ["queued", "running"]):
+        if self.researcher_idle and not cfg.serve and not self.ledger.run_rows(self.session_id, ["queued", "running"]):
             reason = "the researcher has nothing more to propose"
         elif cfg.max_experiments is not None and self.proposed_count() >= cfg.max_experiments:
             reason = f"reached --max-experiments {cfg.max_experiments}"
@@ -335,6 +339,11 @@ class SessionLoop:
             return  # already final (e.g. recorded before a restart): never count twice
         exp_id = run_row["experiment_id"]
         result = finished.result
+        if result is None and run_row["cancel"]:
+            self.ledger.finish_run(finished.run_id, RunStatus.CANCELLED, reason="cancelled")
+            self.on_event(Event("cancelled", f"e{exp_id} cancelled on {finished.worker_id}"))
+            self.decide(exp_id)
+            return
         if result is None:
             retry = run_row["attempt"] < self.config.max_attempts
             self.ledger.finish_run(finished.run_id, RunStatus.LOST, reason=finished.reason, retry=retry)
@@ -681,42 +690,53 @@ class SessionLoop:
 
     def materialize(self, proposal: Proposal) -> int:
         """Record a proposal as an experiment: a commit under refs/labfleet/, and a queued run."""
-        repo = self.target.root
         champion = self.champion.experiment or self.baseline()
         parent = self.ledger.experiment(proposal.parent) if proposal.parent is not None else champion
         assert parent is not None
-        seed = proposal.seed if proposal.seed is not None else self.config.seed
-        budget = proposal.budget_seconds or self.config.budget_seconds or self.target.spec.budget_seconds
-        common = dict(parent_id=parent.id, description=proposal.description, hypothesis=proposal.hypothesis,
-                      tags=proposal.tags, seed=seed, budget_seconds=budget)
-        try:
-            commit = parent.commit
-            if proposal.patch:
-                commit = workspace.commit_patch(repo, commit, proposal.patch, proposal.description,
-                                                self.target.spec.editable)
-            sources = {f: workspace.show_file(repo, commit, f) for f in _knob_files(self.target)}
-            current = self.target.read_knobs(sources)
-            changed = {k: v for k, v in proposal.knobs.items() if current.get(k) != v}
-            if changed:
-                patch = knob_patch(self.target, changed, sources)
-                commit = workspace.commit_patch(repo, commit, patch, proposal.description, self.target.spec.editable)
-            if commit == parent.commit:
-                raise PatchError("the proposal changes nothing")
-            full_patch = workspace.diff(repo, parent.commit, commit)
-            knobs = self.target.read_knobs({f: workspace.show_file(repo, commit, f) for f in _knob_files(self.target)})
-        except LabfleetError as exc:
-            exp_id, _ = self.ledger.add_experiment(
-                self.session_id, commit="", patch=proposal.patch, knobs=dict(proposal.knobs),
-                decision=Decision.FAILED, queue=False, **common,  # type: ignore[arg-type]
-            )
-            self.ledger.add_final_run(self.session_id, exp_id, RunStatus.REJECTED, str(exc))
-            self.on_event(Event("rejected", f"e{exp_id} rejected: {exc}  [{proposal.description}]"))
-            return exp_id
-        exp_id, _ = self.ledger.add_experiment(
-            self.session_id, commit=commit, patch=full_patch, knobs=knobs, **common  # type: ignore[arg-type]
-        )
-        workspace.update_ref(repo, f"refs/labfleet/s{self.session_id}/e{exp_id}", commit)
+        exp_id, error = materialize(self.target, self.ledger, self.session_id, proposal, parent, self.config)
+        if error:
+            self.on_event(Event("rejected", f"e{exp_id} rejected: {error}  [{proposal.description}]"))
         return exp_id
+
+
+def materialize(
+    target: Target, ledger: Ledger, session_id: int, proposal: Proposal, parent: Experiment, config: SessionConfig,
+) -> tuple[int, str]:
+    """A proposal as an experiment: its commit (parent + patch + knob values), and a queued run.
+
+    Returns the experiment id and "" , or the reason it was rejected (recorded as a
+    failed experiment with a rejected run: a bad proposal costs no worker time).
+    The session loop and ``labfleet submit`` both come here.
+    """
+    repo = target.root
+    seed = proposal.seed if proposal.seed is not None else config.seed
+    budget = proposal.budget_seconds or config.budget_seconds or target.spec.budget_seconds
+    common = dict(parent_id=parent.id, description=proposal.description, hypothesis=proposal.hypothesis,
+                  tags=proposal.tags, seed=seed, budget_seconds=budget)
+    try:
+        commit = parent.commit
+        if proposal.patch:
+            commit = workspace.commit_patch(repo, commit, proposal.patch, proposal.description, target.spec.editable)
+        sources = {f: workspace.show_file(repo, commit, f) for f in _knob_files(target)}
+        current = target.read_knobs(sources)
+        changed = {k: v for k, v in proposal.knobs.items() if current.get(k) != v}
+        if changed:
+            patch = knob_patch(target, changed, sources)
+            commit = workspace.commit_patch(repo, commit, patch, proposal.description, target.spec.editable)
+        if commit == parent.commit:
+            raise PatchError("the proposal changes nothing")
+        full_patch = workspace.diff(repo, parent.commit, commit)
+        knobs = target.read_knobs({f: workspace.show_file(repo, commit, f) for f in _knob_files(target)})
+    except LabfleetError as exc:
+        exp_id, _ = ledger.add_experiment(
+            session_id, commit="", patch=proposal.patch, knobs=dict(proposal.knobs),
+            decision=Decision.FAILED, queue=False, **common,  # type: ignore[arg-type]
+        )
+        ledger.add_final_run(session_id, exp_id, RunStatus.REJECTED, str(exc))
+        return exp_id, str(exc)
+    exp_id, _ = ledger.add_experiment(session_id, commit=commit, patch=full_patch, knobs=knobs, **common)  # type: ignore[arg-type]
+    workspace.update_ref(repo, f"refs/labfleet/s{session_id}/e{exp_id}", commit)
+    return exp_id, ""
 
 
 def _finite(value: float | None) -> float | None:

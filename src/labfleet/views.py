@@ -56,6 +56,7 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         "session": sid,
         "state": "running" if holder else session["status"],
         "orchestrator_pid": holder,
+        "daemon": bool(holder) and bool(json.loads(session["config"]).get("serve")),
         "target": session["target"],
         "researcher": session["researcher"],
         "branch": session["branch"],

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from labfleet.errors import ConfigError
 from labfleet.researchers.base import Researcher
+from labfleet.researchers.external import ExternalResearcher
 from labfleet.researchers.greedy import GreedyResearcher
 from labfleet.researchers.grid import GridResearcher
 from labfleet.researchers.optuna import OptunaResearcher
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESEARCHERS",
+    "ExternalResearcher",
     "GreedyResearcher",
     "GridResearcher",
     "OptunaResearcher",
@@ -33,7 +35,7 @@ __all__ = [
 
 RESEARCHERS: dict[str, type[Researcher]] = {
     cls.name: cls
-    for cls in (GreedyResearcher, GridResearcher, OptunaResearcher, RandomResearcher, WavesResearcher)
+    for cls in (ExternalResearcher, GreedyResearcher, GridResearcher, OptunaResearcher, RandomResearcher, WavesResearcher)
 }
 
 
