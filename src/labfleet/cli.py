@@ -642,6 +642,19 @@ def cancel(
 
 
 @app.command()
+def mcp(target: TargetOption = Path(".")) -> None:
+    """An MCP server over stdio with the agent verbs as tools (for Claude Code, Codex, any MCP client).
+
+    Tools: submit_experiment, get_status, get_results, get_best, show_experiment,
+    wait_for, promote, cancel, read_file. Claude Code:
+    `claude mcp add labfleet -- labfleet mcp -C /path/to/target`.
+    """
+    from labfleet.mcp_server import serve_stdio
+
+    serve_stdio(target)
+
+
+@app.command()
 def skill() -> None:
     """Print SKILL.md: how a coding agent (Claude Code, Codex) researches with labfleet."""
     from labfleet.scaffold import bundled_path

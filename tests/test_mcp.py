@@ -1,0 +1,72 @@
+"""`labfleet mcp` with the MCP SDK's own client over stdio, against a real daemon and ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from tests.test_agents import lab
+from tests.test_cli_session import wait_for
+from tests.conftest import run_cli
+
+TOOLS = {"submit_experiment", "get_status", "get_results", "get_best", "show_experiment", "wait_for", "promote",
+         "cancel", "read_file"}
+
+
+def payload(result) -> object:
+    """A tool's return value: structured content (lists come wrapped as {"result": [...]}), else its text."""
+    assert not result.is_error, result.content
+    data = result.structured_content
+    if data is not None:
+        return data["result"] if set(data) == {"result"} else data
+    return result.content[0].text
+
+
+async def drive(folder) -> dict:
+    params = StdioServerParameters(command=sys.executable, args=["-m", "labfleet", "mcp", "-C", str(folder)])
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = {t.name for t in (await session.list_tools()).tools}
+        assert tools == TOOLS
+        train = payload(await session.call_tool("read_file", {"path": "train.py"}))
+        assert "LEARNING_RATE = 1e-3" in train
+        sub = payload(await session.call_tool("submit_experiment", {
+            "description": "lr best", "hypothesis": "1e-2 is the optimum", "knobs": {"LEARNING_RATE": 0.01}}))
+        assert sub["status"] == "queued"
+        bad = await session.call_tool("submit_experiment", {"description": "x", "knobs": {"NOPE": 1}})
+        assert bad.is_error and "no such knob" in bad.content[0].text
+        [done] = payload(await session.call_tool("wait_for", {"experiments": [sub["experiment"]],
+                                                               "timeout_seconds": 120}))
+        status = payload(await session.call_tool("get_status", {}))
+        results = payload(await session.call_tool("get_results", {"last": 10}))
+        best = payload(await session.call_tool("get_best", {}))
+        shown = payload(await session.call_tool("show_experiment", {"experiment": sub["experiment"]}))
+        missing = await session.call_tool("show_experiment", {"experiment": 999})
+        assert missing.is_error and "no experiment 999" in missing.content[0].text
+        return {"done": done, "status": status, "results": results, "best": best, "shown": shown, "sub": sub}
+
+
+def test_an_mcp_client_submits_to_the_daemon_and_reads_back_the_best(tmp_path):
+    folder = lab(tmp_path)
+    assert run_cli("submit", "-C", str(folder), "--set", "N_LAYER=3", "-m", "queued before the daemon").returncode == 0
+    daemon = subprocess.Popen([sys.executable, "-m", "labfleet", "serve", "-C", str(folder), "--workers", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: json.loads(run_cli("status", "-C", str(folder), "--json").stdout)["daemon"])
+        out = asyncio.run(drive(folder))
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        daemon.wait(timeout=30)
+    assert out["done"]["decision"] == "kept" and out["done"]["metric"] == pytest.approx(1.02)
+    assert out["status"]["daemon"] is True
+    assert out["best"]["experiment"] == out["sub"]["experiment"] and "LEARNING_RATE = 0.01" in out["best"]["diff"]
+    assert out["shown"]["hypothesis"] == "1e-2 is the optimum" and out["shown"]["runs"][0]["status"] == "done"
+    assert {r["description"] for r in out["results"]} >= {"lr best", "queued before the daemon"}
