@@ -250,3 +250,36 @@ def test_a_researcher_without_ideas_is_asked_again_after_a_result(tmp_path):
     assert researcher.sizes[0] == 0  # asked while the baseline ran: nothing yet
     assert [e.description for e in ledger.experiments(loop.session_id)] == ["baseline", "lr best"]
     assert loop.stop_reason == "the researcher has nothing more to propose"
+
+
+class Metered(Scripted):
+    """Reports a model call per proposal round, the way the LLM researcher does."""
+
+    def __init__(self, proposals):
+        super().__init__(proposals)
+        self.calls: list[dict] = []
+
+    def propose(self, state, n):
+        out = super().propose(state, n)
+        if out:
+            self.calls.append({"provider": "fake", "model": "m", "input_tokens": 1000, "output_tokens": 200,
+                               "usd": 0.01, "ok": True})
+        else:
+            self.calls.append({"provider": "fake", "model": "m", "ok": False, "error": "HTTP 500",
+                               "input_tokens": 0, "output_tokens": 0, "usd": 0.0})
+        return out
+
+    def drain_usage(self):
+        out, self.calls = self.calls, []
+        return out
+
+
+def test_model_calls_are_recorded_and_summed(tmp_path):
+    from labfleet.views import status_view
+
+    folder = lab(tmp_path)
+    researcher = Metered([Proposal("lr best", knobs={"LEARNING_RATE": 1e-2})])
+    ledger, loop = run_session(folder, researcher, workers=1, noise_repeats=0)
+    llm = status_view(ledger, folder / ".labfleet", loop.session_id)["llm"]
+    assert llm["calls"] >= 2 and llm["failed"] == llm["calls"] - 1
+    assert (llm["input_tokens"], llm["output_tokens"], llm["usd"]) == (1000, 200, 0.01)

@@ -409,6 +409,10 @@ def status(
         console.print("noise floor (sd of one run): " + ", ".join(f"{hw} {sd:.4f}" for hw, sd in view["noise"].items()))
     if view["cost_usd"]:
         console.print(f"fleet cost so far: ${view['cost_usd']:.2f}")
+    if view["llm"]["calls"]:
+        m = view["llm"]
+        console.print(f"model calls {m['calls']} ({m['failed']} failed): {m['input_tokens']:,} in / "
+                      f"{m['output_tokens']:,} out tokens, ${m['usd']:.2f}")
     for w in view["running"]:
         console.print(f"  {w['worker']}: e{w['experiment']} for {w['seconds']:.0f} s  {w['description']}")
 

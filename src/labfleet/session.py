@@ -681,12 +681,21 @@ class SessionLoop:
         if n <= 0:
             return False
         proposals = self.researcher.propose(self.state(), n)[:n]
+        self.record_usage()
         if not proposals:
             self.researcher_idle = True
             return False
         for proposal in proposals:
             self.materialize(proposal)
         return True
+
+    def record_usage(self) -> None:
+        """Model calls a researcher made (tokens, dollars, errors: never a key) go to the ledger."""
+        drain = getattr(self.researcher, "drain_usage", None)
+        for call in drain() if drain is not None else []:
+            self.ledger.event(self.session_id, "llm_call", **call)
+            if not call.get("ok", True):
+                self.on_event(Event("llm_error", f"model call failed: {call.get('error', '')}; proposing paused"))
 
     def materialize(self, proposal: Proposal) -> int:
         """Record a proposal as an experiment: a commit under refs/labfleet/, and a queued run."""

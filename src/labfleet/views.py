@@ -70,6 +70,7 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         "baseline_metric": baseline["metric"] if baseline else None,
         "noise": noise_view(ledger, sid),
         "cost_usd": round(fleet_usd(ledger, sid, now), 4),
+        "llm": llm_view(ledger, sid),
         "best": dict(best) if best and best["metric"] is not None else None,
         "running": [
             {"run": r["id"], "experiment": r["experiment_id"], "worker": r["worker"],
@@ -93,6 +94,19 @@ def noise_view(ledger: Ledger, session_id: int) -> dict[str, float]:
     from labfleet.analysis.noise import samples_from_runs
 
     return {hw: floor.sd for hw, floor in noise_floors(samples_from_runs(run_record(r) for r in rows)).items()}
+
+
+def llm_view(ledger: Ledger, session_id: int) -> dict[str, Any]:
+    """The LLM researcher's calls: how many, tokens and dollars (recorded as ``llm_call`` events)."""
+    row = ledger.db.execute(
+        "SELECT COUNT(*) AS calls, SUM(json_extract(data, '$.ok') = 0) AS failed,"
+        " COALESCE(SUM(json_extract(data, '$.input_tokens')), 0) AS input_tokens,"
+        " COALESCE(SUM(json_extract(data, '$.output_tokens')), 0) AS output_tokens,"
+        " COALESCE(SUM(json_extract(data, '$.usd')), 0.0) AS usd"
+        " FROM events WHERE session_id = ? AND kind = 'llm_call'", (session_id,),
+    ).fetchone()
+    return {"calls": row["calls"], "failed": row["failed"] or 0, "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"], "usd": round(row["usd"], 6)}
 
 
 def results_view(ledger: Ledger, session_id: int | None = None, last: int | None = 50) -> list[dict[str, Any]]:
