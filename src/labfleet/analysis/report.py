@@ -31,6 +31,7 @@ from labfleet.analysis.phases import DIMINISHING, Point, Progress, points_from_l
 from labfleet.errors import LabfleetError
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
+from labfleet.views import llm_view
 
 FIGSIZE = (10.0, 5.0)  # inches; at DPI this is 1200 x 600 px
 DPI = 120
@@ -235,6 +236,7 @@ class Headline:
     utilization: float
     usd: float
     priced: bool
+    llm: dict[str, Any] = field(default_factory=dict)  # the LLM researcher's calls, tokens, dollars
 
 
 def headline(ledger: Ledger, data: ReportData) -> Headline:
@@ -253,6 +255,7 @@ def headline(ledger: Ledger, data: ReportData) -> Headline:
         runs=sum(1 for r in data.runs if r.status.final), hours=hours,
         per_hour=(done + failed) / hours if hours > 0 else 0.0, utilization=utilization(data),
         usd=fleet_usd(ledger, data.sid, data.end), priced=any(p > 0 for _, p in data.workers.values()),
+        llm=llm_view(ledger, data.sid),
     )
 
 
@@ -991,6 +994,9 @@ def _cards(data: ReportData, head: Headline) -> str:
         (f"{head.utilization:.0%}", "fleet utilization"),
         (f"${head.usd:,.2f}" if head.priced else "$0 (no prices set)", "GPU cost"),
     ]
+    if head.llm["calls"]:
+        cards.append((f"${head.llm['usd']:,.2f}", f"LLM cost ({head.llm['calls']} calls, "
+                      f"{head.llm['input_tokens'] + head.llm['output_tokens']:,} tokens)"))
     body = "".join(f'<div class="card"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>'
                    for v, k in cards)
     return f'<div class="cards">{body}</div>'
