@@ -251,6 +251,9 @@ def run(
     base_url: Annotated[str | None, typer.Option(help="LLM researcher: the API's base URL (vLLM, Ollama, OpenRouter, a proxy).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="LLM researcher: the environment variable holding the API key. (default ANTHROPIC_API_KEY or OPENAI_API_KEY)")] = None,
     max_llm_usd: Annotated[float | None, typer.Option("--max-llm-usd", help="LLM researcher: no new model calls once they have cost this much.", min=0)] = None,
+    executor: Annotated[str | None, typer.Option(help="local (processes on this machine), ray, or skypilot. (default local)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray: auto or HOST:PORT. (default auto)")] = None,
+    fleet: Annotated[str | None, typer.Option(help="fleet.toml for --executor skypilot (pools of clusters).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). (default cpu)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
@@ -270,6 +273,7 @@ def run(
         researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
         budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device, keep=keep,
         noise_repeats=noise_repeats, patience=patience, max_usd=max_usd, price=price, hardware=hardware,
+        executor=executor, ray_address=ray_address, fleet=fleet,
     ).items() if v is not None}
     llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
                                  max_usd=max_llm_usd).items() if v is not None}
@@ -305,7 +309,6 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
     """Start or resume the session and run it to its end (``run`` and ``serve``)."""
     from dataclasses import replace
 
-    from labfleet.executors.local import LocalExecutor
     from labfleet.ledger import SessionLock
     from labfleet.researchers import make_researcher
     from labfleet.session import SessionConfig, SessionLoop, start_session
@@ -319,31 +322,31 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
     _, ledger = _open_ledger(root, must_exist=False)
     try:
         latest = ledger.session()
-        if not new and latest is not None and latest["status"] != "finished":
+        resuming = not new and latest is not None and latest["status"] != "finished"
+        if resuming:
             config = SessionConfig.from_json(json.loads(latest["config"]))
             config = replace(config, **given, researcher_options={**config.researcher_options, **llm})
-            session_id = latest["id"]
-            ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(config.to_json()), session_id))
-            console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers)"
-                          + (": serving the queue until Ctrl-C" if config.serve else ""))
         elif resume:
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
         else:
             config = SessionConfig(**given, researcher_options=llm)
-            if config.device not in ("cpu", "cuda"):
-                raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
-            # an unknown name or option (or a missing API key) fails before anything is recorded
-            make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options)
+        if config.device not in ("cpu", "cuda"):
+            raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
+        # an unknown researcher or option, a missing API key, an unreachable cluster:
+        # all fail before anything is recorded
+        researcher = make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options)
+        executor = _make_executor(config, root)
+        serving = "; serving the queue until Ctrl-C" if config.serve else ""
+        if resuming:
+            session_id = latest["id"]
+            ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(config.to_json()), session_id))
+            console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers){serving}")
+        else:
             session_id = start_session(loaded, ledger, config)
-            console.print(f"session {session_id}: {config.researcher} on {config.workers} worker(s), "
-                          f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run"
-                          + ("; serving the queue until Ctrl-C" if config.serve else ""))
-        devices = [f"cuda:{i}" for i in range(config.workers)] if config.device == "cuda" else None
-        executor = LocalExecutor(config.workers, threads=config.threads, devices=devices,
-                                 hardware=config.hardware, price_per_hour=config.price)
+            console.print(f"session {session_id}: {config.researcher} on {len(executor.workers())} worker(s), "
+                          f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run{serving}")
         loop = SessionLoop(
-            target=loaded, ledger=ledger, executor=executor,
-            researcher=make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options),
+            target=loaded, ledger=ledger, executor=executor, researcher=researcher,
             session_id=session_id, config=config, state_dir=state_dir, on_event=_print_event,
         )
         try:
@@ -357,6 +360,28 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
     finally:
         ledger.close()
         lock.release()
+
+
+def _make_executor(config: Any, root: Path) -> Any:
+    """The fleet the session runs on: local processes (default), a Ray cluster, or SkyPilot clusters."""
+    if config.executor == "ray":
+        from labfleet.executors.ray import RayExecutor
+
+        return RayExecutor(config.ray_address or "auto", threads=config.threads)
+    if config.executor == "skypilot":
+        from labfleet.executors.skypilot import SkyPilotExecutor
+        from labfleet.fleet import load_fleet
+
+        if not config.fleet:
+            raise LabfleetError("--executor skypilot needs --fleet fleet.toml (see `labfleet fleet check --help`)")
+        return SkyPilotExecutor(load_fleet((root / config.fleet) if not Path(config.fleet).is_absolute() else Path(config.fleet)))
+    if config.executor != "local":
+        raise LabfleetError(f"--executor {config.executor!r}: use local, ray or skypilot")
+    from labfleet.executors.local import LocalExecutor
+
+    devices = [f"cuda:{i}" for i in range(config.workers)] if config.device == "cuda" else None
+    return LocalExecutor(config.workers, threads=config.threads, devices=devices,
+                         hardware=config.hardware, price_per_hour=config.price)
 
 
 def _print_event(event: Any) -> None:

@@ -87,6 +87,9 @@ class SessionConfig:
     patience: int | None = None  # stop proposing after this many decided experiments without a keep
     max_usd: float | None = None  # stop proposing once the fleet's cost reaches this
     serve: bool = False  # a daemon: keep running while idle, placing what agents submit
+    executor: str = "local"  # local | ray | skypilot
+    ray_address: str | None = None
+    fleet: str | None = None  # fleet.toml for the SkyPilot executor
     price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)
     hardware: str | None = None  # hardware class of local workers (None: cpu, or gpu with cuda)
 
