@@ -24,7 +24,7 @@ KNOBS = {
 }
 BASE = {"LEARNING_RATE": 1e-3, "N_LAYER": 2, "WARMUP": 0.1, "BATCH": 8, "ACTIVATION": "relu"}
 NAMES = ["greedy", "grid", "optuna", "random", "waves"]  # the knob researchers: the shared tests below
-OTHERS = ["external"]  # researchers that do not search knobs (an outside agent submits)
+OTHERS = ["external", "llm"]  # researchers that do not search knobs (an outside agent submits; a model writes patches)
 ids = itertools.count(100)
 
 
@@ -307,7 +307,7 @@ def test_registry():
 
 
 def test_unknown_researcher():
-    with pytest.raises(ConfigError, match=r"^unknown researcher 'genius' \(available: external, greedy, grid, optuna, random, waves\)$"):
+    with pytest.raises(ConfigError, match=r"^unknown researcher 'genius' \(available: external, greedy, grid, llm, optuna, random, waves\)$"):
         make_researcher("genius")
 
 

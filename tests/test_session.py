@@ -253,20 +253,22 @@ def test_a_researcher_without_ideas_is_asked_again_after_a_result(tmp_path):
 
 
 class Metered(Scripted):
-    """Reports a model call per proposal round, the way the LLM researcher does."""
+    """Reports a model call per proposal round, the way the LLM researcher does; the first call fails."""
 
     def __init__(self, proposals):
         super().__init__(proposals)
         self.calls: list[dict] = []
+        self.asked = 0
 
     def propose(self, state, n):
-        out = super().propose(state, n)
-        if out:
-            self.calls.append({"provider": "fake", "model": "m", "input_tokens": 1000, "output_tokens": 200,
-                               "usd": 0.01, "ok": True})
-        else:
+        self.asked += 1
+        if self.asked == 1:  # the provider is down: nothing proposed, nothing lost
             self.calls.append({"provider": "fake", "model": "m", "ok": False, "error": "HTTP 500",
                                "input_tokens": 0, "output_tokens": 0, "usd": 0.0})
+            return []
+        out = super().propose(state, n)
+        self.calls.append({"provider": "fake", "model": "m", "input_tokens": 1000 if out else 10,
+                           "output_tokens": 200 if out else 5, "usd": 0.01 if out else 0.0, "ok": True})
         return out
 
     def drain_usage(self):
@@ -279,7 +281,16 @@ def test_model_calls_are_recorded_and_summed(tmp_path):
 
     folder = lab(tmp_path)
     researcher = Metered([Proposal("lr best", knobs={"LEARNING_RATE": 1e-2})])
-    ledger, loop = run_session(folder, researcher, workers=1, noise_repeats=0)
-    llm = status_view(ledger, folder / ".labfleet", loop.session_id)["llm"]
-    assert llm["calls"] >= 2 and llm["failed"] == llm["calls"] - 1
-    assert (llm["input_tokens"], llm["output_tokens"], llm["usd"]) == (1000, 200, 0.01)
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=1, noise_repeats=0)
+    sid = start_session(target, ledger, cfg)
+    loop = SessionLoop(target, ledger, LocalExecutor(1), researcher, sid, cfg, folder / ".labfleet",
+                       outage_waits=(1.0, 2.0))
+    loop.run()
+    # the failed call paused proposing (it did not end the session); the retry proposed, and it was kept
+    assert [e.description for e in ledger.experiments(sid)] == ["baseline", "lr best"]
+    assert ledger.experiments(sid)[1].decision == Decision.KEPT
+    llm = status_view(ledger, folder / ".labfleet", sid)["llm"]
+    assert llm["calls"] >= 3 and llm["failed"] == 1
+    assert llm["input_tokens"] >= 1000 and llm["usd"] == pytest.approx(0.01)

@@ -179,6 +179,11 @@ class SessionLoop:
     # The researcher had nothing to propose: ask again only after a new result (a new
     # champion may open new ideas); with nothing left running, the session ends.
     researcher_idle: bool = False
+    # A model provider failed (429s, 5xx, an outage): proposing pauses and is retried at
+    # ``retry_at`` with a doubling backoff; the session neither ends nor loses anything.
+    retry_at: float | None = None
+    outage_backoff: float = 0.0
+    outage_waits: tuple[float, float] = (15.0, 600.0)  # first and longest pause, seconds
     stop_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -229,7 +234,9 @@ class SessionLoop:
         progressed |= self.place_queued()
         wanted = sum(1 for w in self.free_workers() if self._role_allows("screen", w.hardware)) + self.config.lookahead
         wanted -= len(self.ledger.run_rows(self.session_id, ["queued"]))
-        if wanted > 0 and not self.researcher_idle and self.may_propose():
+        if self.retry_at is not None and self.clock() >= self.retry_at:
+            self.researcher_idle, self.retry_at = False, None  # the provider pause is over: ask again
+        if wanted > 0 and not self.researcher_idle and self.retry_at is None and self.may_propose():
             progressed |= self.propose(wanted)
             progressed |= self.place_queued()
         return progressed
@@ -245,7 +252,8 @@ class SessionLoop:
         if self.stop_reason:
             return False
         reason = ""
-        if self.researcher_idle and not cfg.serve and not self.ledger.run_rows(self.session_id, ["queued", "running"]):
+        if (self.researcher_idle and not cfg.serve and self.retry_at is None
+                and not self.ledger.run_rows(self.session_id, ["queued", "running"])):
             reason = "the researcher has nothing more to propose"
         elif cfg.max_experiments is not None and self.proposed_count() >= cfg.max_experiments:
             reason = f"reached --max-experiments {cfg.max_experiments}"
@@ -695,10 +703,17 @@ class SessionLoop:
     def record_usage(self) -> None:
         """Model calls a researcher made (tokens, dollars, errors: never a key) go to the ledger."""
         drain = getattr(self.researcher, "drain_usage", None)
-        for call in drain() if drain is not None else []:
+        calls = drain() if drain is not None else []
+        for call in calls:
             self.ledger.event(self.session_id, "llm_call", **call)
-            if not call.get("ok", True):
-                self.on_event(Event("llm_error", f"model call failed: {call.get('error', '')}; proposing paused"))
+        if calls and not calls[-1].get("ok", True):
+            first, longest = self.outage_waits
+            self.outage_backoff = min(max(2 * self.outage_backoff, first), longest)
+            self.retry_at = self.clock() + self.outage_backoff
+            self.on_event(Event("llm_error", f"model call failed: {calls[-1].get('error', '')}; "
+                                f"proposing paused for {self.outage_backoff:.0f} s"))
+        elif calls:
+            self.outage_backoff, self.retry_at = 0.0, None
 
     def materialize(self, proposal: Proposal) -> int:
         """Record a proposal as an experiment: a commit under refs/labfleet/, and a queued run."""

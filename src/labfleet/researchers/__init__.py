@@ -1,8 +1,9 @@
 """Built-in researchers, by name.
 
 ``make_researcher(name, seed=..., **options)`` is how the session gets one. Optuna is
-imported only when its researcher is made (its module imports it lazily), so the
-registry itself is cheap to import.
+imported only when its researcher is made (its module imports it lazily), and so
+are the LLM SDKs (``anthropic``, ``openai``: when the LLM researcher makes its
+client), so the registry itself is cheap to import.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from labfleet.researchers.base import Researcher
 from labfleet.researchers.external import ExternalResearcher
 from labfleet.researchers.greedy import GreedyResearcher
 from labfleet.researchers.grid import GridResearcher
+from labfleet.researchers.llm import LLMResearcher
 from labfleet.researchers.optuna import OptunaResearcher
 from labfleet.researchers.random import RandomResearcher
 from labfleet.researchers.waves import WavesResearcher
@@ -26,6 +28,7 @@ __all__ = [
     "ExternalResearcher",
     "GreedyResearcher",
     "GridResearcher",
+    "LLMResearcher",
     "OptunaResearcher",
     "RandomResearcher",
     "Researcher",
@@ -35,7 +38,10 @@ __all__ = [
 
 RESEARCHERS: dict[str, type[Researcher]] = {
     cls.name: cls
-    for cls in (ExternalResearcher, GreedyResearcher, GridResearcher, OptunaResearcher, RandomResearcher, WavesResearcher)
+    for cls in (
+        ExternalResearcher, GreedyResearcher, GridResearcher, LLMResearcher, OptunaResearcher, RandomResearcher,
+        WavesResearcher,
+    )
 }
 
 
