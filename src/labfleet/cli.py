@@ -684,6 +684,24 @@ def mcp(target: TargetOption = Path(".")) -> None:
 
 
 @app.command()
+def dashboard(
+    target: TargetOption = Path("."),
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 8765,
+    token: Annotated[str | None, typer.Option(help="Require this token on every request (default: $LABFLEET_DASHBOARD_TOKEN).")] = None,
+) -> None:
+    """A live web page over the ledger: headline, progress, worker timeline, experiments, analysis.
+
+    Read-only; updates within a couple of seconds of the ledger changing (the
+    session runs in another process). Open http://127.0.0.1:8765/ (with
+    ?token=... when a token is set).
+    """
+    from labfleet.dashboard.app import serve as serve_dashboard
+
+    serve_dashboard(target, host=host, port=port, token=token)
+
+
+@app.command()
 def skill() -> None:
     """Print SKILL.md: how a coding agent (Claude Code, Codex) researches with labfleet."""
     from labfleet.scaffold import bundled_path
