@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -174,15 +174,23 @@ def _first_error(err: ValidationError) -> str:
     return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
 
-def parse_config(text: str, source: str = CONFIG_FILE) -> TargetConfig:
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_toml(model: type[ModelT], text: str, source: str) -> ModelT:
+    """A TOML file validated into ``model``; every mistake is one ConfigError line naming the key."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     try:
-        return TargetConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> TargetConfig:
+    return parse_toml(TargetConfig, text, source)
 
 
 @dataclass(frozen=True)
