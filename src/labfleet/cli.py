@@ -367,7 +367,7 @@ def _make_executor(config: Any, root: Path) -> Any:
     if config.executor == "ray":
         from labfleet.executors.ray import RayExecutor
 
-        return RayExecutor(config.ray_address or "auto", threads=config.threads)
+        return RayExecutor(config.ray_address or "auto", threads=config.threads, price_per_hour=config.price)
     if config.executor == "skypilot":
         from labfleet.executors.skypilot import SkyPilotExecutor
         from labfleet.fleet import load_fleet

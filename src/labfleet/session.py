@@ -610,7 +610,8 @@ class SessionLoop:
     # ----------------------------------------------------------------- placing
 
     def free_workers(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.id not in self.busy]
+        alive = {w.id for w in self.executor.available()}
+        return [w for w in self.workers.values() if w.id not in self.busy and w.id in alive]
 
     def eligible(self, row: Any, worker: Worker) -> bool:
         if row["place_on"]:

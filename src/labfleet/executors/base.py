@@ -81,6 +81,10 @@ class Executor(abc.ABC):
     def workers(self) -> list[Worker]:
         """The worker slots (stable ids)."""
 
+    def available(self) -> list[Worker]:
+        """The slots that can take a job now (a dead node's slots stay in ``workers()`` but not here)."""
+        return self.workers()
+
     @abc.abstractmethod
     def start(self, job: Job) -> str:
         """Start a job on its worker and return a handle (e.g. a pid) to record in the ledger."""

@@ -93,11 +93,15 @@ def _wait(executor: Executor, count: int, timeout: float = 60.0) -> list[Finishe
 
 
 def check_workers(factory: ExecutorFactory, tmp: Path) -> None:
-    """Workers have unique ids and a hardware class."""
-    executor = factory(3)
+    """Workers have unique ids and a hardware class.
+
+    Two workers, the most any check asks for: a real cluster fixture (two Ray nodes)
+    may have no more.
+    """
+    executor = factory(2)
     try:
         ids = [w.id for w in executor.workers()]
-        assert len(ids) == 3 and len(set(ids)) == 3
+        assert len(ids) == 2 and len(set(ids)) == 2
         assert all(w.hardware for w in executor.workers())
     finally:
         executor.close()
