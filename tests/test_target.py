@@ -46,7 +46,7 @@ def test_valid_config():
         (('editable = ["train.py"]', 'editable = ["../train.py"]'), "must be a path relative to the target folder"),
         (('frozen = ["prepare.py"]', 'frozen = ["prepare.py", "train.py"]'), "'train.py' is listed as both editable and frozen"),
         (("timeout_seconds = 90", "timeout_seconds = 20"), "timeout_seconds (20) must exceed budget_seconds (30)"),
-        (("timeout_seconds = 90", "timeout_seconds = 90\ncolour = 1"), "target.colour: Extra inputs are not permitted"),
+        (("timeout_seconds = 90", "timeout_seconds = 90\ncolour = 1"), "target.colour: unknown key"),
         (("low = 1e-4, high = 1e-1", "low = 1e-1, high = 1e-4"), "knobs.LEARNING_RATE: low (0.1) must be below high (0.0001)"),
         (("low = 1e-4, high = 1e-1, log = true", "low = 0, high = 1e-1, log = true"), "log = true needs low > 0"),
         (("choices = [1, 2, 3, 4]", "choices = []"), "choices must not be empty"),

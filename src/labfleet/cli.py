@@ -254,6 +254,7 @@ def run(
     executor: Annotated[str | None, typer.Option(help="local (processes on this machine), ray, or skypilot. (default local)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray: auto or HOST:PORT. (default auto)")] = None,
     fleet: Annotated[str | None, typer.Option(help="fleet.toml for --executor skypilot (pools of clusters).")] = None,
+    labfleet_spec: Annotated[str | None, typer.Option(help="What clusters pip-install for --executor skypilot: a version pin or a git URL. (default labfleet)")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). (default cpu)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
@@ -273,7 +274,8 @@ def run(
         researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
         budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device, keep=keep,
         noise_repeats=noise_repeats, patience=patience, max_usd=max_usd, price=price, hardware=hardware,
-        executor=executor, ray_address=ray_address, fleet=fleet,
+        executor=executor, ray_address=ray_address, fleet=str(Path(fleet).resolve()) if fleet else None,
+        labfleet_spec=labfleet_spec,
     ).items() if v is not None}
     llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
                                  max_usd=max_llm_usd).items() if v is not None}
@@ -374,7 +376,7 @@ def _make_executor(config: Any, root: Path) -> Any:
 
         if not config.fleet:
             raise LabfleetError("--executor skypilot needs --fleet fleet.toml (see `labfleet fleet check --help`)")
-        return SkyPilotExecutor(load_fleet((root / config.fleet) if not Path(config.fleet).is_absolute() else Path(config.fleet)))
+        return SkyPilotExecutor(load_fleet(root / config.fleet), labfleet_spec=config.labfleet_spec)
     if config.executor != "local":
         raise LabfleetError(f"--executor {config.executor!r}: use local, ray or skypilot")
     from labfleet.executors.local import LocalExecutor
@@ -681,6 +683,27 @@ def mcp(target: TargetOption = Path(".")) -> None:
     from labfleet.mcp_server import serve_stdio
 
     serve_stdio(target)
+
+
+fleet_app = typer.Typer(help="SkyPilot fleets: check a fleet.toml before launching it.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("check")
+def fleet_check(
+    path: Annotated[Path, typer.Argument(help="The fleet file.")] = Path("fleet.toml"),
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a fleet.toml and print what it would launch and what it costs per hour."""
+    from labfleet.fleet import load_fleet
+
+    fleet = load_fleet(path)
+    if as_json:
+        print(json.dumps({"workers": len(fleet.workers()), "usd_per_hour": fleet.cost_per_hour(),
+                          "plan": fleet.describe()}, indent=2))
+        return
+    for line in fleet.describe():
+        _say(line)
 
 
 @app.command()

@@ -90,6 +90,7 @@ class SessionConfig:
     executor: str = "local"  # local | ray | skypilot
     ray_address: str | None = None
     fleet: str | None = None  # fleet.toml for the SkyPilot executor
+    labfleet_spec: str = "labfleet"  # what SkyPilot clusters pip-install
     price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)
     hardware: str | None = None  # hardware class of local workers (None: cpu, or gpu with cuda)
 
@@ -217,6 +218,7 @@ class SessionLoop:
         except BaseException:
             self.interrupt()
             raise
+        self.executor.close()  # nothing runs any more: release the fleet (SkyPilot tears its clusters down)
         self.ledger.set_session_status(self.session_id, "finished")
         self.ledger.event(self.session_id, "session_finished", reason=self.stop_reason)
         self.on_event(Event("finished", self.stop_reason))

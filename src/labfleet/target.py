@@ -169,6 +169,8 @@ def _first_error(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
     more = len(err.errors()) - 1
     text = f"{loc}: {msg}" if loc else msg
     return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
