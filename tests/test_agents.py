@@ -104,8 +104,9 @@ def test_cancel_stops_a_running_experiment(daemon):
     assert done["decision"] == "failed"
     runs = agent(folder, "show", str(slow))["runs"]
     assert [r["status"] for r in runs] == ["cancelled"]
-    leftover = subprocess.run(["pgrep", "-f", f"e{slow}-r"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    run_dir = f"runs/s1/e{slow}-r"  # the training process is gone (the harness kills its group on the way out)
+    wait_for(lambda: subprocess.run(["pgrep", "-f", run_dir], capture_output=True, text=True).stdout.strip() == "",
+             timeout=15)
     again = run_cli("cancel", str(slow), "-C", str(folder))
     assert again.returncode == 1 and "already decided" in again.stderr
 

@@ -407,12 +407,18 @@ def test_the_key_goes_only_into_the_auth_header(lab, fake, tmp_path):
 
 
 def test_a_session_driven_by_the_model_keeps_a_real_improvement(tmp_path, fake, tinygpt_cache):
-    """`labfleet run --researcher llm` on tinygpt: a raised learning rate is kept, a crash is repaired."""
+    """`labfleet run --researcher llm` on tinygpt: a fixed learning rate is kept, a crash is repaired."""
     folder = tmp_path / "lab"
     scaffold.init_bundled(folder)
     env = {"LABFLEET_CACHE": str(tinygpt_cache), "ANTHROPIC_API_KEY": KEY}
     prepared = run_cli("prepare", "-C", str(folder), env=env)
     assert prepared.returncode == 0, prepared.stderr
+    # a baseline that barely learns in 3 s (lr 1e-5), so the model's fix is an improvement far beyond
+    # any noise of a 3-second run on a loaded machine (at lr 1e-3 the gain of 3e-3 is ~0.05-0.1: a coin flip)
+    train = folder / "train.py"
+    train.write_text(train.read_text().replace("LEARNING_RATE = 1e-3", "LEARNING_RATE = 1e-5", 1))
+    subprocess.run(["git", "-C", str(folder), "commit", "-qam", "a timid learning rate"], check=True)
+    lr_fix = edit("LEARNING_RATE 1e-5 -> 3e-3", "LEARNING_RATE = 1e-5", "LEARNING_RATE = 3e-3")
     boom = edit("WEIGHT_DECAY 0.1 -> 0.05 (with a bug)", "WEIGHT_DECAY = 0.1\n", "WEIGHT_DECAY = 0.05\n")
     boom["edits"].append({"file": "train.py", "search": "step, tokens_seen, training_seconds = 0, 0, 0.0\n",
                           "replace": BOOM + "step, tokens_seen, training_seconds = 0, 0, 0.0\n"})
@@ -423,7 +429,7 @@ def test_a_session_driven_by_the_model_keeps_a_real_improvement(tmp_path, fake, 
             assert "RuntimeError: boom" in request.prompt
             return Reply([WD_DOWN])
         waves.append(request)
-        return Reply([LR_UP, boom] if len(waves) == 1 else [])
+        return Reply([lr_fix, boom] if len(waves) == 1 else [])
 
     fake.responder = model
     proc = run_cli("run", "-C", str(folder), "--researcher", "llm", "--provider", "anthropic", "--model", "fake-model",
@@ -432,7 +438,7 @@ def test_a_session_driven_by_the_model_keeps_a_real_improvement(tmp_path, fake, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(run_cli("results", "-C", str(folder), "--all", "--json", env=env).stdout)
     by_desc = {r["description"]: r for r in rows}
-    lr = by_desc[LR_UP["description"]]
+    lr = by_desc[lr_fix["description"]]
     assert lr["decision"] == "kept", rows
     assert by_desc[boom["description"]]["status"] == "crashed"
     repair = by_desc[WD_DOWN["description"]]
