@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,8 +150,9 @@ def test_the_prompt_holds_the_brief_the_code_n_the_noise_and_the_failures(lab, f
     log.write_text("step 1 | loss 5.5\nTraceback (most recent call last):\nValueError: shapes do not match\n")
     crashed = experiment(lab, 7, decision=Decision.FAILED, description="bigger heads")
     kept = experiment(lab, 8, decision=Decision.KEPT, description="higher learning rate", metric=2.31)
-    state = snapshot(lab, (result(crashed, RunStatus.CRASHED, log_path=log), result(kept, metric=2.31)),
-                     since_keep=4)
+    state = replace(snapshot(lab, (result(crashed, RunStatus.CRASHED, log_path=log), result(kept, metric=2.31)),
+                             since_keep=4),
+                    findings=("phase 1, optimizer (e2-e8): 1 keep", "H200 runs 9% more steps than H100 in the same budget"))
     fake.push(Reply([LR_UP]))
     researcher(lab, fake).propose(state, 3)
     prompt = fake.requests[0].prompt
@@ -163,6 +165,7 @@ def test_the_prompt_holds_the_brief_the_code_n_the_noise_and_the_failures(lab, f
     assert "ValueError: shapes do not match" in prompt and "e7 crashed: bigger heads" in prompt
     assert "e8 2.3100 [kept] higher learning rate" in prompt
     assert "prepare.py" in prompt  # named as frozen
+    assert "- phase 1, optimizer (e2-e8): 1 keep" in prompt and "H200 runs 9% more steps" in prompt
 
 
 # --------------------------------------------------------------------------- checks before a run costs anything

@@ -294,3 +294,27 @@ def test_model_calls_are_recorded_and_summed(tmp_path):
     llm = status_view(ledger, folder / ".labfleet", sid)["llm"]
     assert llm["calls"] >= 3 and llm["failed"] == 1
     assert llm["input_tokens"] >= 1000 and llm["usd"] == pytest.approx(0.01)
+
+
+class Listening(Scripted):
+    """Reads the analysis in words, as the LLM researcher does."""
+
+    wants_findings = True
+
+    def __init__(self, proposals):
+        super().__init__(proposals)
+        self.findings: list[tuple[str, ...]] = []
+
+    def propose(self, state, n):
+        self.findings.append(state.findings)
+        return super().propose(state, n)
+
+
+def test_researchers_that_read_findings_get_the_analysis_in_words(tmp_path):
+    folder = lab(tmp_path)
+    researcher = Listening([Proposal("lr best", knobs={"LEARNING_RATE": 1e-2}),
+                            Proposal("fewer layers", knobs={"N_LAYER": 1})])
+    run_session(folder, researcher, workers=1, noise_repeats=0)
+    last = researcher.findings[-1]
+    assert any(line.startswith("phase 1") and "val_bpb improved by" in line for line in last), last
+    assert Scripted([]).wants_findings is False  # others never pay for it

@@ -150,6 +150,9 @@ class SessionState:
     seed: int = 0  # the session's seed, for researchers' own randomness
     noise: Mapping[str, float] = field(default_factory=dict)  # hardware class -> sd of one run's metric
     since_keep: int = 0  # experiments decided since the latest keep: a long streak says move on
+    # What the analysis says in words (phase, hardware, effects of the latest waves); filled
+    # only for researchers that read it (``wants_findings``), since it costs a pass over the ledger.
+    findings: tuple[str, ...] = ()
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is better than ``b`` in this session's direction."""

@@ -687,7 +687,24 @@ class SessionLoop:
             history=tuple(history), pending=tuple(pending), free_workers=len(self.free_workers()),
             seed=self.config.seed, noise={hw: f.sd for hw, f in noise_floors(self.samples).items()},
             since_keep=self.ledger.decided_since_keep(self.session_id),
+            findings=tuple(self.findings(history)) if self.researcher.wants_findings else (),
         )
+
+    def findings(self, history: list[Result]) -> list[str]:
+        """The analysis in sentences: the phase, hardware differences, the latest waves' effects."""
+        from labfleet.analysis.effects import session_effects
+        from labfleet.analysis.hardware import hardware_report
+        from labfleet.analysis.phases import points_from_ledger, progress
+
+        spec = self.target.spec
+        groups = {name: knob.group for name, knob in self.target.knobs.items() if knob.group}
+        lines = progress(points_from_ledger(self.ledger, self.session_id, groups), spec.direction, spec.metric).findings
+        lines += hardware_report(self.ledger.runs(self.session_id), metric=spec.metric).findings
+        floors = noise_floors(self.samples)
+        sd = min((f.sd for f in floors.values()), default=None)
+        for tag, effects in list(session_effects(history, noise_sd=sd).items())[-2:]:
+            lines += [f"wave {tag}: {line}" for line in effects.describe(spec.metric, spec.direction)]
+        return lines
 
     def propose(self, n: int) -> bool:
         if self.config.max_experiments is not None:

@@ -30,6 +30,8 @@ class Researcher(abc.ABC):
     name: ClassVar[str]
     # True for researchers that read the target's files (the LLM): make_researcher passes target=
     wants_target: ClassVar[bool] = False
+    # True for researchers that read ``state.findings`` (the LLM): the session then fills it
+    wants_findings: ClassVar[bool] = False
 
     @abc.abstractmethod
     def propose(self, state: SessionState, n: int) -> list[Proposal]:

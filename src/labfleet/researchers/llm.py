@@ -400,6 +400,7 @@ class LLMResearcher(Researcher):
 
     name = "llm"
     wants_target = True
+    wants_findings = True
 
     def __init__(self, seed: int = 0, target: Target | None = None, provider: str = "anthropic",
                  model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
@@ -687,6 +688,9 @@ def history_lines(state: SessionState, best: int = 5, recent: int = 12, failures
         lines.append("Noise floor: not measured yet.")
     lines.append(f"Experiments decided since the last keep: {state.since_keep}"
                  + (" (returns are diminishing: try a different kind of change)" if state.since_keep >= 10 else ""))
+    if state.findings:
+        lines += ["", "What the analysis found (phases, hardware, effects of the latest waves):"]
+        lines += [f"- {line}" for line in state.findings]
     done = [r for r in state.history if r.ok]
     ranked = sorted(done, key=lambda r: r.run.metric or 0.0, reverse=state.direction == "maximize")[:best]
     if ranked:
