@@ -123,7 +123,8 @@ def test_kill_9_then_resume_counts_everything_once(tmp_path):
         row = next(r for r in runs if r["id"] == run_id)
         assert row["status"] == "done" and row["ended_at"] < resumed_at
     # the lineage branch holds the best version, and every keep is in its history
-    kept = [e for e in exps if e["decision"] in ("kept", "baseline")]
+    # keeps in decision order (with confirmation and calibration runs, not always id order)
+    kept = sorted((e for e in exps if e["decision"] in ("kept", "baseline")), key=lambda e: (e["decided_at"], e["id"]))
     head = git(folder, "rev-parse", "labfleet/s1").strip()
     assert git(folder, "rev-parse", f"{head}^{{tree}}") == git(folder, "rev-parse", f"{kept[-1]['commit_sha']}^{{tree}}")
     for exp in kept:
