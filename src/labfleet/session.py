@@ -5,12 +5,19 @@ loop materializes proposals as commits and queues them in the ledger, places
 queued runs on free workers, collects results, decides, and tells the researcher.
 One event per tick, as in Ray Tune's controller:
 
-    recover()                      # once: adopt runs a killed orchestrator left behind
+    recover()                      # once: adopt runs a killed orchestrator left behind;
+                                   # queue the baseline's noise and calibration runs
     while not finished:
-        collect one finished run   # ledger first, then decide, then researcher.observe
-        place queued runs          # validate-first ordering comes later; FIFO now
+        stop runs `labfleet cancel` asked for
+        collect finished runs      # ledger first, then decide, then researcher.observe
+        place queued runs          # validation, then calibration, confirmation, screening
         propose for free workers   # and one ahead, so a freed worker never waits for git
-        sleep a tick if idle
+        wait if idle               # executor.wait: a sleep, or the simulator's clock jump
+
+Deciding (``decide``): a result is compared with the champion on its hardware
+class and budget, against the measured noise (``analysis/noise``): beyond it, kept;
+within it, repeated once (or, with [tiers], validated on the validate class);
+otherwise discarded. A new champion gets one fresh-seed run per class.
 
 Every state change is written to the ledger before it is acted on, so a killed
 orchestrator resumes from the ledger: runs marked running are adopted from their
