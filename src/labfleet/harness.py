@@ -6,12 +6,17 @@ It is the only code that touches the training process. Steps, in order:
    commit, plus the experiment's patch (which may touch only editable files);
 2. check the frozen files' hashes against the recorded ones (before and after);
 3. run ``setup`` once per host, cached by the frozen hashes and the command;
-4. run ``run`` in its own process group with LABFLEET_* variables, output to
-   ``run.log``, the whole group killed at the hard timeout;
+4. run ``run`` in a box (``sandbox``: own PID namespace, read-only filesystem but
+   the run directory, no network, the slot's CPUs; a process group where no box
+   can be built) with LABFLEET_* variables, output capped into ``run.log``
+   (``logs``), the box killed at budget + evaluation allowance (``over_budget``:
+   the harness's clock, not the run's, measures training time) or at the hard
+   timeout;
 5. parse the ``---`` block and classify the outcome.
 
 The result is written to ``result.json`` in the run directory before returning,
-so whoever started the harness can collect it later even if it was not waiting.
+after the box is empty, so whoever started the harness can collect it later even
+if it was not waiting.
 ``python -m labfleet.harness REQUEST.json`` does the same from a request file.
 
 Signed targets (``signed = true``): the harness puts a one-time key in
@@ -32,6 +37,8 @@ import math
 import os
 import re
 import secrets
+import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,9 +48,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
+from labfleet import logs, sandbox, workspace
 from labfleet.errors import ConfigError, HarnessError, PatchError
-from labfleet.target import CONFIG_FILE, TargetSpec, parse_config
+from labfleet.target import CONFIG_FILE, STATE_DIR, TargetSpec, parse_config
 
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
@@ -51,6 +58,10 @@ SOURCE_DIR = "src"
 SETUP_DONE = "setup-done.json"
 KILL_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 40
+# Without target.eval_allowance_seconds a run may take max(20 s, budget / 2) beyond its
+# budget: interpreter and torch start-up and the evaluation, on a loaded machine.
+DEFAULT_ALLOWANCE_SECONDS = 20.0
+DEFAULT_ALLOWANCE_SHARE = 0.5
 
 
 class Outcome(enum.StrEnum):
@@ -62,6 +73,7 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"  # patch does not apply / touches non-editable files / frozen files changed
     SUSPECT = "suspect"  # a metric line that did not come from the frozen code path
     SETUP_FAILED = "setup_failed"  # the target's setup command failed: not the experiment's fault
+    OVER_BUDGET = "over_budget"  # ran past budget + evaluation allowance (the harness's clock): never compared
 
 
 def default_cache_root() -> Path:
@@ -83,6 +95,8 @@ class RunRequest:
     cache_root: Path | None = None  # setup cache; default ~/.cache/labfleet
     # Hashes the frozen files must have; None: take them from ``commit`` (before the patch).
     frozen_hashes: dict[str, str] | None = None
+    cpus: list[int] | None = None  # CPU affinity of the slot (None: any CPU)
+    memory_mb: int | None = None  # address-space limit of the run (None: none)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -140,8 +154,17 @@ def read_result(run_dir: Path) -> RunResult | None:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temp file and ``os.replace``; whatever a run planted at either name
+    (a symlink into the ledger, a folder) is removed first, never written through."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    for planted in (tmp, path):
+        if planted.is_dir() and not planted.is_symlink():
+            shutil.rmtree(planted)
+        elif planted.is_symlink() or (planted.exists() and planted is tmp):
+            planted.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
@@ -213,17 +236,24 @@ def classify(
 
 
 def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    if not path.is_file():
-        return ""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64 * 1024))
-        text = f.read().decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    return logs.tail_lines(path, lines)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after a grace period."""
+def _kill_group(proc: subprocess.Popen[bytes], box_pid: int | None = None) -> None:
+    """Kill the box (its init: the kernel then kills every process in it) or the process group.
+
+    Without a box: SIGTERM the group, then SIGKILL whatever is left after a grace period.
+    """
+    if box_pid is not None and proc.poll() is None:
+        # bwrap (our child, not yet reaped) is the init's parent: the pid cannot be reused yet
+        try:
+            os.kill(box_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
     for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
@@ -241,34 +271,101 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             return
 
 
+_POLL_SECONDS = 0.1
+_DRAIN_SECONDS = 1.0  # after the run: how long output still in flight is read
+
+
+def _pump(fds: dict[int, logs.CappedLog | bytearray], timeout: float) -> list[int]:
+    """Read whichever fds are ready for up to ``timeout`` s; returns the fds that hit EOF."""
+    ready, _, _ = select.select(list(fds), [], [], max(0.0, timeout))
+    closed = []
+    for fd in ready:
+        data = os.read(fd, 1 << 16)
+        sink = fds[fd]
+        if not data:
+            closed.append(fd)
+        elif isinstance(sink, bytearray):
+            sink += data[: 4096 - len(sink)]
+        else:
+            sink.write(data)
+    return closed
+
+
 def run_command(
-    command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float
+    command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float,
+    box: sandbox.Box | None = None,
 ) -> tuple[int | None, float]:
-    """Run a shell command in its own process group, output to ``log_path``.
+    """Run a shell command (in ``box`` when given) in its own process group, output capped into ``log_path``.
 
     Returns (exit code or None if killed at the timeout, wall seconds). Nothing the
-    command started survives it.
+    command started survives it: with a box, its PID namespace dies with it; without
+    one, the process group is killed.
     """
     start = time.monotonic()
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    deadline = start + timeout
+    out_r, out_w = os.pipe()
+    info_r = info_w = -1
+    argv = ["/bin/sh", "-c", command]
+    if box is not None:
+        if sandbox.support().boxed:
+            info_r, info_w = os.pipe()
+        argv = sandbox.command(argv, box, info_fd=info_w if info_w >= 0 else None)
+    info = bytearray()
+    with logs.CappedLog(log_path) as log:
         try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
+            proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.STDOUT,
+                start_new_session=True, pass_fds=(info_w,) if info_w >= 0 else (),
+            )
         except BaseException:
-            _kill_group(proc)
+            for fd in (out_r, info_r):
+                if fd >= 0:
+                    os.close(fd)
             raise
-        _kill_group(proc)
-    return code, time.monotonic() - start
+        finally:
+            for fd in (out_w, info_w):
+                if fd >= 0:
+                    os.close(fd)
+        fds: dict[int, logs.CappedLog | bytearray] = {out_r: log}
+        if info_r >= 0:
+            fds[info_r] = info
+        box_pid: int | None = None
+        code: int | None = None
+        try:
+            while True:
+                for fd in _pump(fds, min(_POLL_SECONDS, deadline - time.monotonic())):
+                    del fds[fd]
+                    os.close(fd)
+                if box_pid is None and info_r >= 0 and info_r not in fds:
+                    box_pid = _child_pid(info)
+                if proc.poll() is not None:
+                    code = proc.returncode
+                    break
+                if time.monotonic() >= deadline:
+                    break
+        finally:  # the deadline, or an exception (a cancel's SIGTERM): kill the box
+            if code is None:
+                _kill_group(proc, box_pid if box_pid is not None else _child_pid(info))
+            else:
+                _kill_group(proc)  # the leader is gone: whatever it left in its group goes too
+            seconds = time.monotonic() - start
+            # Output still in the pipe; a process that escaped (no box) may hold it open: bounded.
+            drain_end = time.monotonic() + _DRAIN_SECONDS
+            while fds and time.monotonic() < drain_end:
+                for fd in _pump(fds, drain_end - time.monotonic()):
+                    del fds[fd]
+                    os.close(fd)
+            for fd in fds:
+                os.close(fd)
+    return code, seconds
+
+
+def _child_pid(info: bytearray) -> int | None:
+    """The box's init pid from bwrap's --info-fd JSON (None until it has been written)."""
+    try:
+        return int(json.loads(bytes(info).decode())["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _base_env(request: RunRequest, budget: float, cache_dir: Path) -> dict[str, str]:
@@ -280,11 +377,10 @@ def _base_env(request: RunRequest, budget: float, cache_dir: Path) -> dict[str, 
     env.update(
         LABFLEET_BUDGET_SECONDS=f"{budget:g}",
         LABFLEET_SEED=str(request.seed),
-        LABFLEET_DEVICE=request.device,
+        LABFLEET_DEVICE=sandbox.slot_device(request.device),
         LABFLEET_THREADS=threads,
         LABFLEET_CACHE_DIR=str(cache_dir),
-        OMP_NUM_THREADS=threads,
-        MKL_NUM_THREADS=threads,
+        **sandbox.slot_env(request.device, request.threads),
         PYTHONUNBUFFERED="1",
         PYTHONDONTWRITEBYTECODE="1",
     )
@@ -344,6 +440,31 @@ def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = No
 # --------------------------------------------------------------------------- the run
 
 
+def eval_allowance(spec: TargetSpec, budget: float) -> float:
+    """Seconds a run may take beyond its training budget (start-up, evaluation)."""
+    if spec.eval_allowance_seconds is not None:
+        return spec.eval_allowance_seconds
+    return max(DEFAULT_ALLOWANCE_SECONDS, DEFAULT_ALLOWANCE_SHARE * budget)
+
+
+def _box(request: RunRequest, spec: TargetSpec, cache_dir: Path, log_path: Path) -> sandbox.Box:
+    """What the run may touch: its run dir (not its log), nothing else writable, the ledger hidden."""
+    if not sandbox.support().boxed and sandbox.required():
+        raise HarnessError(f"{sandbox.BOX_ENV}=require: {sandbox.support().warning}")
+    state = request.target_dir.resolve() / STATE_DIR
+    cache = cache_dir.resolve()
+    return sandbox.Box(
+        writable=(request.run_dir.resolve(),),
+        hidden=(state,),
+        readonly=(cache,) if cache.is_relative_to(state) else (),
+        protected=(log_path.resolve(),),
+        network=spec.network,
+        gpu=request.device.startswith("cuda"),
+        cpus=tuple(request.cpus) if request.cpus else None,
+        memory_mb=request.memory_mb,
+    )
+
+
 def run_experiment(request: RunRequest) -> RunResult:
     """Run one experiment (steps 1-5 above); always returns a result and writes result.json."""
     run_dir = request.run_dir
@@ -360,6 +481,9 @@ def run_experiment(request: RunRequest) -> RunResult:
         started_at=time.time(),
         log_path=str(log_path),
     )
+    support = sandbox.support()
+    if not support.boxed:
+        result.flags.append(support.warning)
     try:
         result = _run(request, result, run_dir, log_path)
     except (PatchError, ConfigError) as exc:
@@ -410,16 +534,23 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
         result.outcome, result.reason = Outcome.SETUP_FAILED, reason
         return result
 
-    # 4. run under the hard timeout
+    # 4. run in the box, under budget + evaluation allowance and the hard timeout
     key = secrets.token_hex(32) if spec.signed else None
     if key:
         env["LABFLEET_SIGNING_KEY"] = key
-    code, seconds = run_command(spec.run, source, env, log_path, timeout)
+    box = _box(request, spec, cache_dir, log_path)
+    allowed = budget + eval_allowance(spec, budget)  # the harness's clock, not the run's
+    code, seconds = run_command(spec.run, source, env, log_path, min(timeout, allowed), box=box)
     result.exit_code, result.run_seconds = code, seconds
 
     # 2'. frozen files, after: a run that changed them is not trusted
     after = workspace.file_hashes(source, spec.frozen)
     changed = [p for p in spec.frozen if after.get(p) != hashes.get(p)]
+    if (code is None and allowed < timeout) or (code is not None and seconds > allowed):
+        result.outcome = Outcome.OVER_BUDGET
+        result.reason = (f"ran {seconds:.1f} s, past its budget {budget:g} s + {allowed - budget:g} s "
+                         "evaluation allowance (timed by the harness)")
+        return result
     if code is None:
         result.outcome, result.reason = Outcome.TIMEOUT, f"killed after {timeout:g} s (hard timeout)"
         return result
@@ -427,8 +558,8 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
         result.reason = f"frozen file {changed[0]} was modified during the run"
         return result
 
-    # 5. parse
-    output = log_path.read_text(errors="replace")
+    # 5. parse (bounded: the capped log, never more than its head and tail)
+    output = logs.read_bounded(log_path)
     outcome, reason, metric, figures = classify(output, code, spec, key)
     result.outcome, result.reason, result.metric, result.figures = outcome, reason, metric, figures
     return result

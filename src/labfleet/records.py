@@ -31,6 +31,7 @@ class RunStatus(enum.StrEnum):
     REJECTED = "rejected"
     SUSPECT = "suspect"
     SETUP_FAILED = "setup_failed"
+    OVER_BUDGET = "over_budget"  # past budget + evaluation allowance: never compared
     LOST = "lost"  # the infrastructure lost it (worker gone, harness died): retried
     CANCELLED = "cancelled"
 
