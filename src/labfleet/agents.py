@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
+from labfleet import frozen, logs, workspace
 from labfleet.errors import LabfleetError
 from labfleet.ledger import Ledger, LedgerError
 from labfleet.records import Decision, Experiment, Proposal
@@ -104,6 +104,7 @@ def submit(
     if not (patch or knobs or folder):
         raise AgentError("nothing to submit: give a patch file, a folder, or --set KNOB=VALUE")
     session_id = session_for_submit(target, ledger)
+    frozen.check(target, json.loads(ledger.session(session_id)["frozen_hashes"]), session_id)
     if folder is not None:
         patch = folder_patch(target, ledger, session_id, folder)
     base = ledger.experiment(parent) if parent is not None else champion(ledger, session_id)
@@ -116,9 +117,7 @@ def submit(
 
 
 def _tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:
-    if not path or not Path(path).is_file():
-        return ""
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    return logs.tail_lines(path, lines)
 
 
 def show(ledger: Ledger, exp_id: int) -> dict[str, Any]:

@@ -86,13 +86,23 @@ def init(
 
     if from_autoresearch is not None:
         commit = scaffold.init_from_autoresearch(from_autoresearch, force=force)
+        _pin(from_autoresearch)
         console.print(f"wrote {from_autoresearch / 'labfleet.toml'} and committed it ({commit[:8]})")
         console.print(f"next: [bold]cd {from_autoresearch} && labfleet prepare && labfleet baseline[/]")
         return
     commit = scaffold.init_bundled(directory)
+    _pin(directory)
     console.print(f"created the tinygpt target in {directory} (git commit {commit[:8]})")
     console.print(f"next: [bold]cd {directory} && labfleet prepare && labfleet baseline[/], "
                   "then [bold]labfleet run --workers 2[/]")
+
+
+def _pin(folder: Path) -> None:
+    """Pin a new target's frozen files (``labfleet target accept-frozen`` changes the pin)."""
+    from labfleet import frozen
+    from labfleet.target import load_target
+
+    frozen.record(load_target(folder, check_files=False), by="init")
 
 
 @app.command()
@@ -334,6 +344,13 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
             config = SessionConfig(**given, researcher_options=llm)
         if config.device not in ("cpu", "cuda"):
             raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
+        from labfleet import frozen, sandbox
+
+        # changed frozen files refuse before anything runs (a new session checks in start_session)
+        if resuming:
+            frozen.check(loaded, json.loads(latest["frozen_hashes"]), latest["id"])
+        if not sandbox.support().boxed:
+            err_console.print(f"[bold red]WARNING[/]: {sandbox.support().warning}; see `labfleet doctor`")
         # an unknown researcher or option, a missing API key, an unreachable cluster:
         # all fail before anything is recorded
         researcher = make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options)
@@ -442,6 +459,8 @@ def status(
                       f"{m['output_tokens']:,} out tokens, ${m['usd']:.2f}")
     for w in view["running"]:
         console.print(f"  {w['worker']}: e{w['experiment']} for {w['seconds']:.0f} s  {w['description']}")
+    if view["box"]["warning"]:
+        err_console.print(f"[bold red]WARNING[/]: {_escape(view['box']['warning'])}; see `labfleet doctor`")
 
 
 @app.command()
@@ -887,3 +906,64 @@ def export(
         return
     output.write_text(text)
     console.print(f"wrote {output} ({text.count(chr(10)) - 1} experiments)")
+
+
+@app.command()
+def doctor(
+    target: TargetOption = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """Which protections are active on this machine (the run box, limits, git), and the frozen pin."""
+    from labfleet import frozen, sandbox
+    from labfleet.target import CONFIG_FILE, load_target
+
+    rows = [{"protection": name, "active": active, "how": how} for name, active, how in sandbox.protections()]
+    pin: dict[str, Any] | None = None
+    if (target / CONFIG_FILE).is_file():
+        loaded = load_target(target, check_files=False)
+        current = frozen.pinned(loaded)
+        pin = {"target": str(loaded.root), "pinned": current is not None,
+               "commit": current["commit"] if current else None,
+               "files": sorted(current["hashes"]) if current else list(loaded.spec.frozen)}
+    support = sandbox.support()
+    if as_json:
+        print(json.dumps({"boxed": support.boxed, "detail": support.detail, "protections": rows, "frozen": pin}, indent=2))
+        return
+    for row in rows:
+        mark = "[green]on [/]" if row["active"] else "[bold red]OFF[/]"
+        console.print(f"  {mark} {row['protection']}: {_escape(row['how'])}", highlight=False)
+    if pin is not None:
+        if pin["pinned"]:
+            console.print(f"  [green]on [/] frozen files pinned at {pin['commit'][:10]}: {', '.join(pin['files'])}")
+        else:
+            console.print("  [yellow]not yet[/] frozen files pinned: the first session pins them")
+    if not support.boxed:
+        err_console.print(f"[bold red]WARNING[/]: {_escape(support.warning)}")
+
+
+target_app = typer.Typer(help="The target's pinned state.", no_args_is_help=True)
+app.add_typer(target_app, name="target")
+
+
+@target_app.command("accept-frozen")
+def accept_frozen(target: TargetOption = Path(".")) -> None:
+    """Pin the frozen files as they are at HEAD: after you changed prepare.py (or any frozen file) on purpose."""
+    from labfleet import frozen
+    from labfleet.target import load_target
+
+    loaded = load_target(target, check_files=False)
+    dirty = [p for p in loaded.uncommitted() if p in loaded.spec.frozen]
+    if dirty:
+        raise LabfleetError(f"frozen file {dirty[0]} has uncommitted changes: commit it first (the pin is of HEAD)")
+    from labfleet.ledger import LEDGER_FILE
+
+    ledger = None
+    if (_state_dir(loaded.root) / LEDGER_FILE).exists():
+        _, ledger = _open_ledger(loaded.root)
+    try:
+        changed, pin = frozen.accept(loaded, ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    what = ", ".join(changed) if changed else "nothing changed"
+    console.print(f"frozen files pinned at {pin['commit'][:10]} ({what}); logged in {frozen.pin_path(loaded)}")

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
+from labfleet import frozen, workspace
 from labfleet.analysis import cost
 from labfleet.analysis.noise import (
     DEFAULT_Z,
@@ -126,6 +126,7 @@ def start_session(target: Target, ledger: Ledger, config: SessionConfig) -> int:
     dirty = target.uncommitted()
     if dirty:
         raise SessionError(f"the target has uncommitted changes ({', '.join(dirty[:3])}): commit or stash them first")
+    frozen.check(target)  # pins the frozen files on first use; refuses changed ones
     head = workspace.resolve(repo)
     hashes = workspace.commit_file_hashes(repo, head, target.spec.frozen)
     session_id = ledger.create_session(

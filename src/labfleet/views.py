@@ -25,6 +25,14 @@ def _session(ledger: Ledger, session_id: int | None) -> Any:
     return session
 
 
+def _box_view() -> dict[str, Any]:
+    """Whether runs started from this machine are boxed (``labfleet doctor`` has the details)."""
+    from labfleet import sandbox
+
+    support = sandbox.support()
+    return {"boxed": support.boxed, "detail": support.detail, "warning": "" if support.boxed else support.warning}
+
+
 def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) -> dict[str, Any]:
     from labfleet.analysis.cost import fleet_usd
 
@@ -72,6 +80,7 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         "cost_usd": round(fleet_usd(ledger, sid, now), 4),
         "llm": llm_view(ledger, sid),
         "best": dict(best) if best and best["metric"] is not None else None,
+        "box": _box_view(),
         "running": [
             {"run": r["id"], "experiment": r["experiment_id"], "worker": r["worker"],
              "seconds": round(now - (r["started_at"] or now), 1), "description": r["description"]}

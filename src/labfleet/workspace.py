@@ -19,6 +19,13 @@ from pathlib import Path
 
 from labfleet.errors import GitError, PatchError
 
+# Every git labfleet runs ignores what a repository (or an experiment that wrote into its
+# .git) can make git execute: hooks, an fsmonitor command, external diff and textconv
+# programs; the system-wide config is skipped too.
+GIT = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "diff.external=",
+       "-c", "core.untrackedCache=false"]
+_SAFE_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+
 # Commits made by labfleet are reproducible and need no user identity.
 _IDENTITY = {
     "GIT_AUTHOR_NAME": "labfleet",
@@ -37,11 +44,11 @@ def git(
 ) -> str:
     """Run ``git -C repo args``; return stdout, raise ``error`` with git's own last line."""
     proc = subprocess.run(
-        ["git", "-C", str(repo), *args],
+        [*GIT, "-C", str(repo), *args],
         input=input,
         capture_output=True,
         text=True,
-        env={**os.environ, **_IDENTITY, **(env or {})},
+        env={**os.environ, **_SAFE_ENV, **_IDENTITY, **(env or {})},
     )
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -52,7 +59,8 @@ def git(
 
 def is_repo(folder: Path) -> bool:
     proc = subprocess.run(
-        ["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True
+        [*GIT, "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+        env={**os.environ, **_SAFE_ENV},
     )
     return proc.returncode == 0 and Path(proc.stdout.strip()).resolve() == Path(folder).resolve()
 
@@ -142,9 +150,10 @@ def export_tree(repo: Path, commit: str, dest: Path) -> None:
     """Write the files of ``commit`` into ``dest`` (created; must not exist or be empty)."""
     dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        ["git", "-C", str(repo), "archive", "--format=tar", commit],
+        [*GIT, "-C", str(repo), "archive", "--format=tar", commit],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, **_SAFE_ENV},
     )
     assert proc.stdout is not None
     with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
@@ -155,14 +164,15 @@ def export_tree(repo: Path, commit: str, dest: Path) -> None:
 
 
 def diff(repo: Path, old: str, new: str) -> str:
-    return git(repo, "diff", old, new)
+    return git(repo, "diff", "--no-ext-diff", "--no-textconv", old, new)
 
 
 def commit_file_hashes(repo: Path, commit: str, paths: Iterable[str]) -> dict[str, str]:
     """sha256 of each file as stored in ``commit`` (``"missing"`` if absent)."""
     hashes = {}
     for rel in paths:
-        proc = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{rel}"], capture_output=True)
+        proc = subprocess.run([*GIT, "-C", str(repo), "show", f"{commit}:{rel}"], capture_output=True,
+                              env={**os.environ, **_SAFE_ENV})
         hashes[rel] = hashlib.sha256(proc.stdout).hexdigest() if proc.returncode == 0 else "missing"
     return hashes
 

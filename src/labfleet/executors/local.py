@@ -6,7 +6,9 @@ the harness writes ``result.json`` before exiting, and a resumed orchestrator
 ``adopt``s the run by its pid and collects that file.
 
 CPU slots get their own thread count; with ``devices`` (e.g. ["cuda:0", "cuda:1"])
-each slot gets one CUDA device instead.
+each slot gets one CUDA device instead. Each slot is pinned to its own CPUs
+(``threads`` of them, wrapping around when slots outnumber cores) and, with
+``memory_mb``, gets an address-space limit; the harness applies both (``sandbox``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labfleet.executors.base import Executor, ExecutorError, Finished, Job, Worker
 from labfleet.harness import KILL_GRACE_SECONDS, read_result
+from labfleet.sandbox import slot_cpus
 
 REQUEST_FILE = "request.json"
 HARNESS_LOG = "harness.log"
@@ -65,9 +68,10 @@ class LocalExecutor(Executor):
 
     def __init__(
         self, workers: int | list[Worker] = 1, *, threads: int = 1, devices: list[str] | None = None,
-        hardware: str | None = None, price_per_hour: float = 0.0,
+        hardware: str | None = None, price_per_hour: float = 0.0, memory_mb: int | None = None,
     ) -> None:
         self._slots: dict[int, _Slot] = {}  # run id -> slot
+        self._memory_mb = memory_mb  # per slot; None: no limit
         self._lost: list[Finished] = []  # cancelled/failed starts waiting for poll
         if isinstance(workers, list):  # a mixed fleet: slots of several classes on one machine
             if not workers or len({w.id for w in workers}) != len(workers):
@@ -101,10 +105,14 @@ class LocalExecutor(Executor):
         if self._busy(job.worker_id):
             raise ExecutorError(f"worker {job.worker_id} is busy")
         run_dir = job.request.run_dir
+        index = [w.id for w in self._workers].index(job.worker_id)
+        threads = job.request.threads
+        cpus = job.request.cpus or (list(c) if (c := slot_cpus(index, threads)) else None)
+        request = replace(job.request, cpus=cpus, memory_mb=job.request.memory_mb or self._memory_mb)
         # The harness wants a fresh run dir; the request and its own log sit beside it.
         meta = run_dir.parent / f"{run_dir.name}.{REQUEST_FILE}"
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(job.request.to_json()))
+        meta.write_text(json.dumps(request.to_json()))
         with open(run_dir.parent / f"{run_dir.name}.{HARNESS_LOG}", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "labfleet.harness", str(meta)],

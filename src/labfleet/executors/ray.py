@@ -61,7 +61,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
+from labfleet import logs, workspace
 from labfleet.errors import LabfleetError
 from labfleet.executors.base import Executor, ExecutorError, Finished, Job, Worker
 from labfleet.harness import KILL_GRACE_SECONDS, LOG_FILE, RESULT_FILE, RunRequest, RunResult, read_result
@@ -280,7 +280,8 @@ class RayExecutor(Executor):
     def _pack(self, repo: Path, commit: str) -> bytes:
         """The version's files as a gzipped tar (cached: seeds and retries reuse it)."""
         if commit not in self._packs:
-            proc = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit], capture_output=True)
+            proc = subprocess.run([*workspace.GIT, "-C", str(repo), "archive", "--format=tar", commit],
+                                  capture_output=True)
             if proc.returncode != 0:
                 raise LabfleetError(f"git archive {commit[:12]}: {proc.stderr.decode(errors='replace').strip()}")
             while len(self._packs) >= 16:
@@ -475,12 +476,7 @@ def guard(request_file: str) -> int:
 
 
 def _tail(path: Path, limit: int) -> str:
-    if not path.is_file():
-        return ""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - limit))
-        return f.read().decode(errors="replace")
+    return logs.tail_bytes(path, limit)
 
 
 def run_on_node(payload: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from labfleet import harness, workspace
+from labfleet import logs, workspace
 from labfleet.errors import ConfigError, LabfleetError
 from labfleet.records import Experiment, Proposal, Result, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
@@ -630,7 +630,7 @@ class LLMResearcher(Researcher):
 
 def read_tail(log_path: str | None, lines: int = LOG_TAIL_LINES) -> str:
     """The last lines of a run's log, each cut to 300 characters; '' when there is none."""
-    tail = harness._log_tail(Path(log_path), lines) if log_path else ""
+    tail = logs.tail_lines(log_path, lines)
     return "\n".join(line[:300] for line in tail.splitlines())
 
 
