@@ -29,7 +29,7 @@ from labfleet.target import load_target, parse_config
 from labfleet.target import unified_diff
 from tests.conftest import git, make_target, run_cli
 from tests.test_harness import processes_with
-from tests.test_session import KNOBS_TOML, KNOB_TRAIN, Scripted, run_session
+from tests.test_session import Scripted, run_session
 
 BOX = sandbox.support()
 boxed = pytest.mark.skipif(not BOX.boxed, reason=f"the box cannot be built here: {BOX.detail}")
@@ -47,9 +47,11 @@ def sha(path: Path) -> str:
 
 
 OVER_TRAIN = """\
-import time, evalkit
-BUDGET = float(__import__("os").environ["LABFLEET_BUDGET_SECONDS"])
-time.sleep(5 * BUDGET)  # "a better schedule": trains five times its budget
+import os, time, evalkit
+BUDGET = float(os.environ["LABFLEET_BUDGET_SECONDS"])
+started = time.process_time()
+while time.process_time() - started < 5 * BUDGET:  # "a better schedule": trains five times its budget
+    pass
 evalkit.report(0.5, training_seconds=BUDGET)  # and says it trained for the budget
 """
 
@@ -59,9 +61,11 @@ def test_a_run_that_trains_five_times_its_budget_is_over_budget(target_factory, 
     started = time.monotonic()
     result = run(target, tmp_path)
     assert result.outcome == Outcome.OVER_BUDGET
-    assert "timed by the harness" in result.reason and "1.5 s evaluation allowance" in result.reason
+    assert "measured by the harness" in result.reason and "1.5 s evaluation allowance" in result.reason
+    assert "CPU-s per thread" in result.reason
     assert result.metric is None  # never compared
-    assert time.monotonic() - started < 20  # stopped at budget + allowance, not at the 30 s timeout
+    assert time.monotonic() - started < 25  # stopped at budget + allowance, not at the 30 s timeout
+    assert 2.5 <= result.cpu_seconds < 4.5  # stopped soon after it passed 1 s + 1.5 s
     assert RunStatus.from_outcome(result.outcome) == RunStatus.OVER_BUDGET
     # the honest script under the same allowance is fine
     honest = make_target(tmp_path / "honest", budget=1, timeout=30, extra_toml="eval_allowance_seconds = 1.5\n")
@@ -72,23 +76,40 @@ def test_the_default_allowance_is_stated_and_capped_by_the_timeout(target_factor
     spec = parse_config(
         '[target]\nname="t"\neditable=["a.py"]\nrun="x"\nmetric="m"\nbudget_seconds=30\ntimeout_seconds=90\n'
     ).target
-    assert eval_allowance(spec, 30) == 20 and eval_allowance(spec, 300) == 150
+    assert eval_allowance(spec, 30) == 15 and eval_allowance(spec, 300) == 150
     # a run past the hard timeout before the allowance is a timeout, as before
     target = target_factory(OVER_TRAIN, budget=1, timeout=3)
     assert run(target, tmp_path).outcome == Outcome.TIMEOUT
 
 
+EXTRA_TRAIN = """\
+import math, time, evalkit
+
+LEARNING_RATE = 1e-3  # step size
+EXTRA = 0.0  # CPU seconds of training beyond the budget
+started = time.process_time()
+while time.process_time() - started < EXTRA:
+    pass
+evalkit.report(1.0 + (math.log10(LEARNING_RATE) + 2) ** 2)
+"""
+EXTRA_TOML = """eval_allowance_seconds = 2
+
+[knobs]
+LEARNING_RATE = { file = "train.py", low = 1e-4, high = 1e-1, log = true }
+EXTRA = { file = "train.py", low = 0.0, high = 30.0 }
+"""
+
+
 def test_an_over_budget_experiment_is_never_kept(tmp_path):
-    folder = make_target(tmp_path / "lab", KNOB_TRAIN, extra_toml="eval_allowance_seconds = 2\n" + KNOBS_TOML,
-                         budget=1, timeout=30)
-    # the best learning rate, plus 8 s of extra "training": the best metric, if it counted
-    researcher = Scripted([Proposal("lr best, trained longer", knobs={"LEARNING_RATE": 1e-2, "SLEEP": 8.0})])
+    folder = make_target(tmp_path / "lab", EXTRA_TRAIN, extra_toml=EXTRA_TOML, budget=1, timeout=40)
+    # the best learning rate, plus 8 s of extra training: the best metric, if it counted
+    researcher = Scripted([Proposal("lr best, trained longer", knobs={"LEARNING_RATE": 1e-2, "EXTRA": 8.0})])
     ledger, loop = run_session(folder, researcher, workers=2, noise_repeats=0)
     exp = next(e for e in ledger.experiments(loop.session_id) if e.description.startswith("lr best"))
     assert exp.decision == Decision.FAILED
     assert [r.status for r in ledger.runs_of(exp.id)] == [RunStatus.OVER_BUDGET]
     branch = f"labfleet/s{loop.session_id}"
-    assert "SLEEP = 0.0" in git(folder, "show", f"{branch}:train.py")  # the lineage did not move
+    assert "EXTRA = 0.0" in git(folder, "show", f"{branch}:train.py")  # the lineage did not move
 
 
 # --------------------------------------------------------------------------- escapes

@@ -9,9 +9,10 @@ It is the only code that touches the training process. Steps, in order:
 4. run ``run`` in a box (``sandbox``: own PID namespace, read-only filesystem but
    the run directory, no network, the slot's CPUs; a process group where no box
    can be built) with LABFLEET_* variables, output capped into ``run.log``
-   (``logs``), the box killed at budget + evaluation allowance (``over_budget``:
-   the harness's clock, not the run's, measures training time) or at the hard
-   timeout;
+   (``logs``), the box killed once the run's compute passes budget + evaluation
+   allowance (``over_budget``: measured by the harness, not reported by the run:
+   CPU seconds per thread on CPU slots, so a loaded machine does not count against
+   a run; wall seconds on GPUs) or at the hard timeout;
 5. parse the ``---`` block and classify the outcome.
 
 The result is written to ``result.json`` in the run directory before returning,
@@ -58,9 +59,10 @@ SOURCE_DIR = "src"
 SETUP_DONE = "setup-done.json"
 KILL_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 40
-# Without target.eval_allowance_seconds a run may take max(20 s, budget / 2) beyond its
-# budget: interpreter and torch start-up and the evaluation, on a loaded machine.
-DEFAULT_ALLOWANCE_SECONDS = 20.0
+# Without target.eval_allowance_seconds a run may use max(15 s, budget / 2) beyond its
+# budget (CPU seconds per thread on CPU slots, wall seconds on GPUs): interpreter and
+# torch start-up and the evaluation.
+DEFAULT_ALLOWANCE_SECONDS = 15.0
 DEFAULT_ALLOWANCE_SHARE = 0.5
 
 
@@ -126,6 +128,7 @@ class RunResult:
     started_at: float = 0.0
     ended_at: float = 0.0
     run_seconds: float = 0.0  # the run command's wall time
+    cpu_seconds: float | None = None  # CPU time of every process of the run (sampled by the harness)
     setup_seconds: float = 0.0  # 0 when the setup cache was used
     setup_cached: bool = False
     log_path: str = ""
@@ -291,6 +294,16 @@ def _pump(fds: dict[int, logs.CappedLog | bytearray], timeout: float) -> list[in
     return closed
 
 
+@dataclass(frozen=True)
+class Finish:
+    """How a command ended, as the harness measured it."""
+
+    code: int | None  # exit code; None when it was stopped
+    seconds: float  # wall time
+    cpu_seconds: float | None  # CPU time of every process it ran (sampled from /proc); None: unmeasured
+    stopped: str = ""  # "", "timeout" or "budget"
+
+
 def run_command(
     command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float,
     box: sandbox.Box | None = None,
@@ -300,6 +313,19 @@ def run_command(
     Returns (exit code or None if killed at the timeout, wall seconds). Nothing the
     command started survives it: with a box, its PID namespace dies with it; without
     one, the process group is killed.
+    """
+    finish = run_measured(command, cwd, env, log_path, timeout, box=box)
+    return finish.code, finish.seconds
+
+
+def run_measured(
+    command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float,
+    box: sandbox.Box | None = None, budget_limit: float | None = None, cpu_threads: int | None = None,
+) -> Finish:
+    """``run_command`` that also stops the command once its training compute passes ``budget_limit``.
+
+    The compute is CPU seconds over ``cpu_threads`` when given (a loaded machine
+    stretches the wall clock, not this), else wall seconds.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -311,6 +337,8 @@ def run_command(
             info_r, info_w = os.pipe()
         argv = sandbox.command(argv, box, info_fd=info_w if info_w >= 0 else None)
     info = bytearray()
+    cpu: float | None = None
+    stopped = ""
     with logs.CappedLog(log_path) as log:
         try:
             proc = subprocess.Popen(
@@ -331,6 +359,7 @@ def run_command(
             fds[info_r] = info
         box_pid: int | None = None
         code: int | None = None
+        next_sample = start
         try:
             while True:
                 for fd in _pump(fds, min(_POLL_SECONDS, deadline - time.monotonic())):
@@ -341,9 +370,20 @@ def run_command(
                 if proc.poll() is not None:
                     code = proc.returncode
                     break
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= next_sample:  # every process the run started descends from bwrap (or the shell)
+                    sample = _tree_cpu_seconds(proc.pid)
+                    cpu = sample if cpu is None or sample is None else max(cpu, sample)
+                    next_sample = now + _CPU_SAMPLE_SECONDS
+                if budget_limit is not None:
+                    used = cpu / cpu_threads if cpu_threads and cpu is not None else now - start
+                    if used > budget_limit:
+                        stopped = "budget"
+                        break
+                if now >= deadline:
+                    stopped = "timeout"
                     break
-        finally:  # the deadline, or an exception (a cancel's SIGTERM): kill the box
+        finally:  # stopped, or an exception (a cancel's SIGTERM): kill the box
             if code is None:
                 _kill_group(proc, box_pid if box_pid is not None else _child_pid(info))
             else:
@@ -357,7 +397,33 @@ def run_command(
                     os.close(fd)
             for fd in fds:
                 os.close(fd)
-    return code, seconds
+    return Finish(code, seconds, cpu, stopped)
+
+
+_CPU_SAMPLE_SECONDS = 0.5
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _tree_cpu_seconds(root: int) -> float | None:
+    """CPU seconds of ``root`` and every live descendant, plus what they reaped (None without /proc)."""
+    if not os.path.isdir(f"/proc/{root}/task"):
+        return None
+    ticks, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / _CLOCK_TICKS
 
 
 def _child_pid(info: bytearray) -> int | None:
@@ -540,16 +606,22 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
         env["LABFLEET_SIGNING_KEY"] = key
     box = _box(request, spec, cache_dir, log_path)
     allowed = budget + eval_allowance(spec, budget)  # the harness's clock, not the run's
-    code, seconds = run_command(spec.run, source, env, log_path, min(timeout, allowed), box=box)
-    result.exit_code, result.run_seconds = code, seconds
+    # CPU slots: CPU seconds per thread (a loaded machine stretches wall time, not compute); GPU: wall
+    cpu_threads = request.threads if not request.device.startswith(("cuda", "mps")) else None
+    finish = run_measured(spec.run, source, env, log_path, timeout, box=box, budget_limit=allowed,
+                          cpu_threads=cpu_threads)
+    code, seconds = finish.code, finish.seconds
+    result.exit_code, result.run_seconds, result.cpu_seconds = code, seconds, finish.cpu_seconds
 
     # 2'. frozen files, after: a run that changed them is not trusted
     after = workspace.file_hashes(source, spec.frozen)
     changed = [p for p in spec.frozen if after.get(p) != hashes.get(p)]
-    if (code is None and allowed < timeout) or (code is not None and seconds > allowed):
+    if finish.stopped == "budget":
+        used = (f"{finish.cpu_seconds / cpu_threads:.1f} CPU-s per thread" if cpu_threads and finish.cpu_seconds
+                else f"{seconds:.1f} s")
         result.outcome = Outcome.OVER_BUDGET
-        result.reason = (f"ran {seconds:.1f} s, past its budget {budget:g} s + {allowed - budget:g} s "
-                         "evaluation allowance (timed by the harness)")
+        result.reason = (f"stopped at {used}, past its budget {budget:g} s + {allowed - budget:g} s "
+                         "evaluation allowance (measured by the harness)")
         return result
     if code is None:
         result.outcome, result.reason = Outcome.TIMEOUT, f"killed after {timeout:g} s (hard timeout)"

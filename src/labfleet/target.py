@@ -96,8 +96,9 @@ class TargetSpec(BaseModel):
     # The run is started through a frozen launcher and the frozen evaluation signs
     # the metric line with a one-time key (see harness).
     signed: bool = False
-    # Seconds a run may take beyond its budget (start-up, evaluation) before the harness
-    # stops it as over_budget; None: max(20 s, half the budget). Capped by timeout_seconds.
+    # Seconds a run may use beyond its budget (start-up, evaluation) before the harness stops
+    # it as over_budget (CPU seconds per thread on CPU slots, wall seconds on GPUs); None:
+    # max(15 s, half the budget). The wall clock still stops at timeout_seconds.
     eval_allowance_seconds: float | None = Field(default=None, ge=0)
     network: bool = False  # runs reach the network (off: the box has no network namespace)
 
