@@ -300,7 +300,9 @@ def test_every_log_reader_is_bounded(tmp_path):
 
 
 RESOURCES_TRAIN = """\
-import os, evalkit
+import os, tempfile, evalkit
+with tempfile.NamedTemporaryFile() as f:  # /tmp is read-only in the box: TMPDIR is in the run dir
+    f.write(b"scratch")
 evalkit.report(1.5, cpus=len(os.sched_getaffinity(0)), cpu_list="cpu" + ",".join(map(str, sorted(os.sched_getaffinity(0)))),
                omp=os.environ["OMP_NUM_THREADS"], openblas=os.environ["OPENBLAS_NUM_THREADS"],
                visible=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), device=os.environ["LABFLEET_DEVICE"])

@@ -605,6 +605,9 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     if key:
         env["LABFLEET_SIGNING_KEY"] = key
     box = _box(request, spec, cache_dir, log_path)
+    if sandbox.support().boxed:  # /tmp is read-only in the box: temporary files go to the run dir
+        (run_dir / "tmp").mkdir(exist_ok=True)
+        env["TMPDIR"] = str(run_dir / "tmp")
     allowed = budget + eval_allowance(spec, budget)  # the harness's clock, not the run's
     # CPU slots: CPU seconds per thread (a loaded machine stretches wall time, not compute); GPU: wall
     cpu_threads = request.threads if not request.device.startswith(("cuda", "mps")) else None
