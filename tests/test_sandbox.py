@@ -436,3 +436,9 @@ def test_the_fallback_is_loud(tmp_path):
     proc = run_cli("doctor", "-C", str(tmp_path), env={sandbox.BOX_ENV: "off"})
     assert proc.returncode == 0
     assert "OFF" in proc.stdout and "NOT boxed" in proc.stderr
+
+
+def test_a_shared_writable_folder_cannot_expose_the_target(target_factory, tmp_path):
+    target = target_factory(extra_toml=f"writable = [{str(tmp_path)!r}]\n")
+    result = run(target, tmp_path / "elsewhere")
+    assert result.outcome == Outcome.REJECTED and "would let runs write the target" in result.reason

@@ -519,10 +519,17 @@ def _box(request: RunRequest, spec: TargetSpec, cache_dir: Path, log_path: Path)
         raise HarnessError(f"{sandbox.BOX_ENV}=require: {sandbox.support().warning}")
     state = request.target_dir.resolve() / STATE_DIR
     cache = cache_dir.resolve()
+    shared = tuple(Path(os.path.expanduser(p)).resolve() for p in spec.writable)
+    guarded = {"the target": request.target_dir.resolve(), "labfleet's virtualenv": Path(sys.prefix).resolve()}
+    for path in shared:
+        for what, where in guarded.items():
+            if where.is_relative_to(path) or path.is_relative_to(where):
+                raise ConfigError(f"target.writable: {path} would let runs write {what} ({where})")
     return sandbox.Box(
         writable=(request.run_dir.resolve(),),
+        shared=shared,
         hidden=(state,),
-        readonly=(cache,) if cache.is_relative_to(state) else (),
+        readonly=(cache,),  # read-only even inside a shared folder
         protected=(log_path.resolve(),),
         network=spec.network,
         gpu=request.device.startswith("cuda"),

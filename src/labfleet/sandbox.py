@@ -49,8 +49,9 @@ class Box:
     """What one run may touch. Paths that do not exist are skipped."""
 
     writable: tuple[Path, ...] = ()  # the run directory
+    shared: tuple[Path, ...] = ()  # writable host folders the target asked for (tool caches), bound first
     hidden: tuple[Path, ...] = ()  # replaced by an empty tmpfs (the target's .labfleet/)
-    readonly: tuple[Path, ...] = ()  # shown read-only again inside a hidden folder (a setup cache there)
+    readonly: tuple[Path, ...] = ()  # read-only again inside a hidden or shared folder (the setup cache)
     protected: tuple[Path, ...] = ()  # read-only files inside a writable folder (run.log)
     network: bool = False
     gpu: bool = False  # the host's /dev (GPU device nodes) instead of a minimal one
@@ -83,6 +84,9 @@ def _bwrap_flags(box: Box, info_fd: int | None = None) -> list[str]:
     flags += ["--ro-bind", "/", "/", "--proc", "/proc"]
     flags += ["--dev-bind", "/dev", "/dev"] if box.gpu else ["--dev", "/dev"]
     flags += ["--tmpfs", "/dev/shm"] if box.gpu else []
+    for path in box.shared:
+        if path.is_dir():
+            flags += ["--bind", str(path), str(path)]
     for path in box.hidden:
         if path.is_dir():
             flags += ["--tmpfs", str(path)]

@@ -51,6 +51,7 @@ metric = "val_bpb"
 direction = "minimize"
 budget_seconds = 300             # autoresearch's TIME_BUDGET, fixed in prepare.py
 timeout_seconds = 600            # hard limit: start-up, compilation and evaluation included
+writable = ["~/.cache/uv"]       # `uv run` needs its package cache writable inside the run box
 {knobs}"""
 
 

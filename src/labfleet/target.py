@@ -101,6 +101,9 @@ class TargetSpec(BaseModel):
     # max(15 s, half the budget). The wall clock still stops at timeout_seconds.
     eval_allowance_seconds: float | None = Field(default=None, ge=0)
     network: bool = False  # runs reach the network (off: the box has no network namespace)
+    # Host folders (``~`` expanded) a run may write besides its run directory: tool caches
+    # such as uv's. They are shared by every run; nothing of labfleet's may be among them.
+    writable: list[str] = []
 
     @field_validator("editable", "frozen")
     @classmethod
