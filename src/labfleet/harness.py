@@ -5,10 +5,13 @@ It is the only code that touches the training process. Steps, in order:
 1. materialize the version in a fresh run directory: ``git archive`` of the
    commit, plus the experiment's patch (which may touch only editable files);
 2. check the frozen files' hashes against the recorded ones (before and after);
-3. run ``setup`` once per host, cached by the frozen hashes and the command;
+3. run ``setup`` once per host, cached by the frozen hashes and the command; what it
+   writes into the target folder is captured, hashed, verified before every run and
+   linked into each run's snapshot at the same paths (``setup_outputs``);
 4. run ``run`` in its own process group with LABFLEET_* variables, output to
    ``run.log``, the whole group killed at the hard timeout;
-5. parse the ``---`` block and classify the outcome.
+5. read the metric (the ``---`` block, a log pattern or a metrics file: ``metrics``)
+   and classify the outcome.
 
 The result is written to ``result.json`` in the run directory before returning,
 so whoever started the harness can collect it later even if it was not waiting.
@@ -32,6 +35,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,9 +45,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
+from labfleet import metrics, setup_outputs, workspace
 from labfleet.errors import ConfigError, HarnessError, PatchError
-from labfleet.target import CONFIG_FILE, TargetSpec, parse_config
+from labfleet.target import CONFIG_FILE, TargetSpec, parse_config, run_command_for
 
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
@@ -147,28 +151,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- output parsing
 
-_KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s+(\S.*?)\s*$")
-
-
-def parse_block(output: str) -> dict[str, str]:
-    """``key: value`` lines after the last ``---`` line (autoresearch's summary block)."""
-    lines = output.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
-    if not starts:
-        return {}
-    block: dict[str, str] = {}
-    for line in lines[starts[-1] + 1 :]:
-        match = _KEY_VALUE.match(line)
-        if match:
-            block[match.group(1)] = match.group(2)
-    return block
-
-
-def _number(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text
+parse_block = metrics.parse_block  # the `---` block (also the default metric source)
 
 
 def sign(key: str, metric: str, value_text: str) -> str:
@@ -176,24 +159,28 @@ def sign(key: str, metric: str, value_text: str) -> str:
 
 
 def classify(
-    output: str, exit_code: int, spec: TargetSpec, signing_key: str | None
+    output: str, exit_code: int, spec: TargetSpec, signing_key: str | None, metrics_text: str | None = None
 ) -> tuple[Outcome, str, float | None, dict[str, float | str]]:
-    """Outcome, reason, metric and figures from a finished run's output and exit code."""
-    block = parse_block(output)
-    figures = {k: _number(v) for k, v in block.items() if k != "signature"}
+    """Outcome, reason, metric and figures from a finished run's output and exit code.
+
+    The metric comes from the source the target names (``metrics.read``);
+    ``metrics_text`` is the content of its ``metrics_file``, if it has one.
+    """
+    reading = metrics.read(spec, output, metrics_text)
+    block, figures = reading.block, reading.figures
     name = spec.metric
     failed = any(line.strip() == "FAIL" for line in output.splitlines())
     if exit_code != 0:
         if failed:
             return Outcome.NAN, "the run reported FAIL (loss not finite or exploding)", None, figures
         return Outcome.CRASHED, f"exited with code {exit_code}", None, figures
-    if name not in block:
+    if reading.text is None:
         mentioned = re.search(rf"^\s*{re.escape(name)}\s*[:=]", output, re.MULTILINE)
         if signing_key and mentioned:
             return Outcome.SUSPECT, f"{name} printed outside the frozen summary block", None, figures
-        return Outcome.NO_METRIC, f"no `{name}:` line after a `---` line", None, figures
-    value_text = block[name]
-    value = _number(value_text)
+        return Outcome.NO_METRIC, reading.missing, None, figures
+    value_text = reading.text
+    value = metrics.number(value_text)
     if not isinstance(value, float):
         return Outcome.NO_METRIC, f"{name} is not a number: {value_text!r}", None, figures
     if signing_key is not None:
@@ -299,29 +286,84 @@ def setup_cache_dir(cache_root: Path | None, spec: TargetSpec, frozen_hashes: di
 
 
 def ensure_setup(
-    spec: TargetSpec, source: Path, cache_dir: Path, env: dict[str, str], timeout: float = 3600.0
+    spec: TargetSpec, source: Path, cache_dir: Path, env: dict[str, str], timeout: float = 3600.0,
+    notes: list[str] | None = None,
 ) -> tuple[bool, float, str]:
     """Run the target's setup once per cache key; (ok, seconds spent, reason).
 
+    The setup runs in a scratch copy of ``source`` (a fresh export of the version);
+    what it leaves there and in the cache dir is captured and hashed into the marker
+    (see ``setup_outputs``). A marker whose outputs no longer match is not "done": the
+    cache is cleared and the setup runs again, with a line in ``notes`` saying why.
     A file lock makes concurrent workers on one host wait for a single setup.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     done = cache_dir / SETUP_DONE
-    if done.is_file() or not spec.setup:
+    if not spec.setup or _setup_intact(cache_dir)[0]:
         return True, 0.0, ""
     with (cache_dir / "setup.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.is_file():  # another worker finished it while we waited
+        intact, problem = _setup_intact(cache_dir)
+        if intact:  # another worker finished it while we waited
             return True, 0.0, ""
+        if problem:
+            line = f"{problem}: running setup `{spec.setup}` again"
+            print(f"labfleet: {line}", file=sys.stderr, flush=True)
+            if notes is not None:
+                notes.append(line)
+            setup_outputs.clear(cache_dir)
+        done.unlink(missing_ok=True)
+        work = cache_dir / setup_outputs.WORK_DIR
+        if work.exists():
+            shutil.rmtree(work, onerror=setup_outputs.force_remove)
+        tree = work / SOURCE_DIR
+        shutil.copytree(source, tree, symlinks=True)
+        before = setup_outputs.stat_tree(tree)
         log = cache_dir / "setup.log"
         log.write_bytes(b"")
-        code, seconds = run_command(spec.setup, source, env, log, timeout)
-        if code != 0:
-            why = "timed out" if code is None else f"exited with code {code}"
-            tail = _log_tail(log, 1)
-            return False, seconds, f"setup `{spec.setup}` {why}" + (f": {tail}" if tail else "")
-        _write_json_atomic(done, {"command": spec.setup, "seconds": seconds, "at": time.time()})
+        try:
+            code, seconds = run_command(spec.setup, tree, env, log, timeout)
+            if code != 0:
+                why = "timed out" if code is None else f"exited with code {code}"
+                tail = _log_tail(log, 1)
+                return False, seconds, f"setup `{spec.setup}` {why}" + (f": {tail}" if tail else "")
+            keep = {*spec.editable, *spec.frozen, CONFIG_FILE}
+            try:
+                outputs = setup_outputs.capture(
+                    tree, before, lambda rel: setup_outputs.sha256_file(source / rel), cache_dir, keep)
+            except ValueError as exc:
+                return False, seconds, f"setup `{spec.setup}`: {exc}"
+        finally:
+            shutil.rmtree(work, onerror=setup_outputs.force_remove)
+        _write_json_atomic(done, {"command": spec.setup, "seconds": seconds, "at": time.time(),
+                                  "outputs": outputs.to_json()})
         return True, seconds, ""
+
+
+def _setup_intact(cache_dir: Path) -> tuple[bool, str]:
+    """(True, '') when the marker says done and every recorded output is intact;
+    (False, '') with no usable marker; (False, problem) when the outputs changed."""
+    marker = setup_outputs.read_marker(cache_dir / SETUP_DONE)
+    outputs = setup_outputs.Outputs.from_json(marker.get("outputs")) if marker else None
+    if marker is None or outputs is None:
+        return False, ""
+    problem, refreshed = setup_outputs.verify(cache_dir, outputs)
+    if problem:
+        return False, problem
+    if refreshed:  # intact but touched (chmod, utime): remember the new stat, skip the hash next time
+        for rel, signature in refreshed.items():
+            outputs.files[rel]["stat"] = signature
+        try:
+            _write_json_atomic(cache_dir / SETUP_DONE, {**marker, "outputs": outputs.to_json()})
+        except OSError:
+            pass  # a read-only cache: the next run hashes again
+    return True, ""
+
+
+def setup_outputs_of(cache_dir: Path) -> setup_outputs.Outputs | None:
+    """The outputs the setup marker in ``cache_dir`` records (None: no setup ran)."""
+    marker = setup_outputs.read_marker(cache_dir / SETUP_DONE)
+    return setup_outputs.Outputs.from_json(marker.get("outputs")) if marker else None
 
 
 def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = None) -> tuple[Path, float, bool]:
@@ -334,11 +376,10 @@ def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = No
         hashes = workspace.file_hashes(source, spec.frozen)
         cache_dir = setup_cache_dir(cache_root, spec, hashes)
         request = RunRequest(target_dir=target_dir, run_dir=Path(tmp))
-        cached = (cache_dir / SETUP_DONE).is_file()
         ok, seconds, reason = ensure_setup(spec, source, cache_dir, _base_env(request, spec.budget_seconds, cache_dir))
     if not ok:
         raise HarnessError(reason)
-    return cache_dir, seconds, cached
+    return cache_dir, seconds, seconds == 0.0
 
 
 # --------------------------------------------------------------------------- the run
@@ -373,7 +414,8 @@ def run_experiment(request: RunRequest) -> RunResult:
 def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) -> RunResult:
     repo = request.target_dir
     parent = workspace.resolve(repo, request.commit)
-    spec = parse_config(workspace.show_file(repo, parent, CONFIG_FILE)).target
+    config = parse_config(workspace.show_file(repo, parent, CONFIG_FILE))
+    spec = config.target
     result.metric_name = spec.metric
     budget = request.budget_seconds or spec.budget_seconds
     result.budget_seconds = budget
@@ -404,17 +446,24 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     # 3. setup, cached per host by frozen hashes + command
     cache_dir = setup_cache_dir(request.cache_root, spec, hashes)
     env = _base_env(request, budget, cache_dir)
-    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env)
+    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env, notes=result.flags)
     result.setup_seconds, result.setup_cached = seconds, seconds == 0.0
     if not ok:
         result.outcome, result.reason = Outcome.SETUP_FAILED, reason
         return result
+    outputs = setup_outputs_of(cache_dir)
+    if outputs is not None:  # what setup wrote into the target folder, at the same paths
+        setup_outputs.place(source, cache_dir, outputs)
 
-    # 4. run under the hard timeout
+    # 4. run under the hard timeout; `{knob}` placeholders take the version's values
+    command = run_command_for(config, _TextFiles(source))
+    metrics_path = source / spec.metrics_file if spec.metrics_file else None
+    if metrics_path is not None and (metrics_path.is_symlink() or metrics_path.is_file()):
+        metrics_path.unlink()  # the run must write it
     key = secrets.token_hex(32) if spec.signed else None
     if key:
         env["LABFLEET_SIGNING_KEY"] = key
-    code, seconds = run_command(spec.run, source, env, log_path, timeout)
+    code, seconds = run_command(command, source, env, log_path, timeout)
     result.exit_code, result.run_seconds = code, seconds
 
     # 2'. frozen files, after: a run that changed them is not trusted
@@ -426,12 +475,33 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     if changed:
         result.reason = f"frozen file {changed[0]} was modified during the run"
         return result
+    problem = setup_outputs.check(source, cache_dir, outputs) if outputs is not None else ""
+    if problem:
+        result.reason = problem
+        return result
 
     # 5. parse
     output = log_path.read_text(errors="replace")
-    outcome, reason, metric, figures = classify(output, code, spec, key)
+    metrics_text = metrics.read_metrics_file(metrics_path) if metrics_path is not None else None
+    outcome, reason, metric, figures = classify(output, code, spec, key, metrics_text)
     result.outcome, result.reason, result.metric, result.figures = outcome, reason, metric, figures
     return result
+
+
+class _TextFiles(dict[str, str]):
+    """A version's files by relative path, read on first use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, rel: str) -> str:
+        try:
+            text = (self.root / rel).read_text()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"{rel}: cannot read it to fill the run command's knobs") from None
+        self[rel] = text
+        return text
 
 
 def main(argv: list[str] | None = None) -> int:

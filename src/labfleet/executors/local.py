@@ -5,8 +5,8 @@ session (process group), so it outlives a killed orchestrator and finishes its r
 the harness writes ``result.json`` before exiting, and a resumed orchestrator
 ``adopt``s the run by its pid and collects that file.
 
-CPU slots get their own thread count; with ``devices`` (e.g. ["cuda:0", "cuda:1"])
-each slot gets one CUDA device instead.
+CPU slots get their own thread count; with ``devices`` (e.g. ["cuda:0", "cuda:1"], or
+["mps"] on Apple silicon: ``devices.local_devices``) each slot gets one device instead.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def _is_harness(pid: int, run_dir: Path) -> bool:
     return "labfleet.harness" in cmdline and str(run_dir) in cmdline
 
 
+def _hardware_of(device: str) -> str:
+    """The default hardware class of a device: gpu for CUDA, mps for Apple silicon."""
+    return "mps" if device == "mps" else "gpu"
+
+
 class LocalExecutor(Executor):
     name = "local"
 
@@ -78,10 +83,12 @@ class LocalExecutor(Executor):
             raise ExecutorError("--workers must be at least 1")
         if devices and len(devices) < workers:
             raise ExecutorError(f"{workers} workers need {workers} devices, got {len(devices)}")
+        if devices and len(set(devices[:workers])) < workers:
+            raise ExecutorError(f"each worker needs its own device, got {', '.join(devices[:workers])}")
         self._workers = [
             Worker(
                 id=f"local-{i}",
-                hardware=hardware or ("gpu" if devices else "cpu"),
+                hardware=hardware or (_hardware_of(devices[i]) if devices else "cpu"),
                 device=devices[i] if devices else "cpu",
                 threads=threads,
                 price_per_hour=price_per_hour,
