@@ -76,7 +76,7 @@ def test_cli_accepts_device_mps(target_factory, tmp_path):
     result = json.loads(proc.stdout)
     assert result["device"] == "mps" and result["figures"]["device"] == "mps"
     bad = run_cli("baseline", "-C", str(folder), "--device", "metal")
-    assert bad.returncode != 0 and "--device 'metal': use cpu, cuda, cuda:N or mps" in bad.stderr
+    assert bad.returncode != 0 and "--device 'metal': use cpu, cuda, cuda:N, mps or auto" in bad.stderr
     two = run_cli("run", "-C", str(folder), "--device", "mps", "--workers", "2", "--max-experiments", "1")
     assert two.returncode != 0 and "one MPS device, so one worker (got --workers 2)" in two.stderr
 

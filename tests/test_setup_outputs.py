@@ -100,6 +100,7 @@ def test_a_run_that_writes_a_setup_output_is_rejected_and_the_next_run_gets_the_
     assert not honest.setup_cached and setups(cache) == 1  # cleared, then set up again (a fresh count)
     assert honest.flags == ["setup output data/toy/val.bin changed since setup: running setup `python data/toy/prepare.py` again"]
     assert (cache / TREE_DIR / "data/toy/val.bin").stat().st_size > 100
+    assert (tmp_path / "runs" / "honest" / "run.log").read_text().startswith(f"labfleet: {honest.flags[0]}\n")
 
 
 def test_a_run_that_replaces_its_own_copy_of_a_setup_output_is_rejected(nano, tmp_path, _isolated_cache):

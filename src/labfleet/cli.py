@@ -154,7 +154,11 @@ def baseline(
 def _resolve_device(device: str) -> str:
     from labfleet import devices
 
-    return devices.detect() if device == "auto" else devices.check_device(device)
+    if device == "auto":
+        return devices.detect()
+    if not devices.is_device(device):
+        raise LabfleetError(f"--device {device!r}: use cpu, cuda, cuda:N, mps or auto")
+    return device
 
 
 @contextlib.contextmanager

@@ -17,9 +17,13 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 KINDS = ("cpu", "cuda", "mps")
 
 
+def is_device(device: str) -> bool:
+    return _DEVICE.match(device) is not None
+
+
 def check_device(device: str, option: str = "--device") -> str:
     """``device`` if it names a device a run can get, else a one-line error."""
-    if not _DEVICE.match(device):
+    if not is_device(device):
         raise LabfleetError(f"{option} {device!r}: use cpu, cuda, cuda:N or mps")
     return device
 

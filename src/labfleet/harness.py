@@ -315,7 +315,7 @@ def ensure_setup(
         done.unlink(missing_ok=True)
         work = cache_dir / setup_outputs.WORK_DIR
         if work.exists():
-            shutil.rmtree(work, onerror=setup_outputs.force_remove)
+            setup_outputs.remove_tree(work)
         tree = work / SOURCE_DIR
         shutil.copytree(source, tree, symlinks=True)
         before = setup_outputs.stat_tree(tree)
@@ -334,7 +334,7 @@ def ensure_setup(
             except ValueError as exc:
                 return False, seconds, f"setup `{spec.setup}`: {exc}"
         finally:
-            shutil.rmtree(work, onerror=setup_outputs.force_remove)
+            setup_outputs.remove_tree(work)
         _write_json_atomic(done, {"command": spec.setup, "seconds": seconds, "at": time.time(),
                                   "outputs": outputs.to_json()})
         return True, seconds, ""
@@ -446,7 +446,12 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     # 3. setup, cached per host by frozen hashes + command
     cache_dir = setup_cache_dir(request.cache_root, spec, hashes)
     env = _base_env(request, budget, cache_dir)
-    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env, notes=result.flags)
+    notes: list[str] = []
+    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env, notes=notes)
+    if notes:  # the cache was not intact: said in the run's log and its flags
+        result.flags += notes
+        with log_path.open("a") as log:
+            log.writelines(f"labfleet: {note}\n" for note in notes)
     result.setup_seconds, result.setup_cached = seconds, seconds == 0.0
     if not ok:
         result.outcome, result.reason = Outcome.SETUP_FAILED, reason

@@ -232,14 +232,20 @@ def clear(cache_dir: Path) -> None:
         if entry.name == "setup.lock":
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, onerror=force_remove)
+            remove_tree(entry)
         else:
             entry.unlink()
 
 
-def force_remove(func: Any, path: str, _exc: Any) -> None:
-    os.chmod(os.path.dirname(path), 0o700)
-    func(path)
+def remove_tree(path: Path) -> None:
+    """``rm -rf`` that also works when a setup left read-only folders behind."""
+    path.chmod(path.stat().st_mode | stat.S_IRWXU)
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            sub = Path(dirpath) / name
+            if not sub.is_symlink():
+                sub.chmod(sub.stat().st_mode | stat.S_IRWXU)
+    shutil.rmtree(path)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
