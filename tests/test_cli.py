@@ -96,7 +96,7 @@ def test_baseline_that_fails_exits_1_and_shows_why(tmp_path):
 def test_bad_device(tmp_path):
     proc = run_cli("baseline", "-C", str(make_target(tmp_path / "t")), "--device", "tpu")
     assert proc.returncode == 1
-    assert "use cpu, cuda, cuda:N or auto" in proc.stderr
+    assert "use cpu, cuda, cuda:N, mps or auto" in proc.stderr
 
 
 # ---------------------------------------------------------------- autoresearch

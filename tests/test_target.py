@@ -6,8 +6,19 @@ import pytest
 
 from labfleet import workspace
 from labfleet.errors import ConfigError
-from labfleet.target import format_value, knob_patch, load_target, parse_config, read_constant, render_knobs
+from labfleet.target import (
+    command_placeholders,
+    format_value,
+    knob_patch,
+    load_target,
+    parse_config,
+    read_constant,
+    render_command,
+    render_knobs,
+    run_command_for,
+)
 from tests.conftest import make_target
+from tests.nanolike import CONFIG, make_nanolike
 
 VALID = """\
 [target]
@@ -52,7 +63,10 @@ def test_valid_config():
         (("choices = [1, 2, 3, 4]", "choices = []"), "choices must not be empty"),
         (("choices = [1, 2, 3, 4]", "low = 1"), "needs choices = [...] or both low and high"),
         (('N_LAYER = { file = "train.py"', 'N_LAYER = { file = "model.py"'), "knob N_LAYER: file 'model.py' is not listed in target.editable"),
-        (("N_LAYER =", "n_layer ="), "knob 'n_layer' must be an UPPER_CASE constant name"),
+        (("N_LAYER =", "class ="), "knob 'class' must be a Python name (a top-level variable of train.py)"),
+        (("N_LAYER =", '"n-layer" ='), "knob 'n-layer' must be a Python name"),
+        (('run = "python train.py"', 'run = "python train.py --lr={lr}"'), "target.run: placeholder {lr} is not a knob (known: LEARNING_RATE, N_LAYER"),
+        (('run = "python train.py"', "run = \"awk '{print}' x\""), "placeholder {print} is not a knob"),
         (("[knobs]", "[knobs"), "labfleet.toml: invalid TOML"),
         (("[target]\n", ""), "Field required"),
     ],
@@ -137,3 +151,109 @@ def test_knob_patch_is_an_ordinary_diff_that_git_applies(tmp_path):
     with pytest.raises(ConfigError, match="unknown knob 'DEPTH'"):
         knob_patch(target, {"DEPTH": 7})
     assert knob_patch(target, {"N_LAYER": 2}) == ""  # unchanged value: no diff
+
+
+# --------------------------------------------------------------------------- knobs of any name
+
+
+def test_lower_case_knobs_in_a_config_file(tmp_path):
+    folder = make_nanolike(tmp_path / "nano")
+    target = load_target(folder)
+    assert target.read_knobs() == {"learning_rate": 1e-3, "n_layer": 2}
+    patch = knob_patch(target, {"learning_rate": 3e-3, "n_layer": 4})
+    assert patch.startswith("diff --git a/config/train_toy.py b/config/train_toy.py\n")
+    assert "\n+learning_rate = 3e-3  # with baby networks can afford to go a bit higher\n" in patch
+    commit = workspace.commit_patch(folder, "HEAD", patch, "knobs", target.spec.editable)
+    text = workspace.show_file(folder, commit, "config/train_toy.py")
+    assert text == CONFIG.replace("learning_rate = 1e-3", "learning_rate = 3e-3").replace("n_layer = 2", "n_layer = 4")
+
+
+FLAGS_TOML = VALID.replace('run = "python train.py"', 'run = "python train.py --lr={LEARNING_RATE} --layers {N_LAYER} --name={NAME} ${HOME} {{x}}"')
+FLAGS_TOML += 'NAME = { file = "train.py", choices = ["adamw", "it\'s; rm -rf /"] }\n'
+
+
+def test_placeholders_render_knob_values_shell_quoted():
+    config = parse_config(FLAGS_TOML)
+    assert command_placeholders(config.target.run) == ["LEARNING_RATE", "N_LAYER", "NAME"]
+    values = {"LEARNING_RATE": 0.003, "N_LAYER": 4, "NAME": "adamw"}
+    assert render_command(config.target.run, values) == "python train.py --lr=3e-3 --layers 4 --name=adamw ${HOME} {x}"
+    evil = render_command(config.target.run, {**values, "NAME": "it's; rm -rf /"})
+    assert "--name='it'\"'\"'s; rm -rf /'" in evil
+    import shlex
+
+    assert shlex.split(evil)[5] == "--name=it's; rm -rf /"  # one word, exactly the value
+    assert render_command("python t.py --flag={B}", {"B": True}) == "python t.py --flag=True"
+
+
+def test_the_run_command_of_a_version_takes_its_knob_values():
+    config = parse_config(FLAGS_TOML)
+    sources = {"train.py": "LEARNING_RATE = 0.02\nN_LAYER = 1\nNAME = 'adamw'\n"}
+    assert run_command_for(config, sources).startswith("python train.py --lr=0.02 --layers 1 --name=adamw")
+    plain = parse_config(VALID)
+    assert run_command_for(plain, {}) == "python train.py"  # no placeholders: no files read
+
+
+def test_a_flag_configured_script_gets_its_knobs_through_the_command(tmp_path):
+    from labfleet.harness import Outcome, RunRequest, run_experiment
+
+    train = (
+        "import argparse\n"
+        "p = argparse.ArgumentParser()\n"
+        "p.add_argument('--lr', type=float)\n"
+        "p.add_argument('--layers', type=int)\n"
+        "a = p.parse_args()\n"
+        "print(f'final val {a.lr * 100 + a.layers:.4f}')\n"
+    )
+    folder = make_target(tmp_path / "t", train, signed=False, extra_toml=(
+        '[knobs]\nlr = { file = "knobs.py", low = 1e-4, high = 1e-1, log = true }\n'
+        'layers = { file = "knobs.py", choices = [1, 2, 4] }\n'))
+    toml = (folder / "labfleet.toml").read_text()
+    toml = toml.replace('editable = ["train.py"]', 'editable = ["train.py", "knobs.py"]')
+    toml = toml.replace('run = "python train.py"', "run = \"python train.py --lr {lr} --layers={layers}\"\nmetric_pattern = 'final val ([0-9.]+)'")
+    (folder / "labfleet.toml").write_text(toml)
+    (folder / "knobs.py").write_text("# knob values for the command line\nlr = 0.01\nlayers = 2\n")
+    workspace.git(folder, "add", "-A")
+    workspace.git(folder, "commit", "-q", "-m", "flags")
+    target = load_target(folder)
+    base = run_experiment(RunRequest(folder, tmp_path / "base"))
+    assert base.outcome == Outcome.OK and base.metric == 3.0, (base.reason, base.log_tail)
+    patch = knob_patch(target, {"lr": 0.02, "layers": 4})
+    tuned = run_experiment(RunRequest(folder, tmp_path / "tuned", patch=patch))
+    assert tuned.outcome == Outcome.OK and tuned.metric == 6.0
+
+
+# --------------------------------------------------------------------------- dirty or not
+
+
+def test_untracked_files_beside_the_target_are_not_changes(tmp_path):
+    folder = make_nanolike(tmp_path / "nano")
+    target = load_target(folder)
+    (folder / "run.log").write_text("a log")
+    (folder / "notes.md").write_text("notes")
+    (folder / "scratch").mkdir()
+    (folder / "scratch" / "try.py").write_text("x = 1")
+    (folder / "data/toy/train.bin").write_bytes(b"ignored anyway")
+    assert target.uncommitted() == []
+    (folder / "config/train_toy.py").write_text(CONFIG.replace("1e-3", "2e-3"))  # a tracked editable file
+    (folder / "README.md").write_text("x")  # untracked, not a target file: still fine
+    assert target.uncommitted() == ["config/train_toy.py"]
+    workspace.git(folder, "checkout", "--", "config/train_toy.py")
+    (folder / ".gitignore").write_text("*.bin\n")  # a tracked file that is neither editable nor frozen
+    assert target.uncommitted() == [".gitignore"]
+
+
+def test_an_untracked_target_file_is_a_change(tmp_path):
+    folder = make_nanolike(tmp_path / "nano")
+    workspace.git(folder, "rm", "-q", "--cached", "model.py")
+    workspace.git(folder, "commit", "-q", "-m", "untrack model.py")
+    assert load_target(folder).uncommitted() == ["model.py"]
+
+
+def test_a_session_refuses_a_dirty_target_naming_the_file(tmp_path):
+    from tests.conftest import run_cli
+
+    folder = make_nanolike(tmp_path / "nano")
+    (folder / "model.py").write_text("def bias():\n    return 1.0\n")
+    proc = run_cli("run", "-C", str(folder), "--researcher", "random", "--max-experiments", "1")
+    assert proc.returncode != 0
+    assert "uncommitted changes (model.py)" in proc.stderr + proc.stdout

@@ -127,7 +127,7 @@ def baseline(
     budget: Annotated[
         float | None, typer.Option(help="Training budget in seconds (default: the target's).", min=0.1)
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto.")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps, or auto.")] = "auto",
     threads: Annotated[int, typer.Option(help="CPU threads for the run.", min=1)] = 1,
     as_json: JsonOption = False,
 ) -> None:
@@ -162,16 +162,13 @@ def baseline(
 
 
 def _resolve_device(device: str) -> str:
-    if device != "auto":
-        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-            raise LabfleetError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
-        return device
-    try:
-        import torch  # only to detect a GPU
+    from labfleet import devices
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    if device == "auto":
+        return devices.detect()
+    if not devices.is_device(device):
+        raise LabfleetError(f"--device {device!r}: use cpu, cuda, cuda:N, mps or auto")
+    return device
 
 
 @contextlib.contextmanager
@@ -266,7 +263,7 @@ def run(
     fleet: Annotated[str | None, typer.Option(help="fleet.toml for --executor skypilot (pools of clusters).")] = None,
     labfleet_spec: Annotated[str | None, typer.Option(help="What clusters pip-install for --executor skypilot: a version pin or a git URL. (default labfleet)")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker: cuda:0, cuda:1, ...). (default cpu)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda (one GPU per worker: cuda:0, cuda:1, ...), or mps (Apple silicon, one worker). (default cpu)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest session (error if there is none to continue).")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start a new session even if the latest one is unfinished.")] = False,
 ) -> None:
@@ -299,7 +296,7 @@ def serve(
     budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=0.1)] = None,
     hours: Annotated[float | None, typer.Option(help="Stop after this many hours (default: until Ctrl-C).", min=0)] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per worker. (default 1)", min=1)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, or cuda (one GPU per worker). (default cpu)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda (one GPU per worker), or mps (Apple silicon, one worker). (default cpu)")] = None,
     hardware: Annotated[str | None, typer.Option(help="Hardware class name of this machine's workers.")] = None,
     price: Annotated[float | None, typer.Option(help="Dollars per hour of one worker, for cost figures.", min=0)] = None,
     max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop once the fleet has cost this much.", min=0)] = None,
@@ -342,8 +339,8 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
         else:
             config = SessionConfig(**given, researcher_options=llm)
-        if config.device not in ("cpu", "cuda"):
-            raise LabfleetError(f"--device {config.device!r}: use cpu or cuda")
+        if config.device not in ("cpu", "cuda", "mps"):
+            raise LabfleetError(f"--device {config.device!r}: use cpu, cuda or mps")
         from labfleet import frozen, sandbox
 
         # changed frozen files refuse before anything runs (a new session checks in start_session)
@@ -398,7 +395,9 @@ def _make_executor(config: Any, root: Path) -> Any:
         raise LabfleetError(f"--executor {config.executor!r}: use local, ray or skypilot")
     from labfleet.executors.local import LocalExecutor
 
-    devices = [f"cuda:{i}" for i in range(config.workers)] if config.device == "cuda" else None
+    from labfleet.devices import local_devices
+
+    devices = local_devices(config.device, config.workers)
     return LocalExecutor(config.workers, threads=config.threads, devices=devices,
                          hardware=config.hardware, price_per_hour=config.price)
 

@@ -5,7 +5,9 @@ It is the only code that touches the training process. Steps, in order:
 1. materialize the version in a fresh run directory: ``git archive`` of the
    commit, plus the experiment's patch (which may touch only editable files);
 2. check the frozen files' hashes against the recorded ones (before and after);
-3. run ``setup`` once per host, cached by the frozen hashes and the command;
+3. run ``setup`` once per host, cached by the frozen hashes and the command; what it
+   writes into the target folder is captured, hashed, verified before every run and
+   linked into each run's snapshot at the same paths (``setup_outputs``);
 4. run ``run`` in a box (``sandbox``: own PID namespace, read-only filesystem but
    the run directory, no network, the slot's CPUs; a process group where no box
    can be built) with LABFLEET_* variables, output capped into ``run.log``
@@ -13,7 +15,8 @@ It is the only code that touches the training process. Steps, in order:
    allowance (``over_budget``: measured by the harness, not reported by the run:
    CPU seconds per thread on CPU slots, so a loaded machine does not count against
    a run; wall seconds on GPUs) or at the hard timeout;
-5. parse the ``---`` block and classify the outcome.
+5. read the metric (the ``---`` block, a log pattern or a metrics file: ``metrics``)
+   and classify the outcome.
 
 The result is written to ``result.json`` in the run directory before returning,
 after the box is empty, so whoever started the harness can collect it later even
@@ -49,9 +52,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from labfleet import logs, sandbox, workspace
+from labfleet import logs, metrics, sandbox, setup_outputs, workspace
 from labfleet.errors import ConfigError, HarnessError, PatchError
-from labfleet.target import CONFIG_FILE, STATE_DIR, TargetSpec, parse_config
+from labfleet.target import CONFIG_FILE, STATE_DIR, TargetSpec, parse_config, run_command_for
 
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
@@ -173,28 +176,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- output parsing
 
-_KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s+(\S.*?)\s*$")
-
-
-def parse_block(output: str) -> dict[str, str]:
-    """``key: value`` lines after the last ``---`` line (autoresearch's summary block)."""
-    lines = output.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
-    if not starts:
-        return {}
-    block: dict[str, str] = {}
-    for line in lines[starts[-1] + 1 :]:
-        match = _KEY_VALUE.match(line)
-        if match:
-            block[match.group(1)] = match.group(2)
-    return block
-
-
-def _number(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text
+parse_block = metrics.parse_block  # the `---` block (also the default metric source)
 
 
 def sign(key: str, metric: str, value_text: str) -> str:
@@ -202,24 +184,28 @@ def sign(key: str, metric: str, value_text: str) -> str:
 
 
 def classify(
-    output: str, exit_code: int, spec: TargetSpec, signing_key: str | None
+    output: str, exit_code: int, spec: TargetSpec, signing_key: str | None, metrics_text: str | None = None
 ) -> tuple[Outcome, str, float | None, dict[str, float | str]]:
-    """Outcome, reason, metric and figures from a finished run's output and exit code."""
-    block = parse_block(output)
-    figures = {k: _number(v) for k, v in block.items() if k != "signature"}
+    """Outcome, reason, metric and figures from a finished run's output and exit code.
+
+    The metric comes from the source the target names (``metrics.read``);
+    ``metrics_text`` is the content of its ``metrics_file``, if it has one.
+    """
+    reading = metrics.read(spec, output, metrics_text)
+    block, figures = reading.block, reading.figures
     name = spec.metric
     failed = any(line.strip() == "FAIL" for line in output.splitlines())
     if exit_code != 0:
         if failed:
             return Outcome.NAN, "the run reported FAIL (loss not finite or exploding)", None, figures
         return Outcome.CRASHED, f"exited with code {exit_code}", None, figures
-    if name not in block:
+    if reading.text is None:
         mentioned = re.search(rf"^\s*{re.escape(name)}\s*[:=]", output, re.MULTILINE)
         if signing_key and mentioned:
             return Outcome.SUSPECT, f"{name} printed outside the frozen summary block", None, figures
-        return Outcome.NO_METRIC, f"no `{name}:` line after a `---` line", None, figures
-    value_text = block[name]
-    value = _number(value_text)
+        return Outcome.NO_METRIC, reading.missing, None, figures
+    value_text = reading.text
+    value = metrics.number(value_text)
     if not isinstance(value, float):
         return Outcome.NO_METRIC, f"{name} is not a number: {value_text!r}", None, figures
     if signing_key is not None:
@@ -461,29 +447,84 @@ def setup_cache_dir(cache_root: Path | None, spec: TargetSpec, frozen_hashes: di
 
 
 def ensure_setup(
-    spec: TargetSpec, source: Path, cache_dir: Path, env: dict[str, str], timeout: float = 3600.0
+    spec: TargetSpec, source: Path, cache_dir: Path, env: dict[str, str], timeout: float = 3600.0,
+    notes: list[str] | None = None,
 ) -> tuple[bool, float, str]:
     """Run the target's setup once per cache key; (ok, seconds spent, reason).
 
+    The setup runs in a scratch copy of ``source`` (a fresh export of the version);
+    what it leaves there and in the cache dir is captured and hashed into the marker
+    (see ``setup_outputs``). A marker whose outputs no longer match is not "done": the
+    cache is cleared and the setup runs again, with a line in ``notes`` saying why.
     A file lock makes concurrent workers on one host wait for a single setup.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     done = cache_dir / SETUP_DONE
-    if done.is_file() or not spec.setup:
+    if not spec.setup or _setup_intact(cache_dir)[0]:
         return True, 0.0, ""
     with (cache_dir / "setup.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.is_file():  # another worker finished it while we waited
+        intact, problem = _setup_intact(cache_dir)
+        if intact:  # another worker finished it while we waited
             return True, 0.0, ""
+        if problem:
+            line = f"{problem}: running setup `{spec.setup}` again"
+            print(f"labfleet: {line}", file=sys.stderr, flush=True)
+            if notes is not None:
+                notes.append(line)
+            setup_outputs.clear(cache_dir)
+        done.unlink(missing_ok=True)
+        work = cache_dir / setup_outputs.WORK_DIR
+        if work.exists():
+            setup_outputs.remove_tree(work)
+        tree = work / SOURCE_DIR
+        shutil.copytree(source, tree, symlinks=True)
+        before = setup_outputs.stat_tree(tree)
         log = cache_dir / "setup.log"
         log.write_bytes(b"")
-        code, seconds = run_command(spec.setup, source, env, log, timeout)
-        if code != 0:
-            why = "timed out" if code is None else f"exited with code {code}"
-            tail = _log_tail(log, 1)
-            return False, seconds, f"setup `{spec.setup}` {why}" + (f": {tail}" if tail else "")
-        _write_json_atomic(done, {"command": spec.setup, "seconds": seconds, "at": time.time()})
+        try:
+            code, seconds = run_command(spec.setup, tree, env, log, timeout)
+            if code != 0:
+                why = "timed out" if code is None else f"exited with code {code}"
+                tail = _log_tail(log, 1)
+                return False, seconds, f"setup `{spec.setup}` {why}" + (f": {tail}" if tail else "")
+            keep = {*spec.editable, *spec.frozen, CONFIG_FILE}
+            try:
+                outputs = setup_outputs.capture(
+                    tree, before, lambda rel: setup_outputs.sha256_file(source / rel), cache_dir, keep)
+            except ValueError as exc:
+                return False, seconds, f"setup `{spec.setup}`: {exc}"
+        finally:
+            setup_outputs.remove_tree(work)
+        _write_json_atomic(done, {"command": spec.setup, "seconds": seconds, "at": time.time(),
+                                  "outputs": outputs.to_json()})
         return True, seconds, ""
+
+
+def _setup_intact(cache_dir: Path) -> tuple[bool, str]:
+    """(True, '') when the marker says done and every recorded output is intact;
+    (False, '') with no usable marker; (False, problem) when the outputs changed."""
+    marker = setup_outputs.read_marker(cache_dir / SETUP_DONE)
+    outputs = setup_outputs.Outputs.from_json(marker.get("outputs")) if marker else None
+    if marker is None or outputs is None:
+        return False, ""
+    problem, refreshed = setup_outputs.verify(cache_dir, outputs)
+    if problem:
+        return False, problem
+    if refreshed:  # intact but touched (chmod, utime): remember the new stat, skip the hash next time
+        for rel, signature in refreshed.items():
+            outputs.files[rel]["stat"] = signature
+        try:
+            _write_json_atomic(cache_dir / SETUP_DONE, {**marker, "outputs": outputs.to_json()})
+        except OSError:
+            pass  # a read-only cache: the next run hashes again
+    return True, ""
+
+
+def setup_outputs_of(cache_dir: Path) -> setup_outputs.Outputs | None:
+    """The outputs the setup marker in ``cache_dir`` records (None: no setup ran)."""
+    marker = setup_outputs.read_marker(cache_dir / SETUP_DONE)
+    return setup_outputs.Outputs.from_json(marker.get("outputs")) if marker else None
 
 
 def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = None) -> tuple[Path, float, bool]:
@@ -496,11 +537,10 @@ def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = No
         hashes = workspace.file_hashes(source, spec.frozen)
         cache_dir = setup_cache_dir(cache_root, spec, hashes)
         request = RunRequest(target_dir=target_dir, run_dir=Path(tmp))
-        cached = (cache_dir / SETUP_DONE).is_file()
         ok, seconds, reason = ensure_setup(spec, source, cache_dir, _base_env(request, spec.budget_seconds, cache_dir))
     if not ok:
         raise HarnessError(reason)
-    return cache_dir, seconds, cached
+    return cache_dir, seconds, seconds == 0.0
 
 
 # --------------------------------------------------------------------------- the run
@@ -570,7 +610,8 @@ def run_experiment(request: RunRequest) -> RunResult:
 def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) -> RunResult:
     repo = request.target_dir
     parent = workspace.resolve(repo, request.commit)
-    spec = parse_config(workspace.show_file(repo, parent, CONFIG_FILE)).target
+    config = parse_config(workspace.show_file(repo, parent, CONFIG_FILE))
+    spec = config.target
     result.metric_name = spec.metric
     budget = request.budget_seconds or spec.budget_seconds
     result.budget_seconds = budget
@@ -601,13 +642,26 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     # 3. setup, cached per host by frozen hashes + command
     cache_dir = setup_cache_dir(request.cache_root, spec, hashes)
     env = _base_env(request, budget, cache_dir)
-    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env)
+    notes: list[str] = []
+    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env, notes=notes)
+    if notes:  # the cache was not intact: said in the run's log and its flags
+        result.flags += notes
+        with log_path.open("a") as log:
+            log.writelines(f"labfleet: {note}\n" for note in notes)
     result.setup_seconds, result.setup_cached = seconds, seconds == 0.0
     if not ok:
         result.outcome, result.reason = Outcome.SETUP_FAILED, reason
         return result
+    outputs = setup_outputs_of(cache_dir)
+    if outputs is not None:  # what setup wrote into the target folder, at the same paths
+        setup_outputs.place(source, cache_dir, outputs)
 
-    # 4. run in the box, under budget + evaluation allowance and the hard timeout
+    # 4. run in the box, under budget + evaluation allowance and the hard timeout;
+    # `{knob}` placeholders take the version's values
+    command = run_command_for(config, _TextFiles(source))
+    metrics_path = source / spec.metrics_file if spec.metrics_file else None
+    if metrics_path is not None and (metrics_path.is_symlink() or metrics_path.is_file()):
+        metrics_path.unlink()  # the run must write it
     key = secrets.token_hex(32) if spec.signed else None
     if key:
         env["LABFLEET_SIGNING_KEY"] = key
@@ -618,7 +672,7 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     allowed = budget + eval_allowance(spec, budget)  # the harness's clock, not the run's
     # CPU slots: CPU seconds per thread (a loaded machine stretches wall time, not compute); GPU: wall
     cpu_threads = request.threads if not request.device.startswith(("cuda", "mps")) else None
-    finish = run_measured(spec.run, source, env, log_path, timeout, box=box, budget_limit=allowed,
+    finish = run_measured(command, source, env, log_path, timeout, box=box, budget_limit=allowed,
                           cpu_threads=cpu_threads)
     code, seconds = finish.code, finish.seconds
     result.exit_code, result.run_seconds, result.cpu_seconds = code, seconds, finish.cpu_seconds
@@ -639,12 +693,33 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     if changed:
         result.reason = f"frozen file {changed[0]} was modified during the run"
         return result
+    problem = setup_outputs.check(source, cache_dir, outputs) if outputs is not None else ""
+    if problem:
+        result.reason = problem
+        return result
 
     # 5. parse (bounded: the capped log, never more than its head and tail)
     output = logs.read_bounded(log_path)
-    outcome, reason, metric, figures = classify(output, code, spec, key)
+    metrics_text = metrics.read_metrics_file(metrics_path) if metrics_path is not None else None
+    outcome, reason, metric, figures = classify(output, code, spec, key, metrics_text)
     result.outcome, result.reason, result.metric, result.figures = outcome, reason, metric, figures
     return result
+
+
+class _TextFiles(dict[str, str]):
+    """A version's files by relative path, read on first use."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, rel: str) -> str:
+        try:
+            text = (self.root / rel).read_text()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"{rel}: cannot read it to fill the run command's knobs") from None
+        self[rel] = text
+        return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,12 @@
 Every problem becomes a one-line ``ConfigError`` naming the key, e.g.
 ``labfleet.toml: target.budget_seconds: must be greater than 0``.
 
-Knobs are top-level UPPER_CASE constants in editable files. ``render_knobs`` rewrites
+Knobs are top-level names assigned a literal in editable Python files (``LEARNING_RATE``
+in a train.py, ``learning_rate`` in a nanoGPT config file). ``render_knobs`` rewrites
 their assignments in place and ``knob_patch`` turns knob values into an ordinary
-unified diff, so a knob experiment is just another patch.
+unified diff, so a knob experiment is just another patch. A ``{name}`` placeholder in
+``run`` passes a knob to a script configured by flags: ``render_command`` fills it with
+the knob's value in the version being run, shell-quoted.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
+import keyword
 import math
 import re
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +35,19 @@ CONFIG_FILE = "labfleet.toml"
 STATE_DIR = ".labfleet"  # per-target ledger, runs and logs; git-excluded
 KnobValue = int | float | str | bool
 
-_KNOB_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_KNOB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# `{name}` in the run command; `{{`/`}}` are literal braces and `${VAR}` is left to the shell
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|(?<!\$)\{([^{}]*)\}")
+
+
+def _one_group_pattern(value: str, what: str) -> str:
+    try:
+        compiled = re.compile(value, re.MULTILINE)
+    except re.error as exc:
+        raise ValueError(f"{what} {value!r} is not a valid regular expression: {exc}") from None
+    if compiled.groups != 1:
+        raise ValueError(f"{what} {value!r} needs exactly one group (...) around the number, has {compiled.groups}")
+    return value
 
 
 def _relative_path(value: str) -> str:
@@ -104,17 +121,51 @@ class TargetSpec(BaseModel):
     # Host folders (``~`` expanded) a run may write besides its run directory: tool caches
     # such as uv's. They are shared by every run; nothing of labfleet's may be among them.
     writable: list[str] = []
+    # Where the metric comes from; default: the `key: value` block after a `---` line.
+    # A regular expression with one group: its last match in the run's output.
+    metric_pattern: str = ""
+    # Or a JSON object the run writes (path relative to the target folder), key = metric.
+    metrics_file: str = ""
+    # Extra figures (steps, tokens/s, memory): name -> regular expression with one group.
+    figures: dict[str, str] = {}
 
     @field_validator("editable", "frozen")
     @classmethod
     def _paths(cls, values: list[str]) -> list[str]:
         return [_relative_path(v) for v in values]
 
+    @field_validator("metric_pattern")
+    @classmethod
+    def _metric_pattern(cls, value: str) -> str:
+        return _one_group_pattern(value, "metric_pattern") if value else value
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _metrics_file(cls, value: str) -> str:
+        return _relative_path(value) if value else value
+
+    @field_validator("figures")
+    @classmethod
+    def _figures(cls, values: dict[str, str]) -> dict[str, str]:
+        for name, pattern in values.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"figure name {name!r} must be a plain identifier")
+            _one_group_pattern(pattern, f"figure {name}:")
+        return values
+
     @model_validator(mode="after")
     def _consistent(self) -> TargetSpec:
         both = sorted(set(self.editable) & set(self.frozen))
         if both:
             raise ValueError(f"{both[0]!r} is listed as both editable and frozen")
+        if self.metric_pattern and self.metrics_file:
+            raise ValueError("give metric_pattern or metrics_file, not both")
+        if self.signed and (self.metric_pattern or self.metrics_file):
+            raise ValueError("signed = true needs the metric in the `---` block (no metric_pattern or metrics_file)")
+        if self.metric in self.figures:
+            raise ValueError(f"figure {self.metric!r} is the metric itself")
+        if self.metrics_file in {*self.editable, *self.frozen}:
+            raise ValueError(f"metrics_file {self.metrics_file!r} is a target file: the run must write it")
         if self.timeout_seconds <= self.budget_seconds:
             raise ValueError(
                 f"timeout_seconds ({self.timeout_seconds:g}) must exceed "
@@ -165,10 +216,15 @@ class TargetConfig(BaseModel):
     @model_validator(mode="after")
     def _knobs_in_editable_files(self) -> TargetConfig:
         for name, knob in self.knobs.items():
-            if not _KNOB_NAME.match(name):
-                raise ValueError(f"knob {name!r} must be an UPPER_CASE constant name")
+            if not _KNOB_NAME.match(name) or keyword.iskeyword(name):
+                raise ValueError(f"knob {name!r} must be a Python name (a top-level variable of {knob.file})")
             if knob.file not in self.target.editable:
                 raise ValueError(f"knob {name}: file {knob.file!r} is not listed in target.editable")
+        for name in command_placeholders(self.target.run):
+            if name not in self.knobs:
+                known = ", ".join(self.knobs) or "none"
+                raise ValueError(f"target.run: placeholder {{{name}}} is not a knob (known: {known}; "
+                                 "write {{ and }} for literal braces)")
         return self
 
 
@@ -225,6 +281,7 @@ class Target:
     def uncommitted(self) -> list[str]:
         """Files that differ from HEAD (labfleet's own state folder is git-excluded first).
 
+        Untracked files count only when they are editable, frozen or labfleet.toml.
         Raises ``ConfigError`` when the folder is not a git repo: labfleet runs commits.
         """
         from labfleet import workspace  # git only where it is needed
@@ -232,7 +289,7 @@ class Target:
         if not workspace.is_repo(self.root):
             raise ConfigError(f"{self.root} is not a git repo (labfleet records versions as commits)")
         workspace.exclude_path(self.root, f"/{STATE_DIR}/")
-        return workspace.dirty_files(self.root)
+        return workspace.dirty_files(self.root, {*self.spec.editable, *self.spec.frozen, CONFIG_FILE})
 
     def read_knobs(self, sources: Mapping[str, str] | None = None) -> dict[str, KnobValue]:
         """Current values of all knobs, read from ``sources`` (path -> text) or the folder."""
@@ -372,3 +429,33 @@ def knob_patch(
         parts.append(unified_diff(file, old, render_knobs(old, file_values, file)))
     return "".join(parts)
 
+
+
+def command_placeholders(command: str) -> list[str]:
+    """The ``{name}`` placeholders of a run command, in order (``{{``, ``}}``, ``${VAR}`` are not)."""
+    return [m.group(1) for m in _PLACEHOLDER.finditer(command) if m.group(1) is not None]
+
+
+def command_value(value: KnobValue) -> str:
+    """A knob value as a command-line word (before quoting): 0.001, 3e-4, 8, True, or the string."""
+    return value if isinstance(value, str) else format_value(value)
+
+
+def render_command(command: str, values: Mapping[str, KnobValue]) -> str:
+    """``command`` with each ``{name}`` replaced by its knob value, quoted for the shell."""
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group(0)[0]  # {{ -> {, }} -> }
+        return shlex.quote(command_value(values[match.group(1)]))
+
+    return _PLACEHOLDER.sub(fill, command)
+
+
+def run_command_for(config: TargetConfig, sources: Mapping[str, str]) -> str:
+    """The run command of a version: its placeholders filled from the knob files in ``sources``."""
+    names = command_placeholders(config.target.run)
+    if not names:
+        return config.target.run
+    values = {name: read_constant(sources[config.knobs[name].file], name, config.knobs[name].file) for name in names}
+    return render_command(config.target.run, values)

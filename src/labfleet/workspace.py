@@ -73,10 +73,31 @@ def resolve(repo: Path, rev: str = "HEAD") -> str:
         raise GitError(f"{rev!r} is not a commit in {repo}") from None
 
 
-def dirty_files(repo: Path) -> list[str]:
-    """Tracked or untracked-not-ignored files that differ from HEAD."""
-    out = git(repo, "status", "--porcelain", "--untracked-files=normal")
-    return [line[3:] for line in out.splitlines() if line.strip()]
+def dirty_files(repo: Path, relevant: Iterable[str] | None = None) -> list[str]:
+    """Files that differ from HEAD: every changed tracked file, and untracked (not ignored) ones.
+
+    With ``relevant`` (the target's editable and frozen files and its labfleet.toml), an
+    untracked file counts only if it is one of those: a ``run.log`` or ``notes.md``
+    beside the target never reaches a run (runs are built from commits), so it is not
+    a change to the target.
+    """
+    out = git(repo, "status", "--porcelain", "-z", "--untracked-files=all")
+    wanted = set(relevant) if relevant is not None else None
+    fields = out.split("\0")
+    files: list[str] = []
+    i = 0
+    while i < len(fields):
+        entry = fields[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        status, path = entry[:2], entry[3:]
+        if status[0] in "RC":  # a rename or copy: the source path follows as its own field
+            i += 1
+        if status == "??" and wanted is not None and path not in wanted:
+            continue
+        files.append(path)
+    return files
 
 
 def init_repo(folder: Path, message: str) -> str:

@@ -5,10 +5,11 @@ session (process group), so it outlives a killed orchestrator and finishes its r
 the harness writes ``result.json`` before exiting, and a resumed orchestrator
 ``adopt``s the run by its pid and collects that file.
 
-CPU slots get their own thread count; with ``devices`` (e.g. ["cuda:0", "cuda:1"])
-each slot gets one CUDA device instead. Each slot is pinned to its own CPUs
-(``threads`` of them, wrapping around when slots outnumber cores) and, with
-``memory_mb``, gets an address-space limit; the harness applies both (``sandbox``).
+CPU slots get their own thread count; with ``devices`` (e.g. ["cuda:0", "cuda:1"], or
+["mps"] on Apple silicon: ``devices.local_devices``) each slot gets one device instead.
+Each slot is pinned to its own CPUs (``threads`` of them, wrapping around when slots
+outnumber cores) and, with ``memory_mb``, gets an address-space limit; the harness
+applies both (``sandbox``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def _is_harness(pid: int, run_dir: Path) -> bool:
     return "labfleet.harness" in cmdline and str(run_dir) in cmdline
 
 
+def _hardware_of(device: str) -> str:
+    """The default hardware class of a device: gpu for CUDA, mps for Apple silicon."""
+    return "mps" if device == "mps" else "gpu"
+
+
 class LocalExecutor(Executor):
     name = "local"
 
@@ -82,10 +88,12 @@ class LocalExecutor(Executor):
             raise ExecutorError("--workers must be at least 1")
         if devices and len(devices) < workers:
             raise ExecutorError(f"{workers} workers need {workers} devices, got {len(devices)}")
+        if devices and len(set(devices[:workers])) < workers:
+            raise ExecutorError(f"each worker needs its own device, got {', '.join(devices[:workers])}")
         self._workers = [
             Worker(
                 id=f"local-{i}",
-                hardware=hardware or ("gpu" if devices else "cpu"),
+                hardware=hardware or (_hardware_of(devices[i]) if devices else "cpu"),
                 device=devices[i] if devices else "cpu",
                 threads=threads,
                 price_per_hour=price_per_hour,

@@ -48,7 +48,9 @@ USE_COMPILE = False  # torch.compile on CUDA (costs ~20 s of compilation: worth 
 
 BUDGET_SECONDS = float(os.environ.get("LABFLEET_BUDGET_SECONDS", "30"))
 SEED = int(os.environ.get("LABFLEET_SEED", "0"))
-DEVICE = os.environ.get("LABFLEET_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE = os.environ.get("LABFLEET_DEVICE") or (
+    "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+)
 THREADS = int(os.environ.get("LABFLEET_THREADS", "1"))
 
 # --------------------------------------------------------------------------- model
@@ -102,9 +104,17 @@ start_time = time.time()
 torch.manual_seed(SEED)
 rng = np.random.default_rng(SEED)
 cuda = DEVICE.startswith("cuda")
+mps = DEVICE == "mps"  # Apple silicon: float32 (no autocast), no fused optimizer, no compile
+if cuda and not torch.cuda.is_available():
+    sys.exit(f"LABFLEET_DEVICE={DEVICE} but torch sees no CUDA device")
+if mps and not torch.backends.mps.is_available():
+    sys.exit("LABFLEET_DEVICE=mps but torch sees no MPS device (Apple silicon, macOS 12.3+)")
 if cuda:
     torch.backends.cuda.matmul.allow_tf32 = True
     autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+elif mps:
+    torch.set_num_threads(THREADS)
+    autocast = torch.autocast("cpu", enabled=False)  # a no-op context: MPS trains in float32
 else:
     torch.set_num_threads(THREADS)
     torch.set_flush_denormal(True)  # denormals slow high-learning-rate runs by ~40% on CPU
@@ -133,6 +143,8 @@ def lr_at(progress: float) -> float:
 def sync() -> None:
     if cuda:
         torch.cuda.synchronize()
+    elif mps:
+        torch.mps.synchronize()
 
 
 # --------------------------------------------------------------------------- training loop
@@ -195,6 +207,8 @@ if cuda:
     peak = next((f for key, f in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12)) if key in name), None)
     if peak:
         figures["mfu_percent"] = 100 * flops_per_token * tokens_per_second / peak
+elif mps:  # MPS has no peak counter: the driver's allocation at the end
+    figures["mps_memory_mb"] = torch.mps.driver_allocated_memory() / 2**20
 else:
     figures["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 prepare.print_summary(figures)
