@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from labfleet import harness, workspace
+from labfleet import harness, sandbox, workspace
 from labfleet.executors import conformance
 from labfleet.executors.base import Job
 from labfleet.harness import Outcome, RunRequest, run_experiment
@@ -79,17 +79,34 @@ def test_setup_outputs_reach_every_run_as_links_into_the_read_only_cache(nano, t
     assert not (cache / ".setup-work").exists()
 
 
-def test_a_run_that_writes_a_setup_output_is_rejected_and_the_next_run_gets_the_data_again(nano, tmp_path, _isolated_cache):
-    # editable code overwrites the validation data through its snapshot's path, as root
-    # (the read-only mode does not stop root), to make its own evaluation easy
-    forge = (
-        "    import os\n"
-        "    path = 'data/toy/val.bin'\n"
-        "    os.chmod(os.path.realpath(path), 0o644)\n"
-        "    open(path, 'wb').write(b'\\0' * 100)\n"
-        "    return 0.0\n"
-    )
-    bad = run(nano, tmp_path, "bad", patch=model_patch(nano, forge))
+FORGE_VAL = (  # editable code overwrites the validation data through its snapshot's path, as
+    # root (the read-only mode does not stop root), to make its own evaluation easy
+    "    import os\n"
+    "    path = 'data/toy/val.bin'\n"
+    "    os.chmod(os.path.realpath(path), 0o644)\n"
+    "    open(path, 'wb').write(b'\\0' * 100)\n"
+    "    return 0.0\n"
+)
+
+
+@pytest.mark.skipif(not sandbox.support().boxed, reason=f"no run box here: {sandbox.support().warning}")
+def test_in_the_box_a_run_cannot_write_a_setup_output(nano, tmp_path, _isolated_cache):
+    bad = run(nano, tmp_path, "bad", patch=model_patch(nano, FORGE_VAL))
+    assert bad.outcome == Outcome.CRASHED and "Read-only file system" in bad.log_tail
+    cache = cache_of(bad, _isolated_cache)
+    honest = run(nano, tmp_path, "honest")  # the cache is untouched: no second setup
+    assert honest.outcome == Outcome.OK and honest.metric == pytest.approx(val_loss())
+    assert honest.setup_cached and setups(cache) == 1 and not honest.flags
+
+
+def test_a_run_that_writes_a_setup_output_is_rejected_and_the_next_run_gets_the_data_again(
+    nano, tmp_path, _isolated_cache, monkeypatch, request
+):
+    # the second defence, where no box can be built: the harness's check after the run
+    monkeypatch.setenv(sandbox.BOX_ENV, "off")
+    sandbox.support.cache_clear()
+    request.addfinalizer(sandbox.support.cache_clear)
+    bad = run(nano, tmp_path, "bad", patch=model_patch(nano, FORGE_VAL))
     assert bad.outcome == Outcome.REJECTED, (bad.reason, bad.log_tail)
     assert bad.reason == "setup output data/toy/val.bin was modified during the run"
     cache = cache_of(bad, _isolated_cache)
@@ -98,9 +115,9 @@ def test_a_run_that_writes_a_setup_output_is_rejected_and_the_next_run_gets_the_
     honest = run(nano, tmp_path, "honest")
     assert honest.outcome == Outcome.OK and honest.metric == pytest.approx(val_loss())
     assert not honest.setup_cached and setups(cache) == 1  # cleared, then set up again (a fresh count)
-    assert honest.flags == ["setup output data/toy/val.bin changed since setup: running setup `python data/toy/prepare.py` again"]
+    assert honest.flags[-1:] == ["setup output data/toy/val.bin changed since setup: running setup `python data/toy/prepare.py` again"]
     assert (cache / TREE_DIR / "data/toy/val.bin").stat().st_size > 100
-    assert (tmp_path / "runs" / "honest" / "run.log").read_text().startswith(f"labfleet: {honest.flags[0]}\n")
+    assert (tmp_path / "runs" / "honest" / "run.log").read_text().startswith(f"labfleet: {honest.flags[-1]}\n")
 
 
 def test_a_run_that_replaces_its_own_copy_of_a_setup_output_is_rejected(nano, tmp_path, _isolated_cache):
