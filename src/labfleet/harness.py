@@ -14,11 +14,12 @@ The result is written to ``result.json`` in the run directory before returning,
 so whoever started the harness can collect it later even if it was not waiting.
 ``python -m labfleet.harness REQUEST.json`` does the same from a request file.
 
-Signed targets (``signed = true``): the harness puts a one-time key in
-LABFLEET_SIGNING_KEY; the target's frozen launcher removes it from the environment
-before editable code runs, and the frozen evaluation prints
+Signed targets (``signed = true``): the harness passes a one-time key through a pipe
+(LABFLEET_SIGNING_FD names its descriptor); the target's frozen launcher reads it and
+closes the pipe before editable code runs, and the frozen evaluation prints
 ``signature: HMAC-SHA256(key, "<metric>=<value>")`` after the metric line. A metric
-without a valid signature is ``suspect``.
+without a valid signature is ``suspect``. Targets with an ``[evaluate]`` evaluator get
+their metric from a separate frozen process instead (see ``labfleet.integrity``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import json
 import math
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from labfleet import workspace
-from labfleet.errors import ConfigError, HarnessError, PatchError
-from labfleet.target import CONFIG_FILE, TargetSpec, parse_config
+from labfleet import integrity, workspace
+from labfleet.errors import ConfigError, HarnessError, LabfleetError, PatchError
+from labfleet.target import CONFIG_FILE, TargetConfig, TargetSpec, parse_config
 
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
@@ -83,6 +83,8 @@ class RunRequest:
     cache_root: Path | None = None  # setup cache; default ~/.cache/labfleet
     # Hashes the frozen files must have; None: take them from ``commit`` (before the patch).
     frozen_hashes: dict[str, str] | None = None
+    # Measure the target's [holdout] metric too (kept and validated versions only).
+    holdout: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -118,12 +120,17 @@ class RunResult:
     log_tail: str = ""
     frozen_hashes: dict[str, str] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)  # warnings that do not change the outcome
+    # The [holdout] metric when the request asked for it. Never shown to researchers: the
+    # session stores it apart from the run's record (integrity.holdout_of_result reads it).
+    holdout: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["outcome"] = str(self.outcome)
         if self.metric is not None and not math.isfinite(self.metric):
             data["metric"] = None  # JSON has no NaN; the outcome says it
+        if self.holdout is not None and not math.isfinite(self.holdout):
+            data["holdout"] = None
         return data
 
     @classmethod
@@ -242,7 +249,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_command(
-    command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float
+    command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float, pass_fds: tuple[int, ...] = ()
 ) -> tuple[int | None, float]:
     """Run a shell command in its own process group, output to ``log_path``.
 
@@ -259,6 +266,7 @@ def run_command(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         try:
             code: int | None = proc.wait(timeout=timeout)
@@ -272,8 +280,7 @@ def run_command(
 
 
 def _base_env(request: RunRequest, budget: float, cache_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LABFLEET_SIGNING_KEY", None)
+    env = integrity.run_env(os.environ)
     # `python` in the target's commands is the interpreter labfleet runs under.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     threads = str(request.threads)
@@ -289,6 +296,11 @@ def _base_env(request: RunRequest, budget: float, cache_dir: Path) -> dict[str, 
         PYTHONDONTWRITEBYTECODE="1",
     )
     return env
+
+
+def _setup_env(env: dict[str, str], cache_dir: Path) -> dict[str, str]:
+    """Setup also writes the evaluator-only data, in a folder the run is never told about."""
+    return {**env, integrity.EVAL_DIR_ENV: str(integrity.eval_data_dir(cache_dir))}
 
 
 def setup_cache_dir(cache_root: Path | None, spec: TargetSpec, frozen_hashes: dict[str, str]) -> Path:
@@ -335,7 +347,8 @@ def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = No
         cache_dir = setup_cache_dir(cache_root, spec, hashes)
         request = RunRequest(target_dir=target_dir, run_dir=Path(tmp))
         cached = (cache_dir / SETUP_DONE).is_file()
-        ok, seconds, reason = ensure_setup(spec, source, cache_dir, _base_env(request, spec.budget_seconds, cache_dir))
+        env = _setup_env(_base_env(request, spec.budget_seconds, cache_dir), cache_dir)
+        ok, seconds, reason = ensure_setup(spec, source, cache_dir, env)
     if not ok:
         raise HarnessError(reason)
     return cache_dir, seconds, cached
@@ -365,15 +378,25 @@ def run_experiment(request: RunRequest) -> RunResult:
     except (PatchError, ConfigError) as exc:
         result = replace(result, outcome=Outcome.REJECTED, reason=str(exc))
     result.ended_at = time.time()
-    result.log_tail = _log_tail(log_path)
+    result.log_tail = integrity.redact(_log_tail(log_path), _holdout_names(request))
     _write_json_atomic(run_dir / RESULT_FILE, result.to_json())
     return result
+
+
+def _holdout_names(request: RunRequest) -> list[str]:
+    """The holdout metric's name, to keep it out of log tails (researchers read those)."""
+    try:
+        config = parse_config(workspace.show_file(request.target_dir, request.commit, CONFIG_FILE))
+    except LabfleetError:
+        return []
+    return [config.holdout.metric] if config.holdout else []
 
 
 def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) -> RunResult:
     repo = request.target_dir
     parent = workspace.resolve(repo, request.commit)
-    spec = parse_config(workspace.show_file(repo, parent, CONFIG_FILE)).target
+    config = parse_config(workspace.show_file(repo, parent, CONFIG_FILE))
+    spec = config.target
     result.metric_name = spec.metric
     budget = request.budget_seconds or spec.budget_seconds
     result.budget_seconds = budget
@@ -404,17 +427,30 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     # 3. setup, cached per host by frozen hashes + command
     cache_dir = setup_cache_dir(request.cache_root, spec, hashes)
     env = _base_env(request, budget, cache_dir)
-    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env)
+    ok, seconds, reason = ensure_setup(spec, source, cache_dir, _setup_env(env, cache_dir))
     result.setup_seconds, result.setup_cached = seconds, seconds == 0.0
     if not ok:
         result.outcome, result.reason = Outcome.SETUP_FAILED, reason
         return result
+    _flag_data_paths(request.patch, cache_dir, result)
 
-    # 4. run under the hard timeout
-    key = secrets.token_hex(32) if spec.signed else None
-    if key:
-        env["LABFLEET_SIGNING_KEY"] = key
-    code, seconds = run_command(spec.run, source, env, log_path, timeout)
+    # 4. run under the hard timeout (beside the frozen evaluator, if the target has one)
+    private = {**_setup_env(env, cache_dir), **({integrity.HOLDOUT_ENV: "1"} if request.holdout else {})}
+    evaluator = integrity.Evaluator(config.evaluate.command, source, private) if config.evaluate else None
+    key, key_fd = integrity.signing_channel() if spec.signed else (None, None)
+    fds = tuple(fd for fd in (key_fd, evaluator and evaluator.run_fd) if fd is not None)
+    if key_fd is not None:
+        env[integrity.SIGNING_FD_ENV] = str(key_fd)
+    if evaluator is not None:
+        env[integrity.EVAL_FD_ENV] = str(evaluator.run_fd)
+    try:
+        if evaluator is not None:
+            evaluator.start()
+        code, seconds = run_command(spec.run, source, env, log_path, timeout, pass_fds=fds)
+    finally:
+        if key_fd is not None:
+            os.close(key_fd)
+        eval_code, eval_output = evaluator.finish() if evaluator is not None else (None, "")
     result.exit_code, result.run_seconds = code, seconds
 
     # 2'. frozen files, after: a run that changed them is not trusted
@@ -430,8 +466,72 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     # 5. parse
     output = log_path.read_text(errors="replace")
     outcome, reason, metric, figures = classify(output, code, spec, key)
+    if evaluator is not None:
+        outcome, reason, metric, figures = _from_evaluator(
+            (outcome, reason, metric, figures), eval_code, eval_output, config)
     result.outcome, result.reason, result.metric, result.figures = outcome, reason, metric, figures
+    if request.holdout and config.holdout is not None and outcome == Outcome.OK:
+        result.holdout = _holdout(config, source, private, eval_output, timeout)
     return result
+
+
+def _flag_data_paths(patch: str, cache_dir: Path, result: RunResult) -> None:
+    """Flag a patch whose added lines name the evaluator's data (its files or its variable)."""
+    if not patch:
+        return
+    data_dir = integrity.eval_data_dir(cache_dir)
+    names = [integrity.EVAL_DIR_ENV, data_dir.name]
+    if data_dir.is_dir():
+        names += [p.name for p in data_dir.iterdir() if p.is_file()]
+    named = integrity.data_path_mentions(patch, names)
+    if named:
+        result.flags.append(f"the patch names evaluation-only data: {', '.join(named)}")
+
+
+def _from_evaluator(
+    from_run: tuple[Outcome, str, float | None, dict[str, float | str]],
+    eval_code: int | None, eval_output: str, config: TargetConfig,
+) -> tuple[Outcome, str, float | None, dict[str, float | str]]:
+    """The outcome when a frozen evaluator measures: its block has the metric, the run's the figures.
+
+    A failed run stays failed (crashed, nan); the run's own metric line is never taken.
+    """
+    outcome, reason, _metric, figures = from_run
+    name = config.target.metric
+    hidden = {name, "signature", *( [config.holdout.metric] if config.holdout else [])}
+    figures = {k: v for k, v in figures.items() if k not in hidden}
+    if outcome not in (Outcome.OK, Outcome.NO_METRIC):
+        return outcome, reason, None, figures
+    block = parse_block(eval_output)
+    last = next((ln for ln in reversed(eval_output.splitlines()) if ln.strip()), "")
+    if "suspect" in block:
+        return Outcome.SUSPECT, f"frozen evaluator: {block['suspect']}", None, figures
+    if eval_code != 0 or name not in block:
+        why = "was killed" if eval_code is None else f"exited with code {eval_code}"
+        return Outcome.NO_METRIC, f"the frozen evaluator {why} without {name}" + (f": {last}" if last else ""), \
+            None, figures
+    value = _number(block[name])
+    if not isinstance(value, float):
+        return Outcome.NO_METRIC, f"{name} is not a number: {block[name]!r}", None, figures
+    extra = {k: _number(v) for k, v in block.items() if k not in hidden and k != "suspect"}
+    figures = {**figures, **extra}
+    if not math.isfinite(value):
+        return Outcome.NAN, f"{name} is {block[name]}", value, figures
+    return Outcome.OK, "", value, figures
+
+
+def _holdout(config: TargetConfig, source: Path, env: dict[str, str], eval_output: str, timeout: float) -> float | None:
+    """The holdout metric: from the evaluator's block, or from the holdout command's own block."""
+    assert config.holdout is not None
+    name = config.holdout.metric
+    output = eval_output
+    if config.holdout.command:
+        with tempfile.TemporaryDirectory(prefix="labfleet-holdout-") as tmp:
+            log = Path(tmp) / "holdout.log"  # never in the run directory: researchers read that
+            code, _ = run_command(config.holdout.command, source, env, log, timeout)
+            output = log.read_text(errors="replace") if code == 0 else ""
+    value = _number(parse_block(output).get(name, ""))
+    return value if isinstance(value, float) and math.isfinite(value) else None
 
 
 def main(argv: list[str] | None = None) -> int:
