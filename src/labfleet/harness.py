@@ -465,6 +465,8 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
 
     # 5. parse
     output = log_path.read_text(errors="replace")
+    if evaluator is not None:  # the run's own metric line is never taken, whatever it says
+        output = re.sub(rf"^\s*{re.escape(spec.metric)}\s*:.*$", "", output, flags=re.MULTILINE)
     outcome, reason, metric, figures = classify(output, code, spec, key)
     if evaluator is not None:
         outcome, reason, metric, figures = _from_evaluator(
