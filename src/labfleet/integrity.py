@@ -201,3 +201,45 @@ def divergence_warning(rows: list[dict[str, Any]], direction: str) -> str:
         return ""
     return (f"warning: validation improved by {val_gain:.6f} from e{first['experiment']} to e{last['experiment']} "
             f"but the holdout by {hold_gain:+.6f}: the lineage may be overfitting the validation set")
+
+
+# The runs of kept and validated versions; SessionLoop._job sets RunRequest.holdout for these roles.
+HOLDOUT_ROLES = ("calibrate", "validate")
+
+
+def lineage_holdout(ledger: Any, session_id: int, direction: str) -> dict[str, Any]:
+    """Validation against holdout for the lineage (baseline, then every keep), for people only.
+
+    Holdout values still only in run directories (result.json) are recorded in the
+    ledger's holdout table first, so this works whichever process collected the runs.
+    Never call it from anything a researcher reads (results, status, show, MCP, prompts).
+    """
+    from labfleet.records import Decision, RunStatus  # the read side, imported where needed
+
+    for run in ledger.runs(session_id):
+        if run.role in HOLDOUT_ROLES and run.status == RunStatus.DONE:
+            value = holdout_of_result(run.run_dir)
+            if value is not None:
+                ledger.record_holdout(run.id, value)
+    values = ledger.holdout_values(session_id)
+    rows = []
+    for exp in ledger.experiments(session_id):
+        if exp.decision in (Decision.BASELINE, Decision.KEPT):
+            got = values.get(exp.id, [])
+            rows.append({"experiment": exp.id, "description": exp.description, "metric": exp.metric,
+                         "holdout": sum(got) / len(got) if got else None, "holdout_runs": len(got)})
+    return {"lineage": rows, "warning": divergence_warning(rows, direction)}
+
+
+def holdout_lines(view: dict[str, Any], metric: str, holdout_metric: str) -> list[str]:
+    """The lineage's validation and holdout as lines of text (``best --holdout``, the report)."""
+    lines = [f"e{r['experiment']}: {metric} {_fmt(r['metric'])}, {holdout_metric} {_fmt(r['holdout'])}"
+             + (f" ({r['holdout_runs']} runs)" if r["holdout_runs"] > 1 else "") + f"  [{r['description']}]"
+             for r in view["lineage"]]
+    if not any(r["holdout"] is not None for r in view["lineage"]):
+        lines.append(f"no {holdout_metric} measured yet (it is measured on kept and validated versions)")
+    return lines + ([view["warning"]] if view["warning"] else [])
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
