@@ -152,7 +152,7 @@ def _rename(clone: Path) -> None:
         (_gitlink, "a gitlink (submodule)"),
         (_binary, "the patch is binary"),
         (_toml, "labfleet.toml, which an experiment may never change"),
-        (_rename, "train2.py, which is not editable"),
+        (_rename, "the patch renames or copies a file"),
         (_delete, "the patch deletes train.py"),
     ],
     ids=["symlink-to-frozen", "absolute-symlink", "gitlink", "binary", "labfleet-toml", "rename", "delete"],
@@ -206,3 +206,14 @@ def test_patch_naming_evaluation_data_is_flagged(target_factory, tmp_path):
     result = run(target, tmp_path, patch=patch)
     assert result.outcome == Outcome.OK
     assert result.flags == ["the patch names evaluation-only data: LABFLEET_EVAL_DIR"]
+
+
+def test_the_llm_pre_check_uses_the_same_rules(target_factory, tmp_path):
+    from labfleet.researchers.llm import check_proposal
+
+    target = target_factory()
+    files = {"train.py": (target / "train.py").read_text()}
+    for change, why in ((_symlink("/etc/passwd"), "a symlink"), (_binary, "binary"), (_rename, "renames")):
+        raw = {"description": "x", "patch": patch_from(target, tmp_path, change)}
+        with pytest.raises(ValueError, match=why):
+            check_proposal(raw, files, ["train.py"], "val_bpb")

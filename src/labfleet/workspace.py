@@ -128,13 +128,15 @@ def _numstat(repo: Path, patch: str) -> list[tuple[str, bool, bool]]:
     return entries
 
 
-def check_patch(repo: Path, patch: str, allowed: Iterable[str]) -> list[str]:
-    """The one patch checker: the paths a patch touches, or ``PatchError`` with a one-line reason.
+_HEADER_PATHS = re.compile(r"^(?:diff --git a/(\S+) b/(\S+)|--- a/(\S+)|\+\+\+ b/(\S+))\s*$", re.MULTILINE)
 
-    A patch may only change the contents of ``allowed`` (editable) regular files: no
-    other path, no ``labfleet.toml``, no renames or copies, no binary patches, no mode
-    that is not a regular file (symlinks and gitlinks, whatever they point to). Used by
-    ``commit_patch`` (materialize, submit, the session) and by researchers' pre-checks.
+
+def check_patch_text(patch: str) -> None:
+    """The checks that need no repository: ``PatchError`` with a one-line reason, or nothing.
+
+    No mode but a regular file's (symlinks and gitlinks, wherever they point), no
+    binary patch, no rename or copy, no deletion, no ``labfleet.toml``, no path outside
+    the folder. Researchers' pre-checks call it on their patches; ``check_patch`` too.
     """
     if not patch.strip():
         raise PatchError("the patch is empty")
@@ -146,16 +148,37 @@ def check_patch(repo: Path, patch: str, allowed: Iterable[str]) -> list[str]:
                              "editable files must be regular files")
         if line.startswith(("GIT binary patch", "Binary files ")):
             raise PatchError("the patch is binary: editable files change only by text diffs")
+    paths = {p for match in _HEADER_PATHS.finditer(patch) for p in match.groups() if p}
+    _check_paths(paths)
+    if re.search(r"^(?:rename|copy) (?:from|to) ", patch, re.MULTILINE):
+        raise PatchError("the patch renames or copies a file: edit editable files in place")
+    for header in re.findall(r"^diff --git a/(\S+) b/\S+\n(?:(?:old|new) mode \d+\n)?deleted file mode",
+                             patch, re.MULTILINE):
+        if not re.search(rf"^diff --git a/\S+ b/{re.escape(header)}\n(?:index \S+\n)?new file mode",
+                         patch, re.MULTILINE):
+            raise PatchError(f"the patch deletes {header}: editable files are changed in place")
+
+
+def _check_paths(paths: Iterable[str]) -> None:
+    for path in sorted(paths):
+        if path.startswith("/") or ".." in Path(path).parts or path.split("/")[0] == ".git":
+            raise PatchError(f"the patch touches {path}, which is outside the target's files")
+        if path == _CONFIG_FILE:
+            raise PatchError(f"the patch touches {_CONFIG_FILE}, which an experiment may never change")
+
+
+def check_patch(repo: Path, patch: str, allowed: Iterable[str]) -> list[str]:
+    """The one patch checker: the paths a patch touches, or ``PatchError`` with a one-line reason.
+
+    A patch may only change the contents of ``allowed`` (editable) regular files:
+    ``check_patch_text``, then what ``git apply`` itself reads from the patch (every
+    path it would touch, binary or not). Used by ``commit_patch`` (materialize,
+    submit, the session) and, through ``check_patch_text``, researchers' pre-checks.
+    """
+    check_patch_text(patch)
     entries = _numstat(repo, patch)
-    # git reports only the new side of a pure rename or copy: the headers name both
-    moved = re.findall(r"^(?:rename|copy) (?:from|to) (.+)$", patch, re.MULTILINE)
-    entries += [(path, False, True) for path in moved]
     paths = list(dict.fromkeys(p for p, _b, _r in entries))
-    for path in paths:
-        if path.startswith("/") or ".." in Path(path).parts:
-            raise PatchError(f"the patch touches {path}, which is outside the target folder")
-    if _CONFIG_FILE in paths:
-        raise PatchError(f"the patch touches {_CONFIG_FILE}, which an experiment may never change")
+    _check_paths(paths)
     allowed = set(allowed)
     outside = sorted({p for p in paths if p not in allowed})
     if outside:
@@ -164,11 +187,6 @@ def check_patch(repo: Path, patch: str, allowed: Iterable[str]) -> list[str]:
         raise PatchError("the patch renames or copies a file: edit editable files in place")
     if any(binary for _p, binary, _r in entries):
         raise PatchError("the patch is binary: editable files change only by text diffs")
-    for header in re.findall(r"^diff --git a/(\S+) b/\S+\n(?:(?:old|new) mode \d+\n)?deleted file mode",
-                             patch, re.MULTILINE):
-        if not re.search(rf"^diff --git a/\S+ b/{re.escape(header)}\n(?:index \S+\n)?new file mode",
-                         patch, re.MULTILINE):
-            raise PatchError(f"the patch deletes {header}: editable files are changed in place")
     return paths
 
 
