@@ -205,12 +205,16 @@ def eval_windows(data: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray
 
 
 def cross_entropy_nats(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Summed cross-entropy in nats of (rows, seq, vocab) logits against (rows, seq) targets."""
-    z = logits.astype(np.float64)
+    """Summed cross-entropy in nats of (rows, seq, vocab) logits against (rows, seq) targets.
+
+    float32 for the exponentials (4x faster than float64), float64 for every sum.
+    """
+    z = logits.astype(np.float32, copy=True)
     z -= z.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=-1))
     picked = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
-    return float((log_norm - picked).sum())
+    np.exp(z, out=z)
+    log_norm = np.log(z.sum(axis=-1, dtype=np.float64))
+    return float((log_norm - picked).sum(dtype=np.float64))
 
 
 def evaluate_bpb(model, seq_len: int, device: str = "cpu") -> float:
@@ -260,15 +264,16 @@ HELLO = b"TGPT"
 _HEADER = struct.Struct("<II")
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks, got = [], 0
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """Exactly n bytes, received in place (the logits are megabytes: no chunk joins)."""
+    buf, got = bytearray(n), 0
+    view = memoryview(buf)
     while got < n:
-        chunk = sock.recv(min(n - got, 1 << 20))
-        if not chunk:
+        k = sock.recv_into(view[got:], min(n - got, 1 << 22))
+        if not k:
             raise EOFError(f"the other side closed the connection ({got} of {n} bytes)")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+        got += k
+    return buf
 
 
 def _serve(model, seq_len: int, device: str, fd: int) -> float:
