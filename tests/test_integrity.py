@@ -217,3 +217,16 @@ def test_the_llm_pre_check_uses_the_same_rules(target_factory, tmp_path):
         raw = {"description": "x", "patch": patch_from(target, tmp_path, change)}
         with pytest.raises(ValueError, match=why):
             check_proposal(raw, files, ["train.py"], "val_bpb")
+
+
+def test_holdout_and_evaluate_tables_are_validated():
+    from labfleet.errors import ConfigError
+    from labfleet.target import parse_config
+
+    base = '[target]\nname="t"\neditable=["train.py"]\nrun="x"\nmetric="val_bpb"\nbudget_seconds=1\ntimeout_seconds=2\n'
+    with pytest.raises(ConfigError, match="holdout: needs a command, or an \\[evaluate\\] evaluator"):
+        parse_config(base + '[holdout]\nmetric="h"\n')
+    with pytest.raises(ConfigError, match="must differ from target.metric"):
+        parse_config(base + '[holdout]\nmetric="val_bpb"\ncommand="python h.py"\n')
+    config = parse_config(base + '[evaluate]\ncommand="python e.py"\n[holdout]\nmetric="h"\ndirection="maximize"\n')
+    assert config.evaluate.command == "python e.py" and config.holdout.direction == "maximize"
