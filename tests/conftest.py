@@ -39,10 +39,14 @@ def report(value, **figures):
         print(f"signature:        {mac.hexdigest()}", flush=True)
 '''
 
-# A frozen launcher: takes the key out of the environment before editable code runs.
+# A frozen launcher: reads the one-time key from the pipe the harness passed and closes
+# it before editable code runs (the environment holds only the descriptor's number).
 LAUNCH = '''\
 import os, runpy, sys
-key = os.environ.pop("LABFLEET_SIGNING_KEY", None)
+fd = os.environ.pop("LABFLEET_SIGNING_FD", None)
+key = os.read(int(fd), 256).decode() if fd else None
+if fd:
+    os.close(int(fd))
 sys.path.insert(0, os.getcwd())
 import evalkit
 evalkit._set_signing_key(key)
@@ -73,7 +77,7 @@ evalkit.report(
     budget=os.environ["LABFLEET_BUDGET_SECONDS"],
     threads=os.environ["LABFLEET_THREADS"],
     device=os.environ["LABFLEET_DEVICE"],
-    key_visible=int("LABFLEET_SIGNING_KEY" in os.environ),
+    key_visible=int("LABFLEET_SIGNING_KEY" in os.environ or "LABFLEET_SIGNING_FD" in os.environ),
     data=data,
 )
 '''

@@ -505,17 +505,36 @@ def best(
     target: TargetOption = Path("."),
     session: SessionOption = None,
     as_json: JsonOption = False,
+    holdout: Annotated[bool, typer.Option("--holdout", help="Also show validation against the holdout metric for the lineage (for people: never give it to a researcher).")] = False,
 ) -> None:
     """The best version found: its metric against the baseline, its commit, and its diff."""
     from labfleet.target import load_target
 
     root, ledger = _open_ledger(target)
+    if holdout:
+        _print_holdout(root, ledger, session)
+        return
     if as_json:
         from labfleet.views import best_view
 
         print(json.dumps(best_view(ledger, root, session), indent=2))
         return
     _print_best(root, ledger, session, load_target(root, check_files=False).spec.metric)
+
+
+def _print_holdout(root: Path, ledger: Any, session: int | None) -> None:
+    from labfleet import integrity
+    from labfleet.errors import ConfigError
+    from labfleet.target import load_target
+    from labfleet.views import _session
+
+    loaded = load_target(root, check_files=False)
+    spec = loaded.config.holdout
+    if spec is None:
+        raise ConfigError("this target has no [holdout] in labfleet.toml")
+    view = integrity.lineage_holdout(ledger, _session(ledger, session)["id"], spec.direction or loaded.spec.direction)
+    for line in integrity.holdout_lines(view, loaded.spec.metric, spec.metric):
+        _say(line)
 
 
 def _print_best(root: Path, ledger: Any, session: int | None, metric: str) -> None:
@@ -808,8 +827,15 @@ def report(
     sid = _session(ledger, session)["id"]
     out = output or _state_dir(root) / "report" / f"s{sid}"
     groups = {name: knob.group for name, knob in loaded.knobs.items() if knob.group}
+    holdout_findings: list[str] = []
+    if loaded.config.holdout is not None:
+        from labfleet import integrity
+
+        spec = loaded.config.holdout
+        view = integrity.lineage_holdout(ledger, sid, spec.direction or loaded.spec.direction)
+        holdout_findings = integrity.holdout_lines(view, loaded.spec.metric, spec.metric)
     page = build_report(ledger, sid, out, metric=loaded.spec.metric, direction=loaded.spec.direction,
-                        groups=groups, title=f"{loaded.spec.name}, session {sid}")
+                        groups=groups, title=f"{loaded.spec.name}, session {sid}", holdout=holdout_findings)
     pictures = sorted(p.name for p in out.glob("*.png"))
     _say(f"wrote {page} ({', '.join(pictures)})")
 

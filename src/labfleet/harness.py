@@ -23,11 +23,12 @@ after the box is empty, so whoever started the harness can collect it later even
 if it was not waiting.
 ``python -m labfleet.harness REQUEST.json`` does the same from a request file.
 
-Signed targets (``signed = true``): the harness puts a one-time key in
-LABFLEET_SIGNING_KEY; the target's frozen launcher removes it from the environment
-before editable code runs, and the frozen evaluation prints
+Signed targets (``signed = true``): the harness passes a one-time key through a pipe
+(LABFLEET_SIGNING_FD names its descriptor); the target's frozen launcher reads it and
+closes the pipe before editable code runs, and the frozen evaluation prints
 ``signature: HMAC-SHA256(key, "<metric>=<value>")`` after the metric line. A metric
-without a valid signature is ``suspect``.
+without a valid signature is ``suspect``. Targets with an ``[evaluate]`` evaluator get
+their metric from a separate frozen process instead (see ``labfleet.integrity``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import json
 import math
 import os
 import re
-import secrets
 import select
 import shutil
 import signal
@@ -52,9 +52,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from labfleet import logs, metrics, sandbox, setup_outputs, workspace
-from labfleet.errors import ConfigError, HarnessError, PatchError
-from labfleet.target import CONFIG_FILE, STATE_DIR, TargetSpec, parse_config, run_command_for
+from labfleet import integrity, logs, metrics, sandbox, setup_outputs, workspace
+from labfleet.errors import ConfigError, HarnessError, LabfleetError, PatchError
+from labfleet.target import CONFIG_FILE, STATE_DIR, TargetConfig, TargetSpec, parse_config, run_command_for
 
 RESULT_FILE = "result.json"
 LOG_FILE = "run.log"
@@ -102,6 +102,8 @@ class RunRequest:
     frozen_hashes: dict[str, str] | None = None
     cpus: list[int] | None = None  # CPU affinity of the slot (None: any CPU)
     memory_mb: int | None = None  # address-space limit of the run (None: none)
+    # Measure the target's [holdout] metric too (kept and validated versions only).
+    holdout: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -138,12 +140,17 @@ class RunResult:
     log_tail: str = ""
     frozen_hashes: dict[str, str] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)  # warnings that do not change the outcome
+    # The [holdout] metric when the request asked for it. Never shown to researchers: the
+    # session stores it apart from the run's record (integrity.holdout_of_result reads it).
+    holdout: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["outcome"] = str(self.outcome)
         if self.metric is not None and not math.isfinite(self.metric):
             data["metric"] = None  # JSON has no NaN; the outcome says it
+        if self.holdout is not None and not math.isfinite(self.holdout):
+            data["holdout"] = None
         return data
 
     @classmethod
@@ -292,7 +299,7 @@ class Finish:
 
 def run_command(
     command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float,
-    box: sandbox.Box | None = None,
+    box: sandbox.Box | None = None, pass_fds: tuple[int, ...] = (),
 ) -> tuple[int | None, float]:
     """Run a shell command (in ``box`` when given) in its own process group, output capped into ``log_path``.
 
@@ -300,13 +307,14 @@ def run_command(
     command started survives it: with a box, its PID namespace dies with it; without
     one, the process group is killed.
     """
-    finish = run_measured(command, cwd, env, log_path, timeout, box=box)
+    finish = run_measured(command, cwd, env, log_path, timeout, box=box, pass_fds=pass_fds)
     return finish.code, finish.seconds
 
 
 def run_measured(
     command: str, cwd: Path, env: dict[str, str], log_path: Path, timeout: float,
     box: sandbox.Box | None = None, budget_limit: float | None = None, cpu_threads: int | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Finish:
     """``run_command`` that also stops the command once its training compute passes ``budget_limit``.
 
@@ -329,7 +337,7 @@ def run_measured(
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=subprocess.STDOUT,
-                start_new_session=True, pass_fds=(info_w,) if info_w >= 0 else (),
+                start_new_session=True, pass_fds=tuple(pass_fds) + ((info_w,) if info_w >= 0 else ()),
             )
         except BaseException:
             for fd in (out_r, info_r):
@@ -421,8 +429,7 @@ def _child_pid(info: bytearray) -> int | None:
 
 
 def _base_env(request: RunRequest, budget: float, cache_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LABFLEET_SIGNING_KEY", None)
+    env = integrity.run_env(os.environ)
     # `python` in the target's commands is the interpreter labfleet runs under.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     threads = str(request.threads)
@@ -437,6 +444,11 @@ def _base_env(request: RunRequest, budget: float, cache_dir: Path) -> dict[str, 
         PYTHONDONTWRITEBYTECODE="1",
     )
     return env
+
+
+def _setup_env(env: dict[str, str], cache_dir: Path) -> dict[str, str]:
+    """Setup also writes the evaluator-only data, in a folder the run is never told about."""
+    return {**env, integrity.EVAL_DIR_ENV: str(integrity.eval_data_dir(cache_dir))}
 
 
 def setup_cache_dir(cache_root: Path | None, spec: TargetSpec, frozen_hashes: dict[str, str]) -> Path:
@@ -537,7 +549,8 @@ def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = No
         hashes = workspace.file_hashes(source, spec.frozen)
         cache_dir = setup_cache_dir(cache_root, spec, hashes)
         request = RunRequest(target_dir=target_dir, run_dir=Path(tmp))
-        ok, seconds, reason = ensure_setup(spec, source, cache_dir, _base_env(request, spec.budget_seconds, cache_dir))
+        env = _setup_env(_base_env(request, spec.budget_seconds, cache_dir), cache_dir)
+        ok, seconds, reason = ensure_setup(spec, source, cache_dir, env)
     if not ok:
         raise HarnessError(reason)
     return cache_dir, seconds, seconds == 0.0
@@ -568,7 +581,7 @@ def _box(request: RunRequest, spec: TargetSpec, cache_dir: Path, log_path: Path)
     return sandbox.Box(
         writable=(request.run_dir.resolve(),),
         shared=shared,
-        hidden=(state,),
+        hidden=(state, integrity.eval_data_dir(cache)),  # the evaluator's data: never the run's
         readonly=(cache,),  # read-only even inside a shared folder
         protected=(log_path.resolve(),),
         network=spec.network,
@@ -602,9 +615,18 @@ def run_experiment(request: RunRequest) -> RunResult:
     except (PatchError, ConfigError) as exc:
         result = replace(result, outcome=Outcome.REJECTED, reason=str(exc))
     result.ended_at = time.time()
-    result.log_tail = _log_tail(log_path)
+    result.log_tail = integrity.redact(_log_tail(log_path), _holdout_names(request))
     _write_json_atomic(run_dir / RESULT_FILE, result.to_json())
     return result
+
+
+def _holdout_names(request: RunRequest) -> list[str]:
+    """The holdout metric's name, to keep it out of log tails (researchers read those)."""
+    try:
+        config = parse_config(workspace.show_file(request.target_dir, request.commit, CONFIG_FILE))
+    except LabfleetError:
+        return []
+    return [config.holdout.metric] if config.holdout else []
 
 
 def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) -> RunResult:
@@ -643,7 +665,7 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     cache_dir = setup_cache_dir(request.cache_root, spec, hashes)
     env = _base_env(request, budget, cache_dir)
     notes: list[str] = []
-    ok, seconds, reason = ensure_setup(spec, source, cache_dir, env, notes=notes)
+    ok, seconds, reason = ensure_setup(spec, source, cache_dir, _setup_env(env, cache_dir), notes=notes)
     if notes:  # the cache was not intact: said in the run's log and its flags
         result.flags += notes
         with log_path.open("a") as log:
@@ -655,16 +677,22 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     outputs = setup_outputs_of(cache_dir)
     if outputs is not None:  # what setup wrote into the target folder, at the same paths
         setup_outputs.place(source, cache_dir, outputs)
+    _flag_data_paths(request.patch, cache_dir, result)
 
-    # 4. run in the box, under budget + evaluation allowance and the hard timeout;
-    # `{knob}` placeholders take the version's values
+    # 4. run in the box (beside the frozen evaluator, if the target has one), under budget +
+    # evaluation allowance and the hard timeout; `{knob}` placeholders take the version's values
     command = run_command_for(config, _TextFiles(source))
     metrics_path = source / spec.metrics_file if spec.metrics_file else None
     if metrics_path is not None and (metrics_path.is_symlink() or metrics_path.is_file()):
         metrics_path.unlink()  # the run must write it
-    key = secrets.token_hex(32) if spec.signed else None
-    if key:
-        env["LABFLEET_SIGNING_KEY"] = key
+    private = {**_setup_env(env, cache_dir), **({integrity.HOLDOUT_ENV: "1"} if request.holdout else {})}
+    evaluator = integrity.Evaluator(config.evaluate.command, source, private) if config.evaluate else None
+    key, key_fd = integrity.signing_channel() if spec.signed else (None, None)
+    fds = tuple(fd for fd in (key_fd, evaluator and evaluator.run_fd) if fd is not None)
+    if key_fd is not None:
+        env[integrity.SIGNING_FD_ENV] = str(key_fd)
+    if evaluator is not None:
+        env[integrity.EVAL_FD_ENV] = str(evaluator.run_fd)
     box = _box(request, spec, cache_dir, log_path)
     if sandbox.support().boxed:  # /tmp is read-only in the box: temporary files go to the run dir
         (run_dir / "tmp").mkdir(exist_ok=True)
@@ -672,8 +700,15 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     allowed = budget + eval_allowance(spec, budget)  # the harness's clock, not the run's
     # CPU slots: CPU seconds per thread (a loaded machine stretches wall time, not compute); GPU: wall
     cpu_threads = request.threads if not request.device.startswith(("cuda", "mps")) else None
-    finish = run_measured(command, source, env, log_path, timeout, box=box, budget_limit=allowed,
-                          cpu_threads=cpu_threads)
+    try:
+        if evaluator is not None:
+            evaluator.start()
+        finish = run_measured(command, source, env, log_path, timeout, box=box, budget_limit=allowed,
+                              cpu_threads=cpu_threads, pass_fds=fds)
+    finally:
+        if key_fd is not None:
+            os.close(key_fd)
+        eval_code, eval_output = evaluator.finish() if evaluator is not None else (None, "")
     code, seconds = finish.code, finish.seconds
     result.exit_code, result.run_seconds, result.cpu_seconds = code, seconds, finish.cpu_seconds
 
@@ -700,9 +735,16 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
 
     # 5. parse (bounded: the capped log, never more than its head and tail)
     output = logs.read_bounded(log_path)
+    if evaluator is not None:  # the run's own metric line is never taken, whatever it says
+        output = re.sub(rf"^\s*{re.escape(spec.metric)}\s*:.*$", "", output, flags=re.MULTILINE)
     metrics_text = metrics.read_metrics_file(metrics_path) if metrics_path is not None else None
     outcome, reason, metric, figures = classify(output, code, spec, key, metrics_text)
+    if evaluator is not None:
+        outcome, reason, metric, figures = _from_evaluator(
+            (outcome, reason, metric, figures), eval_code, eval_output, config)
     result.outcome, result.reason, result.metric, result.figures = outcome, reason, metric, figures
+    if request.holdout and config.holdout is not None and outcome == Outcome.OK:
+        result.holdout = _holdout(config, source, private, eval_output, timeout, box)
     return result
 
 
@@ -720,6 +762,65 @@ class _TextFiles(dict[str, str]):
             raise ConfigError(f"{rel}: cannot read it to fill the run command's knobs") from None
         self[rel] = text
         return text
+def _flag_data_paths(patch: str, cache_dir: Path, result: RunResult) -> None:
+    """Flag a patch whose added lines name the evaluator's data (its files or its variable)."""
+    if not patch:
+        return
+    data_dir = integrity.eval_data_dir(cache_dir)
+    names = [integrity.EVAL_DIR_ENV, data_dir.name]
+    if data_dir.is_dir():
+        names += [p.name for p in data_dir.iterdir() if p.is_file()]
+    named = integrity.data_path_mentions(patch, names)
+    if named:
+        result.flags.append(f"the patch names evaluation-only data: {', '.join(named)}")
+
+
+def _from_evaluator(
+    from_run: tuple[Outcome, str, float | None, dict[str, float | str]],
+    eval_code: int | None, eval_output: str, config: TargetConfig,
+) -> tuple[Outcome, str, float | None, dict[str, float | str]]:
+    """The outcome when a frozen evaluator measures: its block has the metric, the run's the figures.
+
+    A failed run stays failed (crashed, nan); the run's own metric line is never taken.
+    """
+    outcome, reason, _metric, figures = from_run
+    name = config.target.metric
+    hidden = {name, "signature", *( [config.holdout.metric] if config.holdout else [])}
+    figures = {k: v for k, v in figures.items() if k not in hidden}
+    if outcome not in (Outcome.OK, Outcome.NO_METRIC):
+        return outcome, reason, None, figures
+    block = parse_block(eval_output)
+    last = next((ln for ln in reversed(eval_output.splitlines()) if ln.strip()), "")
+    if "suspect" in block:
+        return Outcome.SUSPECT, f"frozen evaluator: {block['suspect']}", None, figures
+    if eval_code != 0 or name not in block:
+        why = "was killed" if eval_code is None else f"exited with code {eval_code}"
+        return Outcome.NO_METRIC, f"the frozen evaluator {why} without {name}" + (f": {last}" if last else ""), \
+            None, figures
+    value = metrics.number(block[name])
+    if not isinstance(value, float):
+        return Outcome.NO_METRIC, f"{name} is not a number: {block[name]!r}", None, figures
+    extra = {k: metrics.number(v) for k, v in block.items() if k not in hidden and k != "suspect"}
+    figures = {**figures, **extra}
+    if not math.isfinite(value):
+        return Outcome.NAN, f"{name} is {block[name]}", value, figures
+    return Outcome.OK, "", value, figures
+
+
+def _holdout(
+    config: TargetConfig, source: Path, env: dict[str, str], eval_output: str, timeout: float, box: sandbox.Box,
+) -> float | None:
+    """The holdout metric: from the evaluator's block, or from the holdout command's own block."""
+    assert config.holdout is not None
+    name = config.holdout.metric
+    output = eval_output
+    if config.holdout.command:
+        with tempfile.TemporaryDirectory(prefix="labfleet-holdout-") as tmp:
+            log = Path(tmp) / "holdout.log"  # never in the run directory: researchers read that
+            code, _ = run_command(config.holdout.command, source, env, log, timeout, box=box)
+            output = log.read_text(errors="replace") if code == 0 else ""
+    value = metrics.number(parse_block(output).get(name, ""))
+    return value if isinstance(value, float) and math.isfinite(value) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,15 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_session ON events(session_id);
+-- The [holdout] metric of kept and validated versions' runs. Kept apart from `runs` on
+-- purpose: no researcher-visible record (records.Run/Result) ever reads this table.
+CREATE TABLE IF NOT EXISTS holdout (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    value REAL NOT NULL,
+    recorded_at REAL NOT NULL
+);
 """
 
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
@@ -395,6 +404,24 @@ class Ledger:
             elif run is not None:
                 history.append(Result(exp, run))
         return history, pending
+
+    def record_holdout(self, run_id: int, value: float) -> None:
+        """Store a run's holdout metric (once; a second call for the same run changes nothing)."""
+        row = self.run_row(run_id)
+        if row is None:
+            raise LedgerError(f"no run {run_id}")
+        self.db.execute(
+            "INSERT OR IGNORE INTO holdout (run_id, experiment_id, session_id, value, recorded_at) VALUES (?, ?, ?, ?, ?)",
+            (run_id, row["experiment_id"], row["session_id"], value, self.clock()),
+        )
+
+    def holdout_values(self, session_id: int) -> dict[int, list[float]]:
+        """Experiment id -> its runs' holdout values, for the human-facing report and `best --holdout`."""
+        out: dict[int, list[float]] = {}
+        for r in self.db.execute("SELECT experiment_id, value FROM holdout WHERE session_id = ? ORDER BY run_id",
+                                 (session_id,)):
+            out.setdefault(r["experiment_id"], []).append(r["value"])
+        return out
 
     def run_row(self, run_id: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

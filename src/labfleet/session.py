@@ -652,6 +652,7 @@ class SessionLoop:
             target_dir=self.target.root, run_dir=run_dir, commit=exp.commit,
             seed=exp.seed if row["seed"] is None else row["seed"], budget_seconds=self.run_budget(exp, row["role"]),
             device=worker.device, threads=worker.threads, frozen_hashes=self.frozen_hashes,
+            holdout=row["role"] in ("calibrate", "validate"),  # integrity: [holdout] only on kept/validated versions
         )
         return Job(run_id=row["id"], worker_id=worker.id, request=request, knobs=exp.knobs)
 

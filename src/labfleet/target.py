@@ -204,6 +204,28 @@ class Tiers(BaseModel):
     validate_: ValidateTier = Field(default=ValidateTier(), alias="validate")
 
 
+class EvaluateSpec(BaseModel):
+    """``[evaluate]``: a frozen evaluator the harness runs beside the run, in its own process.
+
+    It owns the evaluation data and writes the metric (see ``labfleet.integrity``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: str = Field(min_length=1)
+
+
+class HoldoutSpec(BaseModel):
+    """``[holdout]``: a second frozen metric, measured on kept and validated versions, never shown
+    to researchers. Reported by the ``[evaluate]`` evaluator, or by its own ``command``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    direction: Literal["minimize", "maximize"] | None = None  # None: the target's direction
+    command: str = ""  # run after the run in the version's folder; "" : the evaluator reports it
+
+
 class TargetConfig(BaseModel):
     """The whole ``labfleet.toml``."""
 
@@ -212,6 +234,17 @@ class TargetConfig(BaseModel):
     target: TargetSpec
     knobs: dict[str, Knob] = {}
     tiers: Tiers | None = None  # None: one tier, every result decided where it ran
+    evaluate: EvaluateSpec | None = None  # None: the run's own output carries the metric
+    holdout: HoldoutSpec | None = None
+
+    @model_validator(mode="after")
+    def _holdout_has_a_source(self) -> TargetConfig:
+        if self.holdout is not None:
+            if not self.holdout.command and self.evaluate is None:
+                raise ValueError("holdout: needs a command, or an [evaluate] evaluator that reports it")
+            if self.holdout.metric == self.target.metric:
+                raise ValueError("holdout.metric must differ from target.metric")
+        return self
 
     @model_validator(mode="after")
     def _knobs_in_editable_files(self) -> TargetConfig:

@@ -124,10 +124,21 @@ def show_file(repo: Path, commit: str, path: str) -> str:
     return git(repo, "show", f"{commit}:{path}")
 
 
+# Modes git records for a regular file; everything else (120000 symlink, 160000 gitlink) is refused.
+_REGULAR_MODES = ("100644", "100755")
+_CONFIG_FILE = "labfleet.toml"  # the target's own configuration: never editable by an experiment
+_MODE_LINE = re.compile(r"^(?:old|new|new file|deleted file) mode (\d+)\s*$")
+
+
 def patch_paths(repo: Path, patch: str) -> list[str]:
     """Every path a patch touches (both sides of renames), without applying it."""
+    return [p for p, _binary, _renamed in _numstat(repo, patch)]
+
+
+def _numstat(repo: Path, patch: str) -> list[tuple[str, bool, bool]]:
+    """(path, binary, part of a rename or copy) for each path ``git apply --numstat`` reports."""
     out = git(repo, "apply", "--numstat", "-z", "-", input=patch, error=PatchError)
-    paths: list[str] = []
+    entries: list[tuple[str, bool, bool]] = []
     fields = out.split("\0")
     i = 0
     while i < len(fields):
@@ -135,28 +146,86 @@ def patch_paths(repo: Path, patch: str) -> list[str]:
         if not field:
             i += 1
             continue
-        _added, _deleted, path = field.split("\t", 2)
+        added, _deleted, path = field.split("\t", 2)
+        binary = added == "-"
         if path:  # plain change: the path is in the same field
-            paths.append(path)
+            entries.append((path, binary, False))
             i += 1
         else:  # rename or copy with -z: the two paths follow as their own fields
-            paths += [fields[i + 1], fields[i + 2]]
+            entries += [(fields[i + 1], binary, True), (fields[i + 2], binary, True)]
             i += 3
+    return entries
+
+
+_HEADER_PATHS = re.compile(r"^(?:diff --git a/(\S+) b/(\S+)|--- a/(\S+)|\+\+\+ b/(\S+))\s*$", re.MULTILINE)
+
+
+def check_patch_text(patch: str) -> None:
+    """The checks that need no repository: ``PatchError`` with a one-line reason, or nothing.
+
+    No mode but a regular file's (symlinks and gitlinks, wherever they point), no
+    binary patch, no rename or copy, no deletion, no ``labfleet.toml``, no path outside
+    the folder. Researchers' pre-checks call it on their patches; ``check_patch`` too.
+    """
+    if not patch.strip():
+        raise PatchError("the patch is empty")
+    for line in patch.splitlines():
+        match = _MODE_LINE.match(line)
+        if match and match.group(1) not in _REGULAR_MODES:
+            what = {"120000": "a symlink", "160000": "a gitlink (submodule)"}.get(match.group(1), "a special file")
+            raise PatchError(f"the patch makes an editable path {what} (mode {match.group(1)}): "
+                             "editable files must be regular files")
+        if line.startswith(("GIT binary patch", "Binary files ")):
+            raise PatchError("the patch is binary: editable files change only by text diffs")
+    paths = {p for match in _HEADER_PATHS.finditer(patch) for p in match.groups() if p}
+    _check_paths(paths)
+    if re.search(r"^(?:rename|copy) (?:from|to) ", patch, re.MULTILINE):
+        raise PatchError("the patch renames or copies a file: edit editable files in place")
+    for header in re.findall(r"^diff --git a/(\S+) b/\S+\n(?:(?:old|new) mode \d+\n)?deleted file mode",
+                             patch, re.MULTILINE):
+        if not re.search(rf"^diff --git a/\S+ b/{re.escape(header)}\n(?:index \S+\n)?new file mode",
+                         patch, re.MULTILINE):
+            raise PatchError(f"the patch deletes {header}: editable files are changed in place")
+
+
+def _check_paths(paths: Iterable[str]) -> None:
+    for path in sorted(paths):
+        if path.startswith("/") or ".." in Path(path).parts or path.split("/")[0] == ".git":
+            raise PatchError(f"the patch touches {path}, which is outside the target's files")
+        if path == _CONFIG_FILE:
+            raise PatchError(f"the patch touches {_CONFIG_FILE}, which an experiment may never change")
+
+
+def check_patch(repo: Path, patch: str, allowed: Iterable[str]) -> list[str]:
+    """The one patch checker: the paths a patch touches, or ``PatchError`` with a one-line reason.
+
+    A patch may only change the contents of ``allowed`` (editable) regular files:
+    ``check_patch_text``, then what ``git apply`` itself reads from the patch (every
+    path it would touch, binary or not). Used by ``commit_patch`` (materialize,
+    submit, the session) and, through ``check_patch_text``, researchers' pre-checks.
+    """
+    check_patch_text(patch)
+    entries = _numstat(repo, patch)
+    paths = list(dict.fromkeys(p for p, _b, _r in entries))
+    _check_paths(paths)
+    allowed = set(allowed)
+    outside = sorted({p for p in paths if p not in allowed})
+    if outside:
+        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable")
+    if any(renamed for _p, _b, renamed in entries):
+        raise PatchError("the patch renames or copies a file: edit editable files in place")
+    if any(binary for _p, binary, _r in entries):
+        raise PatchError("the patch is binary: editable files change only by text diffs")
     return paths
 
 
 def commit_patch(repo: Path, parent: str, patch: str, message: str, allowed: Iterable[str]) -> str:
     """Commit ``parent`` + ``patch`` as a new commit object; never touches the work tree.
 
-    Raises ``PatchError`` if the patch is empty, does not apply, or touches a path
-    not in ``allowed``.
+    Raises ``PatchError`` if the patch is empty, does not apply, or fails ``check_patch``;
+    the resulting entries of the touched paths must be regular files (or deleted).
     """
-    if not patch.strip():
-        raise PatchError("the patch is empty")
-    allowed = set(allowed)
-    outside = sorted({p for p in patch_paths(repo, patch) if p not in allowed})
-    if outside:
-        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable")
+    paths = check_patch(repo, patch, allowed)
     with tempfile.TemporaryDirectory(prefix="labfleet-index-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git(repo, "read-tree", parent, env=env)
@@ -164,6 +233,11 @@ def commit_patch(repo: Path, parent: str, patch: str, message: str, allowed: Ite
         tree = git(repo, "write-tree", env=env).strip()
     if tree == git(repo, "rev-parse", f"{parent}^{{tree}}").strip():
         raise PatchError("the patch changes nothing")
+    for line in git(repo, "ls-tree", "-z", tree, "--", *paths).split("\0"):
+        if line:
+            mode, _kind, rest = line.split(" ", 2)
+            if mode not in _REGULAR_MODES:
+                raise PatchError(f"{rest.split(chr(9), 1)[1]} would not be a regular file (mode {mode})")
     return git(repo, "commit-tree", tree, "-p", parent, "-m", message).strip()
 
 
@@ -177,8 +251,13 @@ def export_tree(repo: Path, commit: str, dest: Path) -> None:
         env={**os.environ, **_SAFE_ENV},
     )
     assert proc.stdout is not None
-    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-        tar.extractall(dest, filter="data")
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:  # e.g. an absolute symlink, or one pointing outside the tree
+        proc.kill()
+        proc.wait()
+        raise PatchError(f"{commit[:12]} cannot be materialized: {exc}") from None
     stderr = proc.stderr.read().decode() if proc.stderr else ""
     if proc.wait() != 0:
         raise GitError(f"git archive {commit}: {stderr.strip() or 'failed'}")

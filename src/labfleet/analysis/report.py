@@ -891,9 +891,13 @@ class Section:
 
 def build_report(
     ledger: Ledger, session_id: int | None, out: Path, *, metric: str, direction: str,
-    groups: Mapping[str, str] | None = None, title: str = "",
+    groups: Mapping[str, str] | None = None, title: str = "", holdout: Sequence[str] = (),
 ) -> Path:
-    """Write the PNGs and ``index.html`` into ``out``; returns the page's path."""
+    """Write the PNGs and ``index.html`` into ``out``; returns the page's path.
+
+    ``holdout``: lines comparing validation with the holdout metric for the lineage
+    (``integrity.holdout_lines``); the report is for people, never for researchers.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load(ledger, session_id, metric, direction, groups or {})
@@ -917,6 +921,9 @@ def build_report(
                 "Cumulative spend over time, and the best metric each dollar (or worker-hour) bought.",
                 cost_findings(ledger, data, head)),
     ]
+    if holdout:
+        sections.append(Section("Holdout", None, "Validation against the holdout metric for each kept version "
+                                "(the holdout is never shown to researchers).", list(holdout)))
     page = out / "index.html"
     page.write_text(render_html(data, head, sections, title), encoding="utf-8")
     return page

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from labfleet import logs, workspace
-from labfleet.errors import ConfigError, LabfleetError
+from labfleet.errors import ConfigError, LabfleetError, PatchError
 from labfleet.records import Experiment, Proposal, Result, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
 from labfleet.target import unified_diff
@@ -333,6 +333,10 @@ def _apply_patch(files: Mapping[str, str], patch: str, editable: Sequence[str]) 
     with tempfile.TemporaryDirectory(prefix="labfleet-llm-") as tmp:
         root = Path(tmp)
         subprocess.run(["git", "init", "-q", str(root)], check=True, capture_output=True)
+        try:  # symlinks, gitlinks, binary, renames, deletions, labfleet.toml: the one patch checker's text rules
+            workspace.check_patch_text(patch)
+        except PatchError as exc:
+            raise ValueError(str(exc)) from None
         touched = _patch_paths(root, patch)
         outside = sorted({p for p in touched if p not in editable})
         if outside:

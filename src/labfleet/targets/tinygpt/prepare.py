@@ -8,18 +8,23 @@ every version of train.py is measured by the same data and the same evaluation.
     python prepare.py --dataset climbmix    # autoresearch's climbmix shards (needs internet, pyarrow)
     python prepare.py --force               # rebuild even if the cache already holds the corpus
 
-Outputs go to $LABFLEET_CACHE_DIR (set by labfleet; default ~/.cache/labfleet-tinygpt):
-train.bin and val.bin (uint8 tokens) and meta.json. Running it again is a no-op.
+Outputs: train.bin (uint8 tokens) and meta.json in $LABFLEET_CACHE_DIR, and the two
+evaluation splits, val.bin and holdout.bin, in $LABFLEET_EVAL_DIR: labfleet gives that
+folder to setup and to the frozen evaluator (evaluate.py), never to the run. By hand
+both default to ~/.cache/labfleet-tinygpt. Running it again is a no-op.
 
-What train.py uses: VOCAB_SIZE, load_split(), get_batch(), evaluate_bpb(), print_summary().
+What train.py uses: VOCAB_SIZE, load_split("train"), get_batch(), evaluate_bpb(), print_summary().
+Under labfleet, evaluate_bpb() does not measure anything itself: it serves the model's
+logits to evaluate.py, a separate frozen process that owns the evaluation data.
 """
 
 import argparse
 import hashlib
-import hmac
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import sysconfig
 import time
@@ -32,12 +37,15 @@ import numpy as np
 
 VOCAB_SIZE = 256  # byte-level: every byte is a token, so bits per token = bits per byte
 VAL_FRACTION = 0.10  # share of files (by path hash) that go to validation
+HOLDOUT_FRACTION = 0.10  # the next share: the holdout split, measured only on kept versions
 EVAL_TOKENS = 65_536  # the fixed validation slice evaluate_bpb measures
 EVAL_BATCH = 16  # sequences per evaluation forward pass
 SEPARATOR = b"\n\n# ---- file ----\n\n"
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/shard_{:05d}.parquet"
 CLIMBMIX_SHARDS = 2  # training shards 0..N-1 (~100 MB of text each)
 CLIMBMIX_VAL_SHARD = 6542  # the last shard, pinned for validation as in autoresearch
+CLIMBMIX_HOLDOUT_SHARD = 6541  # the one before it, pinned for the holdout
+EVAL_SPLITS = ("val", "holdout")  # written to the evaluator's folder, never read by train.py
 
 
 def cache_dir() -> Path:
@@ -46,13 +54,31 @@ def cache_dir() -> Path:
     return path
 
 
+def eval_dir() -> Path:
+    """The evaluation splits' folder: labfleet's evaluator-only folder, or the cache by hand."""
+    if os.environ.get("LABFLEET_EVAL_DIR"):
+        path = Path(os.environ["LABFLEET_EVAL_DIR"])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return cache_dir()
+
+
+def split_dir(split: str) -> Path:
+    return eval_dir() if split in EVAL_SPLITS else cache_dir()
+
+
 # --------------------------------------------------------------------------- corpora
+
+
+def _share(name: str) -> float:
+    """Where a document's name hashes to in [0, 1): the deterministic split key."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def is_validation(name: str) -> bool:
     """Deterministic split by a hash of the document's name (a path relative to its root)."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < VAL_FRACTION
+    return _share(name) < VAL_FRACTION
 
 
 def stdlib_documents():
@@ -92,7 +118,7 @@ def climbmix_documents():
     except ImportError:
         raise SystemExit("--dataset climbmix needs pyarrow: pip install pyarrow") from None
 
-    for index in [*range(CLIMBMIX_SHARDS), CLIMBMIX_VAL_SHARD]:
+    for index in [*range(CLIMBMIX_SHARDS), CLIMBMIX_VAL_SHARD, CLIMBMIX_HOLDOUT_SHARD]:
         path = cache_dir() / f"shard_{index:05d}.parquet"
         if not path.exists():
             download(CLIMBMIX_URL.format(index), path)
@@ -104,29 +130,36 @@ def climbmix_documents():
 def split_of(dataset: str, name: str) -> str:
     """Which split a document goes to. Deterministic: by path hash, or by pinned shard."""
     if dataset == "climbmix":
-        return "val" if name.startswith(f"shard_{CLIMBMIX_VAL_SHARD:05d}/") else "train"
-    return "val" if is_validation(name) else "train"
+        if name.startswith(f"shard_{CLIMBMIX_VAL_SHARD:05d}/"):
+            return "val"
+        return "holdout" if name.startswith(f"shard_{CLIMBMIX_HOLDOUT_SHARD:05d}/") else "train"
+    share = _share(name)
+    if share < VAL_FRACTION:
+        return "val"
+    return "holdout" if share < VAL_FRACTION + HOLDOUT_FRACTION else "train"
 
 
 def build(dataset: str, force: bool = False) -> dict:
-    """Write train.bin, val.bin and meta.json into the cache; a no-op if they are there."""
+    """Write train.bin and meta.json into the cache, val.bin and holdout.bin into the
+    evaluator's folder; a no-op if they are there."""
     out = cache_dir()
     meta_path = out / "meta.json"
-    if not force and meta_path.exists() and all((out / f"{s}.bin").exists() for s in ("train", "val")):
+    names = ("train", "val", "holdout")
+    if not force and meta_path.exists() and all((split_dir(s) / f"{s}.bin").exists() for s in names):
         meta = json.loads(meta_path.read_text())
         if meta.get("dataset") == dataset:
             return meta
     documents = {"stdlib": stdlib_documents, "climbmix": climbmix_documents}[dataset]()
-    splits = {"train": bytearray(), "val": bytearray()}
-    counts = {"train": 0, "val": 0}
+    splits = {s: bytearray() for s in names}
+    counts = {s: 0 for s in names}
     for name, data in documents:
         split = split_of(dataset, name)
         splits[split] += data + SEPARATOR
         counts[split] += 1
     for split, data in splits.items():  # temp file + rename: a reader never sees half a file
-        tmp = out / f"{split}.bin.tmp"
+        tmp = split_dir(split) / f"{split}.bin.tmp"
         np.frombuffer(bytes(data), dtype=np.uint8).tofile(tmp)
-        os.replace(tmp, out / f"{split}.bin")
+        os.replace(tmp, split_dir(split) / f"{split}.bin")
     meta = {"dataset": dataset, "vocab_size": VOCAB_SIZE, "documents": counts,
             "tokens": {k: len(v) for k, v in splits.items()}}
     tmp = out / "meta.json.tmp"
@@ -140,7 +173,7 @@ def build(dataset: str, force: bool = False) -> dict:
 
 def load_split(split: str) -> np.ndarray:
     """The tokens of a split, memory-mapped (run `python prepare.py` first)."""
-    path = cache_dir() / f"{split}.bin"
+    path = split_dir(split) / f"{split}.bin"
     if not path.exists():
         sys.exit(f"{path} is missing: run `python prepare.py` (labfleet runs it as the target's setup)")
     return np.memmap(path, dtype=np.uint8, mode="r")
@@ -159,52 +192,111 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, generator: np.ran
 _LAST_EVAL = {"value": None}
 
 
+def bpb_of(nats: float, tokens: int) -> float:
+    """Byte-level tokens: one token is one byte, so nats/token / ln 2 = bits per byte."""
+    return nats / tokens / math.log(2)
+
+
+def eval_windows(data: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed evaluation slice as (inputs, next-token targets), each (n_seq, seq_len)."""
+    n_seq = max(1, min(EVAL_TOKENS, len(data) - 1) // seq_len)
+    tokens = np.asarray(data[: n_seq * seq_len + 1], dtype=np.int64)
+    return tokens[:-1].reshape(n_seq, seq_len), tokens[1:].reshape(n_seq, seq_len)
+
+
+def cross_entropy_nats(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Summed cross-entropy in nats of (rows, seq, vocab) logits against (rows, seq) targets.
+
+    float32 for the exponentials (4x faster than float64), float64 for every sum.
+    """
+    z = logits.astype(np.float32, copy=True)
+    z -= z.max(axis=-1, keepdims=True)
+    picked = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+    np.exp(z, out=z)
+    log_norm = np.log(z.sum(axis=-1, dtype=np.float64))
+    return float((log_norm - picked).sum(dtype=np.float64))
+
+
 def evaluate_bpb(model, seq_len: int, device: str = "cpu") -> float:
     """Bits per byte on the fixed validation slice (the first EVAL_TOKENS tokens of val.bin).
 
     Call contract: ``model(x)`` takes int64 token ids x of shape (batch, seq_len) on
-    ``device`` and returns logits of shape (batch, seq_len, VOCAB_SIZE) (any float dtype).
-    Deterministic: the same slice every time, no sampling, eval mode and no_grad (the
-    model's training flag is restored). The value is also kept here for print_summary().
+    ``device`` and returns logits of shape (batch, seq_len, VOCAB_SIZE) (any float dtype);
+    logits at position t may depend only on tokens 0..t. Eval mode and no_grad (the
+    model's training flag is restored). Under labfleet the frozen evaluator
+    (evaluate.py, its own process) sends the input windows, scores the logits against
+    targets this process never sees, checks causality, and returns the value; by hand
+    it is measured here. The value is also kept for print_summary().
     """
     import torch
-    import torch.nn.functional as F
 
-    data = load_split("val")
-    n_seq = max(1, min(EVAL_TOKENS, len(data) - 1) // seq_len)
-    tokens = torch.from_numpy(np.asarray(data[: n_seq * seq_len + 1], dtype=np.int64))
-    x_all, y_all = tokens[:-1].view(n_seq, seq_len), tokens[1:].view(n_seq, seq_len)
     was_training = model.training
     model.eval()
-    total_nats = 0.0
-    with torch.no_grad():
-        for i in range(0, n_seq, EVAL_BATCH):
-            x, y = x_all[i : i + EVAL_BATCH].to(device), y_all[i : i + EVAL_BATCH].to(device)
-            logits = model(x).float()
-            total_nats += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-    model.train(was_training)
-    # byte-level tokens: one token is one byte, so nats/token / ln 2 = bits per byte
-    value = total_nats / (n_seq * seq_len) / math.log(2)
+    try:
+        with torch.no_grad():
+            fd = os.environ.get("LABFLEET_EVAL_FD")
+            value = _serve(model, seq_len, device, int(fd)) if fd else _evaluate_here(model, seq_len, device)
+    finally:
+        model.train(was_training)
     _LAST_EVAL["value"] = value
     return value
 
 
+def _logits(model, x: np.ndarray, device: str) -> np.ndarray:
+    import torch
+
+    logits = model(torch.from_numpy(x.astype(np.int64)).to(device)).float()
+    return logits.cpu().numpy()
+
+
+def _evaluate_here(model, seq_len: int, device: str) -> float:
+    x_all, y_all = eval_windows(load_split("val"), seq_len)
+    nats = sum(cross_entropy_nats(_logits(model, x_all[i : i + EVAL_BATCH], device), y_all[i : i + EVAL_BATCH])
+               for i in range(0, len(x_all), EVAL_BATCH))
+    return bpb_of(nats, x_all.size)
+
+
+# The wire between the run and the frozen evaluator (a socket pair labfleet sets up):
+#   run -> evaluator   HELLO + uint32 seq_len
+#   evaluator -> run   uint32 rows, uint32 seq; rows*seq uint8 tokens   (rows = 0: done, then a float64)
+#   run -> evaluator   rows*seq*VOCAB_SIZE float32 logits
+HELLO = b"TGPT"
+_HEADER = struct.Struct("<II")
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """Exactly n bytes, received in place (the logits are megabytes: no chunk joins)."""
+    buf, got = bytearray(n), 0
+    view = memoryview(buf)
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, 1 << 22))
+        if not k:
+            raise EOFError(f"the other side closed the connection ({got} of {n} bytes)")
+        got += k
+    return buf
+
+
+def _serve(model, seq_len: int, device: str, fd: int) -> float:
+    """Answer the evaluator's windows with the model's logits until it sends the result."""
+    with socket.socket(fileno=fd) as sock:
+        sock.sendall(HELLO + struct.pack("<I", seq_len))
+        while True:
+            rows, seq = _HEADER.unpack(recv_exact(sock, _HEADER.size))
+            if rows == 0:
+                return struct.unpack("<d", recv_exact(sock, 8))[0]
+            x = np.frombuffer(recv_exact(sock, rows * seq), dtype=np.uint8).reshape(rows, seq)
+            sock.sendall(np.ascontiguousarray(_logits(model, x, device), dtype=np.float32).tobytes())
+
+
 # --------------------------------------------------------------------------- the result block
-
-_SIGNING = {"key": None}
-
-
-def _set_signing_key(key) -> None:
-    """Called by launch.py (frozen) before train.py runs; train.py never sees the key."""
-    _SIGNING["key"] = key
 
 
 def print_summary(figures: dict) -> None:
     """Print the `---` block: aligned `key: value` lines, the metric first.
 
     The val_bpb value is the last evaluate_bpb() result, never a figure from the caller
-    (a "val_bpb" key in ``figures`` is ignored). With a signing key from launch.py, a
-    `signature:` line follows: HMAC-SHA256 over "val_bpb=<the printed value>".
+    (a "val_bpb" key in ``figures`` is ignored). Under labfleet the metric counted is the
+    one the frozen evaluator reports to the harness; this line is for people reading the log.
     """
     value = _LAST_EVAL["value"]
     value_text = "nan" if value is None else f"{value:.6f}"
@@ -216,9 +308,6 @@ def print_summary(figures: dict) -> None:
     print("---")
     for key, text in lines.items():
         print(f"{key + ':':<20}{text}")
-    if _SIGNING["key"]:
-        mac = hmac.new(bytes.fromhex(_SIGNING["key"]), f"val_bpb={value_text}".encode(), hashlib.sha256)
-        print(f"{'signature:':<20}{mac.hexdigest()}")
     sys.stdout.flush()
 
 
@@ -230,5 +319,6 @@ if __name__ == "__main__":
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache holds this corpus")
     args = parser.parse_args()
     meta = build(args.dataset, force=args.force)
-    print(f"{meta['dataset']}: {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val bytes "
-          f"from {meta['documents']['train'] + meta['documents']['val']:,} documents in {cache_dir()}")
+    print(f"{meta['dataset']}: {meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val / "
+          f"{meta['tokens']['holdout']:,} holdout bytes from {sum(meta['documents'].values()):,} documents "
+          f"in {cache_dir()}")

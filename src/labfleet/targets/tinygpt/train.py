@@ -1,7 +1,7 @@
 """
 tinygpt: a small GPT trained for a fixed time budget. EDITABLE: this is the experiment.
 
-labfleet runs it as `python launch.py train.py` with LABFLEET_BUDGET_SECONDS,
+labfleet runs it as `python train.py` with LABFLEET_BUDGET_SECONDS,
 LABFLEET_SEED, LABFLEET_DEVICE and LABFLEET_THREADS set; by hand,
 `python prepare.py && python train.py` works too. It trains for exactly the budget
 (evaluation and start-up not counted), evaluates bits per byte on the fixed
