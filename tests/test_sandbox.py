@@ -442,3 +442,24 @@ def test_a_shared_writable_folder_cannot_expose_the_target(target_factory, tmp_p
     target = target_factory(extra_toml=f"writable = [{str(tmp_path)!r}]\n")
     result = run(target, tmp_path / "elsewhere")
     assert result.outcome == Outcome.REJECTED and "would let runs write the target" in result.reason
+
+
+def test_a_slot_memory_limit_stops_a_greedy_run(target_factory, tmp_path):
+    train = "import evalkit\nhog = bytearray(1024**3)\nevalkit.report(1.5)\n"
+    target = target_factory(train, timeout=60)
+    limited = run(target, tmp_path, "limited", memory_mb=256)
+    assert limited.outcome == Outcome.CRASHED and "MemoryError" in limited.log_tail
+    assert run(target, tmp_path, "free").outcome == Outcome.OK  # 1 GiB is fine without the limit
+
+
+def test_a_swapped_log_is_suspect_even_unboxed(target_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv(sandbox.BOX_ENV, "off")
+    sandbox.support.cache_clear()
+    forged = "---\nval_bpb:          0.100000\n"
+    train = f"import os\nopen('../forged.log', 'w').write({forged!r})\nos.replace('../forged.log', '../run.log')\n"
+    try:
+        result = run(target_factory(train, signed=False), tmp_path)
+    finally:
+        monkeypatch.delenv(sandbox.BOX_ENV)
+        sandbox.support.cache_clear()
+    assert result.outcome == Outcome.SUSPECT and "run.log was replaced" in result.reason

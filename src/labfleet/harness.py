@@ -382,6 +382,7 @@ def run_measured(
                 _kill_group(proc, box_pid if box_pid is not None else _child_pid(info))
             else:
                 _kill_group(proc)  # the leader is gone: whatever it left in its group goes too
+            _wait_box_gone(info)
             seconds = time.monotonic() - start
             # Output still in the pipe; a process that escaped (no box) may hold it open: bounded.
             drain_end = time.monotonic() + _DRAIN_SECONDS
@@ -418,6 +419,24 @@ def _tree_cpu_seconds(root: int) -> float | None:
         except (OSError, ValueError, IndexError):
             continue
     return ticks / _CLOCK_TICKS
+
+
+def _wait_box_gone(info: bytearray, limit: float = KILL_GRACE_SECONDS) -> None:
+    """Wait (bounded) until the box's init has left its PID namespace: the kernel has then
+    killed every process in it, so nothing of the run can touch the run dir any more."""
+    try:
+        data = json.loads(bytes(info).decode())
+        pid, ns = int(data["child-pid"]), int(data["pid-namespace"])
+    except (ValueError, KeyError, TypeError):
+        return
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:  # a reused pid is in another namespace; an exited init has no namespace link
+            if os.readlink(f"/proc/{pid}/ns/pid") != f"pid:[{ns}]":
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
 
 
 def _child_pid(info: bytearray) -> int | None:
@@ -559,6 +578,14 @@ def prepare(target_dir: Path, commit: str = "HEAD", cache_root: Path | None = No
 # --------------------------------------------------------------------------- the run
 
 
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def eval_allowance(spec: TargetSpec, budget: float) -> float:
     """Seconds a run may take beyond its training budget (start-up, evaluation)."""
     if spec.eval_allowance_seconds is not None:
@@ -694,6 +721,7 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
     if evaluator is not None:
         env[integrity.EVAL_FD_ENV] = str(evaluator.run_fd)
     box = _box(request, spec, cache_dir, log_path)
+    log_inode = _inode(log_path)
     if sandbox.support().boxed:  # /tmp is read-only in the box: temporary files go to the run dir
         (run_dir / "tmp").mkdir(exist_ok=True)
         env["TMPDIR"] = str(run_dir / "tmp")
@@ -734,6 +762,9 @@ def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) 
         return result
 
     # 5. parse (bounded: the capped log, never more than its head and tail)
+    if _inode(log_path) != log_inode:  # only without the box: in it run.log is read-only
+        result.outcome, result.reason = Outcome.SUSPECT, f"{LOG_FILE} was replaced during the run"
+        return result
     output = logs.read_bounded(log_path)
     if evaluator is not None:  # the run's own metric line is never taken, whatever it says
         output = re.sub(rf"^\s*{re.escape(spec.metric)}\s*:.*$", "", output, flags=re.MULTILINE)
