@@ -53,7 +53,7 @@ def test_holdout_reaches_people_and_no_researcher_visible_output(finished_lab, m
     # researchers do not: every verb's JSON, the TSV, every experiment's `show`, the MCP views
     ledger = Ledger.for_target(folder / ".labfleet")
     outputs = [run_cli(*verb, "-C", str(folder)).stdout for verb in
-               (("status", "--json"), ("results", "--json", "--all"), ("best", "--json"), ("export", "--tsv"),
+               (("status", "--json"), ("results", "--json", "--all"), ("best", "--json"), ("export", "--tsv", "-o", "-"),
                 ("results",), ("status",), ("best",))]
     experiments = ledger.experiments(1)
     outputs += [run_cli("show", str(e.id), "-C", str(folder), "--json").stdout for e in experiments]
