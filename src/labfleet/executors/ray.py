@@ -225,7 +225,8 @@ class RayExecutor(Executor):
         self._alive_at = (0.0, frozenset[str]())
         self._packs: dict[str, bytes] = {}  # commit -> gzipped tar, the last few
         self.namespace = namespace
-        self._owners: dict[str, Any] = {}  # owner actor name -> handle, those this executor used
+        self._owners: dict[str, Any] = {}  # owner actor name -> handle, those this executor uses
+        self._used: list[str] = []  # every owner's name it used, kept after close
         self._beat = time.monotonic()
         _OPEN.add(self)
 
@@ -295,6 +296,8 @@ class RayExecutor(Executor):
                     self._owners[name] = self._ray.get_actor(name, namespace=self.namespace)
                 except ValueError:
                     return None
+            if name not in self._used:
+                self._used.append(name)
         return self._owners[name]
 
     def _pack(self, repo: Path, commit: str) -> bytes:
@@ -476,8 +479,8 @@ class RayExecutor(Executor):
         return list(self._slots)
 
     def owners(self) -> list[str]:
-        """Names of the owner actors this executor started runs on or adopted runs from."""
-        return list(self._owners)
+        """Names of the owner actors this executor started runs on or adopted runs from (also after close)."""
+        return list(self._used)
 
     def close(self) -> None:
         """Stop this executor's runs and end their owners; disconnect only a connection labfleet opened.
