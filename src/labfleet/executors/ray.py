@@ -88,8 +88,8 @@ HEARTBEAT_SECONDS = 30.0  # how often a polling orchestrator tells its owners it
 OWNER_CALL_TIMEOUT = 30.0  # seconds to wait for an owner's answer before calling it gone
 
 _OPEN: weakref.WeakSet[RayExecutor] = weakref.WeakSet()
-_CONNECTION = {"ours": False}
-_ACTOR: dict[str, Any] = {}  # the owner actor class, made once per process  # whether labfleet (not the caller) called ray.init
+_CONNECTION = {"ours": False}  # whether labfleet (not the caller) called ray.init
+_ACTOR: dict[str, Any] = {}  # the owner actor class, made once per process
 _LOCK = threading.Lock()
 
 
@@ -367,6 +367,7 @@ class RayExecutor(Executor):
             got = self._ray.get(slot.answer, timeout=OWNER_CALL_TIMEOUT)
         except Exception as exc:
             got, why = None, f"its owner on the Ray cluster is gone ({type(exc).__name__})"
+            self._owners.pop(slot.owner, None)  # the next start makes a new one
         else:
             why = "the run never reached its owner on the Ray cluster (the orchestrator died while starting it)"
         slot.answer = None
@@ -410,6 +411,8 @@ class RayExecutor(Executor):
         try:
             out = self._ray.get(slot.ref, timeout=60)
         except Exception as exc:
+            if isinstance(exc, self._ray.exceptions.OwnerDiedError):
+                self._owners.pop(slot.owner, None)  # the next start makes a new one
             return Finished(job.run_id, job.worker_id, None, self._lost_reason(exc, job.worker_id))
         result = RunResult.from_json(out["result"])
         run_dir = job.request.run_dir
