@@ -97,7 +97,7 @@ class Cluster:
                     f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
         else:
             cmd += [f"--address={self.address}"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)  # slow when the machine is loaded
         if proc.returncode != 0:
             raise RuntimeError(f"ray start failed: {proc.stderr[-2000:]}")
         pid, node_id = self._raylet(f"--node_manager_port={node_port} ")
