@@ -248,6 +248,11 @@ class RayExecutor(Executor):
             self._alive_at = (time.monotonic(), alive)
         return node_id in alive
 
+    def _died(self, node_id: str) -> bool:
+        """Whether the cluster has declared this node dead (asked now, not from the cached view)."""
+        self._alive_at = (0.0, frozenset[str]())
+        return not self._node_alive(node_id)
+
     # ----------------------------------------------------------------- running
 
     def start(self, job: Job) -> str:
@@ -441,7 +446,7 @@ class RayExecutor(Executor):
         node = self._places[worker_id].node_id if worker_id in self._places else ""
         if isinstance(exc, ex.TaskCancelledError):
             return "cancelled"
-        if isinstance(exc, (ex.NodeDiedError, ex.TaskUnschedulableError)):
+        if isinstance(exc, (ex.NodeDiedError, ex.TaskUnschedulableError)) or (node and self._died(node)):
             self._dead.add(node)
             return f"Ray node {node[:8]} died ({type(exc).__name__})"
         if isinstance(exc, ex.OwnerDiedError):
