@@ -30,13 +30,15 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'labf
 from labfleet import workspace  # noqa: E402
 from labfleet.executors import conformance  # noqa: E402
 from labfleet.executors.base import ExecutorError, Job  # noqa: E402
-from labfleet.executors.ray import RayExecutor  # noqa: E402
+from labfleet.executors import ray as ray_executor  # noqa: E402
+from labfleet.executors.ray import RayExecutor, owner_name  # noqa: E402
 from labfleet.harness import Outcome, RunRequest, read_result  # noqa: E402
 from labfleet.ledger import Ledger  # noqa: E402
 from labfleet.records import Decision, Proposal, RunStatus, SessionState  # noqa: E402
 from labfleet.session import SessionConfig, SessionLoop, start_session  # noqa: E402
 from labfleet.target import load_target  # noqa: E402
 from tests.conftest import make_target  # noqa: E402
+from tests.test_cli_session import SEARCH_TOML  # noqa: E402
 from tests.test_session import KNOB_TRAIN, KNOBS_TOML, Scripted  # noqa: E402
 
 RAY_CLI = Path(sys.executable).parent / "ray"
@@ -95,7 +97,7 @@ class Cluster:
                     f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}"]
         else:
             cmd += [f"--address={self.address}"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)  # slow when the machine is loaded
         if proc.returncode != 0:
             raise RuntimeError(f"ray start failed: {proc.stderr[-2000:]}")
         pid, node_id = self._raylet(f"--node_manager_port={node_port} ")
@@ -284,8 +286,11 @@ def test_a_session_runs_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None
     ledger, loop = _session(folder, researcher, cluster.address)
     try:
         loop.run()
+        owners = loop.executor.owners()  # type: ignore[attr-defined]
     finally:
         loop.executor.close()
+    assert owners == [owner_name(folder / ".labfleet" / "runs" / f"s{loop.session_id}")]
+    assert not _owner_alive(owners[0])  # the session's end ended the owner of its runs
     sid = loop.session_id
     exps = {e.description: e for e in ledger.experiments(sid)}
     assert exps["baseline"].decision == Decision.BASELINE and exps["baseline"].metric == pytest.approx(2.02)
@@ -316,6 +321,109 @@ def test_cancel_and_close_leave_no_training_process(cluster: Cluster, tmp_path: 
     executor.close()  # stops the other one the same way
     assert _node_local_processes(jobs[1].request.run_dir) == []
     assert executor.poll() == [] and executor.running() == []  # close drops what was not reported yet
+
+
+# --------------------------------------------------------------------------- orchestrator restarts
+
+
+def _owner_alive(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace="labfleet")
+    except ValueError:
+        return False
+    return True
+
+
+# each node sleeps its own time: the head's run ends while no orchestrator is alive, the worker's outlasts it
+NODE_TRAIN = KNOB_TRAIN.replace(
+    "time.sleep(SLEEP)", "time.sleep(SLEEP + {'head': 2.0, 'worker': 12.0}.get(os.environ.get('LABFLEET_TEST_NODE'), 0.0))")
+
+
+def test_runs_outlive_a_killed_orchestrator_and_are_adopted(cluster: Cluster, tmp_path: Path) -> None:
+    folder = make_target(tmp_path / "lab", NODE_TRAIN, extra_toml=SEARCH_TOML, budget=1, timeout=30)
+    state = folder / ".labfleet"
+    owner = owner_name(state / "runs" / "s1")
+    cmd = [sys.executable, "-m", "labfleet", "run", "-C", str(folder), "--executor", "ray",
+           "--ray-address", cluster.address, "--researcher", "random", "--max-experiments", "1", "--noise-repeats", "0"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def running() -> dict[str, Path]:  # hardware -> run dir of the runs the ledger says are running and that train
+        if not (state / "ledger.sqlite").exists():
+            return {}
+        try:
+            reader = Ledger.for_target(state)
+            try:
+                rows = reader.db.execute("SELECT hardware, run_dir FROM runs WHERE status = 'running'").fetchall()
+            finally:
+                reader.close()
+        except Exception:  # the orchestrator is still making the ledger
+            return {}
+        dirs = {r["hardware"]: Path(r["run_dir"]) for r in rows}
+        return dirs if all(_node_local_processes(d, training=True) for d in dirs.values()) else {}
+
+    try:
+        _until(lambda: len(running()) == 2 or first.poll() is not None, 120, "both baseline runs to train")
+        assert first.poll() is None, first.stderr.read() if first.stderr else ""
+        found = running()
+        first.kill()  # SIGKILL: no close, no cleanup
+        killed = time.time()
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    short, long = found["H100"], found["H200"]  # the head's run, the worker's
+    dirs = [short, long]
+    time.sleep(1.0)
+    assert _owner_alive(owner), "the runs' owner died with the orchestrator"
+    assert _node_local_processes(long, training=True), "the run died with the orchestrator"
+    _until(lambda: not _node_local_processes(short), 30, "the head's run to end with no orchestrator alive")
+    assert _node_local_processes(long, training=True)  # the next orchestrator finds one finished, one running
+
+    again = subprocess.run([*cmd[:6], "--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming session 1" in again.stdout
+    ledger = Ledger.for_target(state)
+    try:
+        runs = ledger.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        adopted = [json.loads(e["data"])["run"] for e in ledger.db.execute("SELECT data FROM events WHERE kind = 'run_adopted'")]
+        exps = ledger.db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+    finally:
+        ledger.close()
+    assert [r["status"] for r in runs] == ["done"] * len(runs), [dict(r) for r in runs]  # nothing lost, nothing run twice
+    assert len({(r["experiment_id"], r["seed"], r["hardware"]) for r in runs}) == len(runs)
+    assert len(exps) == 2 and exps[0]["decision"] == "baseline" and exps[1]["decision"] in ("kept", "discarded")
+    by_dir = {Path(r["run_dir"]): r for r in runs}
+    assert sorted(adopted) == sorted(by_dir[d]["id"] for d in dirs)
+    for d in dirs:  # collected from the runs that started before the kill, not from new ones
+        result = read_result(d)
+        assert result is not None and result.outcome == Outcome.OK and result.started_at < killed
+    assert read_result(long).ended_at > killed + 1  # it went on while no orchestrator was alive
+    assert not _owner_alive(owner), "the session ended but its owner actor is still alive"
+
+
+def test_an_owner_reports_unknown_runs_and_ends_itself_when_idle(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ray_executor, "OWNER_IDLE_SECONDS", 1.0)
+    folder = conformance.make_target(tmp_path / "target")
+    executor = RayExecutor(cluster.address)
+    owner = owner_name(tmp_path / "runs")
+    try:
+        worker = executor.workers()[0].id
+        ghost = conformance._job(folder, tmp_path, 2, worker)
+        executor.adopt(ghost, f"ray:{owner}:2-0000")  # no owner yet
+        [gone] = executor.poll()
+        assert gone.result is None and "owner" in gone.reason and "gone" in gone.reason
+        handle = executor.start(conformance._job(folder, tmp_path, 1, worker, sleep=2.0))
+        assert handle.startswith(f"ray:{owner}:1-")
+        executor.adopt(ghost, f"ray:{owner}:2-0000")  # the owner exists but never heard of this run
+        finished = {f.run_id: f for f in conformance._wait(executor, 2)}
+        assert finished[2].result is None and "never reached" in finished[2].reason
+        assert finished[1].result is not None and finished[1].result.outcome == Outcome.OK
+        # holding nothing and told nothing for OWNER_IDLE_SECONDS, the owner ends itself
+        _until(lambda: not _owner_alive(owner), 30, "the idle owner to end")
+    finally:
+        executor.close()
 
 
 # --------------------------------------------------------------------------- node death (last: kills the worker node)

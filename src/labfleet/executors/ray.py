@@ -27,11 +27,18 @@ force-kills the Ray worker if it lingers; when a Ray worker dies for any reason 
 guard between it and the harness makes the harness kill its training group, so no
 training run outlives its task.
 
-Ownership: a Ray task belongs to the driver (the orchestrator process) that submitted
-it and dies with it. ``adopt`` therefore follows a task only when this process
-submitted it (an executor object was replaced, not the process); after a real
-restart it collects ``result.json`` if the run finished and was collected before the
-crash, and otherwise reports the run lost, and the session runs it again.
+Ownership: a Ray task belongs to the process that submitted it and dies with it, so
+the orchestrator does not submit run tasks itself. A detached, named actor (``RunOwner``,
+one per folder of run dirs, i.e. per session: ``owner_name``) on the head node submits
+them and holds their results until the orchestrator has written them into the run dir;
+the orchestrator borrows each task's ObjectRef from it. The handle recorded in the
+ledger names the owner and the run (``ray:<owner>:<key>``), so after a ``kill -9`` a new
+orchestrator's ``adopt`` finds the owner with ``ray.get_actor`` and follows the run:
+one that finished meanwhile is collected at once, one still running is followed, one
+the owner never heard of (or whose owner is gone) is reported lost and run again.
+``close`` (the end of a session) stops what still runs and kills the owners it used; an
+owner nobody talks to ends itself once it holds nothing (``OWNER_IDLE_SECONDS``), or,
+holding only results nobody collected, after ``OWNER_ABANDON_SECONDS``.
 
 A node that dies keeps its slots listed (ids stay stable); a job started there is
 reported lost by the next ``poll`` without being submitted, and ``available()``
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -68,16 +76,20 @@ from labfleet.harness import KILL_GRACE_SECONDS, LOG_FILE, RESULT_FILE, RunReque
 
 # Custom resource names that are hardware classes (any others given in ``classes`` too).
 KNOWN_CLASSES = ("A10", "A100", "A10G", "B200", "GB200", "GH200", "H100", "H200", "L4", "L40S", "MI300X", "T4", "V100")
+HEAD_RESOURCE = "node:__internal_head__"  # every head node has one unit: the owners live there
 INSTALL_HINT = "pip install 'labfleet[ray]'"
 LOG_LIMIT = 8 * 1024 * 1024  # bytes of run.log shipped back (the tail)
 NODE_CHECK_SECONDS = 2.0  # how long a view of which nodes are alive is trusted
 CONNECT_TIMEOUT = 5.0
+OWNER_PREFIX = "labfleet-owner-"
+OWNER_IDLE_SECONDS = 600.0  # an owner holding nothing, with no orchestrator talking to it, ends itself
+OWNER_ABANDON_SECONDS = 86400.0  # ... and one holding only results nobody came back for
+HEARTBEAT_SECONDS = 30.0  # how often a polling orchestrator tells its owners it is there
+OWNER_CALL_TIMEOUT = 30.0  # seconds to wait for an owner's answer before calling it gone
 
-# Tasks this process (the Ray driver) submitted and nobody has reported yet, by handle:
-# an executor object that replaces another in the same process can still follow them.
-_DRIVER_TASKS: dict[str, tuple[Any, str]] = {}  # handle -> (ObjectRef, orchestrator commit)
 _OPEN: weakref.WeakSet[RayExecutor] = weakref.WeakSet()
 _CONNECTION = {"ours": False}  # whether labfleet (not the caller) called ray.init
+_ACTOR: dict[str, Any] = {}  # the owner actor class, made once per process
 _LOCK = threading.Lock()
 
 
@@ -94,9 +106,13 @@ class _Place:
 @dataclass
 class _Slot:
     job: Job
-    ref: Any  # ObjectRef, or None for an adopted run this driver never submitted
     handle: str
     commit: str  # the version as the orchestrator names it (result.commit)
+    owner: str = ""  # the owner actor's name ("": none, e.g. a handle of an older labfleet)
+    key: str = ""  # the run's key at its owner
+    answer: Any = None  # the owner's pending answer: ObjectRef of [task ref], or of None (unknown run)
+    ref: Any = None  # the run task's ObjectRef, borrowed from the owner
+    gone: str = ""  # nothing on the cluster to follow (why): poll reads result.json or reports it lost
 
 
 def _import_ray() -> Any:
@@ -208,7 +224,10 @@ class RayExecutor(Executor):
         self._dead: set[str] = set()  # node ids known dead (a task there died with its node)
         self._alive_at = (0.0, frozenset[str]())
         self._packs: dict[str, bytes] = {}  # commit -> gzipped tar, the last few
-        self._remote: Any = None
+        self.namespace = namespace
+        self._owners: dict[str, Any] = {}  # owner actor name -> handle, those this executor uses
+        self._used: list[str] = []  # every owner's name it used, kept after close
+        self._beat = time.monotonic()
         _OPEN.add(self)
 
     # ----------------------------------------------------------------- slots
@@ -228,6 +247,11 @@ class RayExecutor(Executor):
             alive = frozenset(str(n["NodeID"]) for n in _alive_nodes(self._ray))
             self._alive_at = (time.monotonic(), alive)
         return node_id in alive
+
+    def _died(self, node_id: str) -> bool:
+        """Whether the cluster has declared this node dead (asked now, not from the cached view)."""
+        self._alive_at = (0.0, frozenset[str]())
+        return not self._node_alive(node_id)
 
     # ----------------------------------------------------------------- running
 
@@ -252,30 +276,34 @@ class RayExecutor(Executor):
             "commit": commit, "tree": tree, "run_dir": str(request.run_dir),
             "request": request.to_json(),
         }
-        options: dict[str, Any] = {
-            "num_cpus": place.num_cpus,
-            "scheduling_strategy": self._affinity(place.node_id),
-            "name": f"labfleet-run-{job.run_id}",
-        }
+        options: dict[str, Any] = {"num_cpus": place.num_cpus, "node_id": place.node_id, "name": f"labfleet-run-{job.run_id}"}
         if place.resource:
             options["resources"] = {place.resource: 1}
         if place.num_gpus:
             options["num_gpus"] = place.num_gpus
-        ref = self._task().options(**options).remote(payload)
-        handle = f"ray:{ref.hex()}"
-        _DRIVER_TASKS[handle] = (ref, commit)
-        self._slots[job.run_id] = _Slot(job, ref, handle, commit)
+        name = owner_name(request.run_dir.parent)
+        key = f"{job.run_id}-{uuid.uuid4().hex[:12]}"
+        answer = self._owner(name, create=True).submit.remote(key, payload, options)  # returns at once
+        handle = f"ray:{name}:{key}"
+        self._slots[job.run_id] = _Slot(job, handle, commit, name, key, answer)
         return handle
 
-    def _affinity(self, node_id: str) -> Any:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        return NodeAffinitySchedulingStrategy(node_id, soft=False)
-
-    def _task(self) -> Any:
-        if self._remote is None:
-            self._remote = self._ray.remote(max_retries=0)(run_on_node)
-        return self._remote
+    def _owner(self, name: str, *, create: bool = False) -> Any:
+        """The owner actor called ``name`` (made on the head node when ``create``), or None if there is none."""
+        if name not in self._owners:
+            if create:
+                self._owners[name] = _owner_class(self._ray).options(
+                    name=name, namespace=self.namespace, get_if_exists=True, lifetime="detached",
+                    num_cpus=0, resources={HEAD_RESOURCE: 0.001}, max_restarts=0,
+                ).remote(OWNER_IDLE_SECONDS, OWNER_ABANDON_SECONDS)
+            else:
+                try:
+                    self._owners[name] = self._ray.get_actor(name, namespace=self.namespace)
+                except ValueError:
+                    return None
+            if name not in self._used:
+                self._used.append(name)
+        return self._owners[name]
 
     def _pack(self, repo: Path, commit: str) -> bytes:
         """The version's files as a gzipped tar (cached: seeds and retries reuse it)."""
@@ -290,30 +318,98 @@ class RayExecutor(Executor):
         return self._packs[commit]
 
     def adopt(self, job: Job, handle: str) -> None:
-        known = _DRIVER_TASKS.get(handle)
-        if known is not None:  # submitted by this process: still running or waiting to be read
-            self._slots[job.run_id] = _Slot(job, known[0], handle, known[1])
-        else:  # another driver's task died with it; poll collects result.json or reports it lost
-            self._slots[job.run_id] = _Slot(job, None, handle, "")
+        """Follow a run an earlier orchestrator (or executor) started, through its owner on the cluster."""
+        request = job.request
+        try:
+            commit = workspace.resolve(request.target_dir, request.commit)
+        except LabfleetError:
+            commit = ""
+        slot = _Slot(job, handle, commit)
+        kind, _, rest = handle.partition(":")
+        name, _, key = rest.partition(":")
+        if kind == "ray" and name.startswith(OWNER_PREFIX) and key:
+            slot.owner, slot.key = name, key
+        if read_result(request.run_dir) is not None:  # collected before the restart, not yet recorded
+            slot.gone = "collected before the restart"
+            self._forget([slot])
+        elif not slot.owner:
+            slot.gone = "no owner on the cluster recorded for this run (started by an older labfleet?)"
+        elif (owner := self._owner(slot.owner)) is None:
+            slot.gone = f"its owner on the Ray cluster ({slot.owner}) is gone"
+        else:
+            slot.answer = owner.lookup.remote(slot.key)
+        self._slots[job.run_id] = slot
 
     def poll(self) -> list[Finished]:
         done, self._lost = self._lost, []
-        refs = list(dict.fromkeys(s.ref for s in self._slots.values() if s.ref is not None))
-        ready: set[Any] = set()
-        if refs:
-            ready = set(self._ray.wait(refs, num_returns=len(refs), timeout=0)[0])
-        for run_id, slot in list(self._slots.items()):
-            if slot.ref is None:
+        self._heartbeat()
+        slots = list(self._slots.values())
+        answers = [s.answer for s in slots if s.answer is not None]
+        if answers:
+            ready = set(self._ray.wait(answers, num_returns=len(answers), timeout=0)[0])
+            for slot in slots:
+                if slot.answer in ready:
+                    self._read_answer(slot)
+        refs = list(dict.fromkeys(s.ref for s in slots if s.ref is not None))
+        ready = set(self._ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        ended: list[_Slot] = []
+        for slot in slots:
+            run_id = slot.job.run_id
+            if slot.gone:
                 result = read_result(slot.job.request.run_dir)
-                why = "" if result else "the Ray driver that owned this run is gone (Ray tasks die with their driver)"
-                done.append(Finished(run_id, slot.job.worker_id, result, why))
-            elif slot.ref in ready:
+                done.append(Finished(run_id, slot.job.worker_id, result, "" if result else slot.gone))
+            elif slot.ref is not None and slot.ref in ready:
                 done.append(self._collect(slot))
+                ended.append(slot)
             else:
                 continue
             del self._slots[run_id]
-            _DRIVER_TASKS.pop(slot.handle, None)
+        self._forget(ended)  # result.json is written: the owner may drop them
         return done
+
+    def _read_answer(self, slot: _Slot) -> None:
+        """The owner's answer about a run: its task's ref, or that it never heard of it."""
+        try:
+            got = self._ray.get(slot.answer, timeout=OWNER_CALL_TIMEOUT)
+        except Exception as exc:
+            got, why = None, f"its owner on the Ray cluster is gone ({type(exc).__name__})"
+            self._owners.pop(slot.owner, None)  # the next start makes a new one
+        else:
+            why = "the run never reached its owner on the Ray cluster (the orchestrator died while starting it)"
+        slot.answer = None
+        if got:
+            slot.ref = got[0]
+        else:
+            slot.gone = why
+
+    def _heartbeat(self) -> None:
+        """Tell the owners this orchestrator is alive (an owner nobody talks to ends itself)."""
+        now = time.monotonic()
+        if now - self._beat < HEARTBEAT_SECONDS:
+            return
+        self._beat = now
+        for owner in self._owners.values():
+            try:
+                owner.touch.remote()
+            except Exception:
+                pass
+
+    def _forget(self, slots: list[_Slot]) -> None:
+        """Let the owners drop these runs (their results are in the run dirs, or not wanted)."""
+        by_owner: dict[str, list[str]] = {}
+        for slot in slots:
+            if slot.owner and slot.key:
+                by_owner.setdefault(slot.owner, []).append(slot.key)
+        calls = []
+        for name, keys in by_owner.items():
+            owner = self._owner(name)
+            if owner is not None:
+                calls.append(owner.forget.remote(keys))
+        if calls:  # waited for: a result recorded as done must not stay held after a crash
+            try:
+                self._ray.get(calls, timeout=OWNER_CALL_TIMEOUT)
+            except Exception:
+                pass
 
     def _collect(self, slot: _Slot) -> Finished:
         """A finished task: its result written into the run dir here, or why it was lost."""
@@ -321,6 +417,8 @@ class RayExecutor(Executor):
         try:
             out = self._ray.get(slot.ref, timeout=60)
         except Exception as exc:
+            if isinstance(exc, self._ray.exceptions.OwnerDiedError):
+                self._owners.pop(slot.owner, None)  # the next start makes a new one
             return Finished(job.run_id, job.worker_id, None, self._lost_reason(exc, job.worker_id))
         result = RunResult.from_json(out["result"])
         run_dir = job.request.run_dir
@@ -336,8 +434,8 @@ class RayExecutor(Executor):
 
     def _orchestrator_commit(self, request: RunRequest, parent: str, node_commit: str) -> str:
         """The version that ran, named in the target repo (the node's shas differ)."""
-        if not request.patch:
-            return parent
+        if not request.patch or not parent:
+            return parent or node_commit
         try:
             paths = workspace.patch_paths(request.target_dir, request.patch)
             return workspace.commit_patch(request.target_dir, parent, request.patch, "labfleet experiment", paths)
@@ -346,12 +444,14 @@ class RayExecutor(Executor):
 
     def _lost_reason(self, exc: Exception, worker_id: str) -> str:
         ex = self._ray.exceptions
-        node = self._places[worker_id].node_id
+        node = self._places[worker_id].node_id if worker_id in self._places else ""
         if isinstance(exc, ex.TaskCancelledError):
             return "cancelled"
-        if isinstance(exc, (ex.NodeDiedError, ex.TaskUnschedulableError)):
+        if isinstance(exc, (ex.NodeDiedError, ex.TaskUnschedulableError)) or (node and self._died(node)):
             self._dead.add(node)
             return f"Ray node {node[:8]} died ({type(exc).__name__})"
+        if isinstance(exc, ex.OwnerDiedError):
+            return f"the run's owner on the Ray cluster died ({type(exc).__name__})"
         cause = getattr(exc, "cause", None)
         text = str(cause if isinstance(cause, BaseException) else exc).strip()
         lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -365,29 +465,34 @@ class RayExecutor(Executor):
         self._lost.append(Finished(run_id, slot.job.worker_id, None, "cancelled"))
 
     def _stop(self, slots: list[_Slot]) -> None:
-        """Interrupt the tasks (the harness kills its training group), then force what lingers."""
-        refs = [s.ref for s in slots if s.ref is not None]
+        """Have the owners stop these runs (the harness kills its training group) and drop them.
+
+        Returns once the tasks have ended (or were force-killed after the grace period).
+        """
+        by_owner: dict[str, list[str]] = {}
         for slot in slots:
-            _DRIVER_TASKS.pop(slot.handle, None)
-        if not refs:
-            return
-        for ref in refs:
+            if slot.owner and slot.key and not slot.gone:
+                by_owner.setdefault(slot.owner, []).append(slot.key)
+        calls = []
+        for name, keys in by_owner.items():
+            owner = self._owner(name)
+            if owner is not None:
+                calls.append(owner.stop.remote(keys, KILL_GRACE_SECONDS + 3))
+        if calls:
             try:
-                self._ray.cancel(ref, force=False)
-            except Exception:
-                pass
-        ready, rest = self._ray.wait(refs, num_returns=len(refs), timeout=KILL_GRACE_SECONDS + 3)
-        for ref in rest:
-            try:
-                self._ray.cancel(ref, force=True)
+                self._ray.get(calls, timeout=KILL_GRACE_SECONDS + 3 + OWNER_CALL_TIMEOUT)
             except Exception:
                 pass
 
     def running(self) -> list[int]:
         return list(self._slots)
 
+    def owners(self) -> list[str]:
+        """Names of the owner actors this executor started runs on or adopted runs from (also after close)."""
+        return list(self._used)
+
     def close(self) -> None:
-        """Stop this executor's runs; disconnect only a connection labfleet opened and nobody else uses.
+        """Stop this executor's runs and end their owners; disconnect only a connection labfleet opened.
 
         A cluster is never shut down: ``ray.shutdown()`` only disconnects this driver.
         """
@@ -395,12 +500,124 @@ class RayExecutor(Executor):
         self._slots.clear()
         self._lost.clear()
         self._stop(slots)
+        for owner in self._owners.values():
+            try:
+                self._ray.kill(owner)
+            except Exception:  # already gone
+                pass
+        self._owners.clear()
         _OPEN.discard(self)
         with _LOCK:
             if _CONNECTION["ours"] and not _OPEN and self._ray.is_initialized():
                 self._ray.shutdown()
                 _CONNECTION["ours"] = False
-                _DRIVER_TASKS.clear()
+
+
+# --------------------------------------------------------------------------- the runs' owner
+
+
+def owner_name(run_root: Path) -> str:
+    """The owner actor of the runs whose run dirs are in ``run_root`` (one session's runs).
+
+    Stable across orchestrator restarts on this machine; another machine's or another
+    session's folder gets another owner.
+    """
+    where = f"{socket.gethostname()}:{Path(run_root).resolve()}"
+    return OWNER_PREFIX + hashlib.sha256(where.encode()).hexdigest()[:20]
+
+
+class RunOwner:
+    """The detached actor that submits a session's run tasks and holds their results.
+
+    Ray ties a task (and its result) to the process that submitted it; this actor is
+    that process, and it outlives the orchestrator. Runs are known by key; the
+    orchestrator borrows each task's ObjectRef (``submit`` and ``lookup`` return it in a
+    list, so Ray does not resolve it) and calls ``forget`` once it has the result. Every
+    call counts as contact; a watchdog ends the actor when nobody has been in contact for
+    ``idle`` seconds and it holds nothing, or for ``abandon`` seconds and nothing runs.
+    """
+
+    def __init__(self, idle: float, abandon: float) -> None:
+        import ray
+
+        self._ray = ray
+        self._task = ray.remote(max_retries=0)(run_on_node)
+        self._refs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._contact = time.monotonic()
+        threading.Thread(target=self._watch, args=(idle, abandon), daemon=True).start()
+
+    def _touch(self) -> None:
+        self._contact = time.monotonic()
+
+    def submit(self, key: str, payload: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts = dict(options)
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(opts.pop("node_id"), soft=False)
+        ref = self._task.options(**opts).remote(payload)
+        with self._lock:
+            self._refs[key] = ref
+            self._touch()
+        return [ref]
+
+    def lookup(self, key: str) -> list[Any] | None:
+        with self._lock:
+            self._touch()
+            ref = self._refs.get(key)
+        return None if ref is None else [ref]
+
+    def forget(self, keys: list[str]) -> None:
+        with self._lock:
+            self._touch()
+            for key in keys:
+                self._refs.pop(key, None)
+
+    def stop(self, keys: list[str], grace: float) -> None:
+        """Interrupt these runs' tasks (the harness kills its training group), force what lingers, drop them."""
+        with self._lock:
+            self._touch()
+            refs = [self._refs.pop(k) for k in keys if k in self._refs]
+        for ref in refs:
+            try:
+                self._ray.cancel(ref, force=False)
+            except Exception:
+                pass
+        if refs:
+            _, rest = self._ray.wait(refs, num_returns=len(refs), timeout=grace)
+            for ref in rest:
+                try:
+                    self._ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+
+    def touch(self) -> int:
+        """An orchestrator is alive; returns how many runs are held."""
+        with self._lock:
+            self._touch()
+            return len(self._refs)
+
+    def _watch(self, idle: float, abandon: float) -> None:
+        while True:
+            time.sleep(max(0.2, min(30.0, idle / 4)))
+            with self._lock:
+                refs = list(self._refs.values())
+                quiet = time.monotonic() - self._contact
+            running = bool(refs) and len(self._ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs)
+            if (quiet >= idle and not refs) or (quiet >= abandon and not running):
+                self._ray.get_runtime_context().current_actor.__ray_terminate__.remote()
+                return
+
+
+def _owner_class(ray: Any) -> Any:
+    """``RunOwner`` as a Ray actor class (made once).
+
+    One call at a time, in the order each caller sent them: a ``stop`` never overtakes
+    the ``submit`` before it.
+    """
+    if "owner" not in _ACTOR:
+        _ACTOR["owner"] = ray.remote(RunOwner)
+    return _ACTOR["owner"]
 
 
 # --------------------------------------------------------------------------- on the node
@@ -542,7 +759,7 @@ def _cleanup(run_dir: Path, *files: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["KNOWN_CLASSES", "RayExecutor", "discover", "guard", "node_root", "run_on_node"]
+__all__ = ["KNOWN_CLASSES", "RayExecutor", "RunOwner", "discover", "guard", "node_root", "owner_name", "run_on_node"]
 
 
 if __name__ == "__main__":
