@@ -700,10 +700,11 @@ class SessionLoop:
         queued = self.ledger.run_rows(self.session_id, ["queued"])
         if not queued:
             return False
-        for placement in place(queued, free, self.tiers, backfill=self._backfill):
-            row = next(r for r in queued if r["id"] == placement.run_id)
-            self.place(row, self.workers[placement.worker_id])
-        return True if queued and free else False
+        by_id = {r["id"]: r for r in queued}
+        placements = place(queued, free, self.tiers, backfill=self._backfill)
+        for placement in placements:
+            self.place(by_id[placement.run_id], self.workers[placement.worker_id])
+        return bool(placements)
 
     def _job(self, row: Any, worker: Worker, exp: Experiment | None = None) -> Job:
         """The one place a run's Job (and its harness RunRequest) is built."""
