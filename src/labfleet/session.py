@@ -241,6 +241,7 @@ class SessionLoop:
                                                calls=self.config.researcher_calls,
                                                timeout=self.config.researcher_timeout)
         self._asked = 0  # proposals asked for by calls still in flight
+        self._proposals: list[Proposal] = []  # answered, not yet materialized (a commit each)
         self._run_seconds = 0.0  # running mean of finished screening runs' durations
         self._finished_runs = 0
 
@@ -286,8 +287,23 @@ class SessionLoop:
         if self.ask():
             progressed = True
             self.take_answers()  # zero latency (the simulator without --researcher-latency): at once
+        progressed |= self.materialize_next()
         progressed |= self.place_queued()
         return progressed
+
+    def materialize_next(self) -> bool:
+        """Record answered proposals as experiments while a worker can take one (a git commit each).
+
+        Real clocks: one per tick while workers are busy, so a run that finishes meanwhile is
+        collected and its worker fed from the queue without waiting for a whole batch of commits.
+        """
+        done = False
+        while self._proposals and not self.stop_reason:
+            self.materialize(self._proposals.pop(0))
+            done = True
+            if self.tick != math.inf and self.free_workers() == []:
+                break
+        return done
 
     def wanted(self, queued: int) -> int:
         """Proposals to ask for now: free screening workers plus the pipeline, less what is queued or asked."""
@@ -297,7 +313,7 @@ class SessionLoop:
         free = sum(1 for w in self.free_workers() if w in screeners)
         run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
         depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(screeners), run_seconds)
-        return free + depth - queued - self._asked
+        return free + depth - queued - self._asked - len(self._proposals)
 
     def ask(self) -> bool:
         """Start a researcher call when the pipeline runs low (never one per freed worker)."""
@@ -307,7 +323,7 @@ class SessionLoop:
         queued = len(self.ledger.run_rows(self.session_id, ["queued"]))
         n = self.wanted(queued)
         if self.config.max_experiments is not None:
-            n = min(n, self.config.max_experiments - self.proposed_count() - self._asked)
+            n = min(n, self.config.max_experiments - self.proposed_count() - self._asked - len(self._proposals))
         if n <= 0 or not self.may_propose():
             return False
         self._asked += n
@@ -340,16 +356,16 @@ class SessionLoop:
                                       reason=self.stop_reason)
                 continue
             if self.config.max_experiments is not None:
-                proposals = proposals[: max(0, self.config.max_experiments - self.proposed_count())]
+                room = self.config.max_experiments - self.proposed_count() - len(self._proposals)
+                proposals = proposals[: max(0, room)]
             if not proposals and not answer.failed and not answer.late:
                 self.researcher_idle = True
-            for proposal in proposals:
-                self.materialize(proposal)
-                progressed = True
+            self._proposals += proposals
+            progressed |= bool(proposals)
         return progressed
 
     def finished(self) -> bool:
-        if self.may_propose():
+        if self.may_propose() or (self._proposals and not self.stop_reason):
             return False
         active = self.ledger.run_rows(self.session_id, ["queued", "running"])
         return not active
