@@ -17,7 +17,13 @@ surrogate's expected metric), so neither noise luck nor the H200's speed counts.
 Utilization (busy worker-time over fleet time) is the fleet run's, with a
 zero-latency researcher (proposals cost no virtual time).
 
-Run: .venv/bin/python bench/speedup.py [--seeds 0,1,2] [--seq-hours 72] [--fleet-hours 12]
+With tiers the validate class is treated as scarce (``labfleet.scheduler``): screened
+winners are ranked by the probability that they beat the champion, the best are
+validated first, winners the champion has passed are dropped before they cost a
+run, the rest are confirmed cheaply on the screen class while they wait, and the
+H200s screen whenever no validation needs them (backfill).
+
+Run: .venv/bin/python bench/speedup.py [--seeds 0,1,2,3,4] [--seq-hours 72] [--fleet-hours 12]
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ def first_time(curve: list[tuple[float, float]], goal: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--seq-hours", type=float, default=72.0)
     parser.add_argument("--fleet-hours", type=float, default=12.0)
     parser.add_argument("--fleet", default="H100:13,H200:3")
@@ -88,10 +94,15 @@ def main() -> None:
                   f"{time.time() - started:>7.0f}", flush=True)
     for name in variants:
         if speedups[name]:
-            print(f"{name}: speedup median {statistics.median(speedups[name]):.1f}x over {len(speedups[name])} seeds,"
-                  f" utilization mean {statistics.mean(utils[name]):.1%}")
+            print(f"{name}: speedup median {statistics.median(speedups[name]):.1f}x over {len(speedups[name])} seeds"
+                  f" that reached it ({len(utils[name])} run), utilization median {statistics.median(utils[name]):.1%}")
         else:
             print(f"{name}: never reached the sequential best within --fleet-hours")
+    tiered, flat = (speedups[v] for v in variants)
+    if tiered and flat:
+        verdict = "not worse" if statistics.median(tiered) >= statistics.median(flat) else "WORSE"
+        print(f"tiers vs no tiers, same seeds: median {statistics.median(tiered):.1f}x vs {statistics.median(flat):.1f}x"
+              f" ({verdict})")
     print("anchor 9x, goal >= 12x; utilization goal >= 97% (zero-latency researcher)")
 
 

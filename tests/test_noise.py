@@ -145,7 +145,8 @@ promote = 1
         Proposal("lr best", knobs={"LEARNING_RATE": 1e-2}),
         Proposal("lr worse", knobs={"LEARNING_RATE": 1e-4}),
     ])
-    ledger, loop = session(folder, researcher, LocalExecutor(fleet), noise_repeats=1)
+    # backfill off: the fast worker never screens (with it, an idle fast worker takes screens)
+    ledger, loop = session(folder, researcher, LocalExecutor(fleet), noise_repeats=1, backfill=False)
     sid = loop.session_id
     exps = {e.description: e for e in ledger.experiments(sid)}
     best = ledger.runs_of(exps["lr best"].id)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -318,3 +321,128 @@ def test_researchers_that_read_findings_get_the_analysis_in_words(tmp_path):
     last = researcher.findings[-1]
     assert any(line.startswith("phase 1") and "val_bpb improved by" in line for line in last), last
     assert Scripted([]).wants_findings is False  # others never pay for it
+
+
+# ----------------------------------------------------------------------------- the researcher off the loop
+
+
+class Sleepy(Scripted):
+    """Takes ``seconds`` of real time per propose call, as a model call does."""
+
+    def __init__(self, proposals, seconds: float) -> None:
+        super().__init__(proposals)
+        self.seconds = seconds
+
+    def propose(self, state, n):
+        time.sleep(self.seconds)
+        return super().propose(state, n)
+
+
+def test_a_slow_researcher_never_leaves_the_workers_waiting(tmp_path):
+    """propose() takes 1.5 s, runs ~2.5 s: calls run while both workers train, one call feeds several runs."""
+    folder = lab(tmp_path)
+    proposals = [Proposal(f"lr {k}", knobs={"LEARNING_RATE": 1e-3 * (1 + k / 10), "SLEEP": 2.0}) for k in range(10)]
+    researcher = Sleepy(proposals, 1.5)
+    ledger, loop = run_session(folder, researcher, workers=2, noise_repeats=0, keep="margin", max_experiments=10)
+    runs = [r for r in ledger.runs(loop.session_id) if r.started_at and r.ended_at]
+    assert len([r for r in runs if r.role == "screen" and r.experiment_id != loop.baseline().id]) == 10
+    # per worker, the time between one run's end and the next one's start (screens, and the
+    # champions' calibration runs): a blocking call would leave a worker waiting >= 1.5 s for
+    # every proposal; queued proposals start at once
+    gaps = []
+    for worker in {r.worker for r in runs}:
+        mine = sorted((r for r in runs if r.worker == worker), key=lambda r: r.started_at)
+        gaps += [b.started_at - a.ended_at for a, b in zip(mine, mine[1:])]
+    gaps.sort()
+    assert gaps and gaps[len(gaps) // 2] < 1.0, gaps  # median gap (slack for a loaded 2-core machine)
+    first, last = min(r.started_at for r in runs), max(r.ended_at for r in runs)
+    busy = sum(r.ended_at - r.started_at for r in runs)
+    assert busy / (2 * (last - first)) > 0.7
+    calls = [json.loads(r["data"]) for r in ledger.db.execute(
+        "SELECT data FROM events WHERE session_id = ? AND kind = 'researcher_call'", (loop.session_id,))]
+    assert sum(c["got"] for c in calls) == 10 and len(calls) < 10  # never one call per freed worker
+    assert max(c["asked"] for c in calls) >= 2
+
+
+class Troubled(Scripted):
+    """The first call raises, the second hangs past the timeout (then answers late), then fine."""
+
+    def __init__(self, proposals) -> None:
+        super().__init__(proposals)
+        self.calls = 0
+
+    def propose(self, state, n):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("the model provider is down")
+        if self.calls == 2:
+            time.sleep(2.5)
+        return super().propose(state, n)
+
+
+def test_a_researcher_that_raises_or_hangs_is_backed_off_and_nothing_is_lost(tmp_path):
+    folder = lab(tmp_path)
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=2, noise_repeats=0, keep="margin", researcher_timeout=1.0)
+    sid = start_session(target, ledger, cfg)
+    proposals = [Proposal(f"lr {k}", knobs={"LEARNING_RATE": 1e-3 * (2 + k)}) for k in range(4)]
+    researcher = Troubled(proposals)
+    events = []
+    loop = SessionLoop(target, ledger, LocalExecutor(2), researcher, sid, cfg, folder / ".labfleet",
+                       on_event=events.append, outage_waits=(0.3, 0.6))
+    assert loop.run() == "the researcher has nothing more to propose"
+    descriptions = [e.description for e in ledger.experiments(sid)]
+    assert sorted(descriptions[1:]) == sorted(p.description for p in proposals)  # each exactly once
+    assert all(e.decision != Decision.PENDING for e in ledger.experiments(sid))
+    kinds = [r["kind"] for r in ledger.db.execute("SELECT kind FROM events WHERE session_id = ?", (sid,))]
+    assert "researcher_timeout" in kinds
+    errors = [json.loads(r["data"])["error"] for r in ledger.db.execute(
+        "SELECT data FROM events WHERE session_id = ? AND kind = 'researcher_call'", (sid,))]
+    assert any("the model provider is down" in e for e in errors)
+    assert any(e.kind == "researcher_error" for e in events)
+
+
+def test_kill_9_during_a_pending_model_call_then_resume(tmp_path):
+    """The orchestrator dies while the model thinks: on resume it asks again; nothing is lost or run twice."""
+    from tests.conftest import run_cli
+    from tests.fake_llm import FakeLLM, Reply
+
+    folder = lab(tmp_path)
+    first_call = threading.Event()
+    release = threading.Event()
+    wave = [{"description": f"LEARNING_RATE 1e-3 -> {v}", "hypothesis": "a larger step",
+             "edits": [{"file": "train.py", "search": "LEARNING_RATE = 1e-3", "replace": f"LEARNING_RATE = {v}"}]}
+            for v in ("3e-3", "5e-3")]
+    answered: list[int] = []
+
+    def model(request):
+        if not first_call.is_set():
+            first_call.set()
+            release.wait(60)  # the orchestrator is killed while this call is pending
+            return Reply(wave)
+        answered.append(1)
+        return Reply(wave if len(answered) == 1 else [])
+
+    env = {**os.environ, "ANTHROPIC_API_KEY": "sk-test-kill", "COLUMNS": "200"}
+    args = ["--researcher", "llm", "--provider", "anthropic", "--model", "fake-model", "--workers", "2",
+            "--max-experiments", "2", "--keep", "margin", "--noise-repeats", "0"]
+    with FakeLLM() as fake:
+        fake.responder = model
+        proc = subprocess.Popen([sys.executable, "-m", "labfleet", "run", "-C", str(folder), *args,
+                                 "--base-url", fake.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        assert first_call.wait(120), "the model was never asked"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        release.set()
+        again = run_cli("run", "-C", str(folder), "--base-url", fake.url, env={"ANTHROPIC_API_KEY": "sk-test-kill"})
+    assert again.returncode == 0, again.stdout + again.stderr
+    ledger = Ledger(folder / ".labfleet" / "ledger.sqlite")
+    exps = ledger.experiments(1)
+    assert sorted(e.description for e in exps[1:]) == sorted(w["description"] for w in wave)  # once each
+    for exp in exps[1:]:
+        screens = [r for r in ledger.runs_of(exp.id) if r.role == "screen" and r.status != RunStatus.LOST]
+        assert len(screens) == 1 and screens[0].status == RunStatus.DONE
+        assert exp.decision in (Decision.KEPT, Decision.DISCARDED)
+    ledger.close()

@@ -318,3 +318,42 @@ def test_a_simulated_session_is_deterministic(tmp_path):
 
     one, two = metrics("one"), metrics("two")
     assert len(one) >= 16 and one == two
+
+
+def test_researcher_latency_is_virtual_deterministic_and_priced(tmp_path):
+    """propose() takes 60 +- 30 virtual seconds: the same seed gives the same session; calls cost tokens."""
+    from labfleet.simulate import clone_target
+    from labfleet.simulate import simulate as simulate_plan
+
+    def plan(name: str):
+        with clone_target(None) as folder:
+            sim = simulate_plan(folder, "H100:3,H200:1", researcher="random", hours=None, seed=1,
+                                budget_seconds=300.0, researcher_latency="60:30", max_experiments=12)
+            ledger = Ledger.for_target(folder / ".labfleet")
+            runs = [(r.id, r.worker, r.metric, r.started_at) for r in ledger.runs(sim.session_id)]
+            ledger.close()
+        return sim, runs
+
+    (one, runs_one), (two, runs_two) = plan("one"), plan("two")
+    assert runs_one == runs_two and len(runs_one) >= 13
+    assert one.llm_calls >= 2 and one.llm_calls < 12  # one call fills several workers
+    assert one.llm_usd > 0 and one.llm_usd == two.llm_usd and one.researcher_latency == (60.0, 30.0)
+
+
+def test_every_waiting_winner_is_decided_when_a_session_winds_down(tmp_path):
+    """Tiers with one validation at a time and proposing stopped early: nothing is left pending."""
+    from labfleet.simulate import clone_target
+    from labfleet.simulate import simulate as simulate_plan
+
+    with clone_target(None) as folder:
+        sim = simulate_plan(folder, "H100:6,H200:1", researcher="random", hours=0.5, seed=2, budget_seconds=300.0,
+                            screen=["H100"], validate=["H200"], promote=1)
+        ledger = Ledger.for_target(folder / ".labfleet")
+        kinds = [r["kind"] for r in ledger.db.execute("SELECT kind FROM events ORDER BY id")]
+        ledger.close()
+    assert sim.stop_reason == "reached --hours 0.5"
+    assert sim.decisions.get("pending", 0) == 0, sim.decisions
+    assert sim.experiments >= 10
+    # winners still waited when proposing stopped; they were promoted (or dropped) afterwards, not left pending
+    after = kinds[kinds.index("stop_proposing"):]
+    assert "promoted" in after or "confirming" in after, after

@@ -858,6 +858,7 @@ def simulate(
     patience: Annotated[int | None, typer.Option(help="Stop after this many experiments without a keep.", min=1)] = None,
     max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop once the fleet has cost this much.", min=0)] = None,
     save: Annotated[Path | None, typer.Option(help="Keep the simulated target and its ledger here (for `labfleet report -C DIR`).")] = None,
+    researcher_latency: Annotated[str | None, typer.Option("--researcher-latency", help="Virtual seconds per researcher call: SECONDS or MEAN:SD (e.g. 90 or 60:30); each call is also priced as a long-prompt model call.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Plan a fleet before paying for it: a whole session on a virtual clock, in seconds.
@@ -881,7 +882,7 @@ def simulate(
                 folder, fleet, researcher=researcher, hours=hours, seed=seed, budget_seconds=budget,
                 screen=classes[0], validate=classes[1],
                 surrogate=dict(noise_sd=noise, crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds),
-                **limits,
+                researcher_latency=researcher_latency, **limits,
             )
     except ValueError as exc:
         raise LabfleetError(str(exc)) from None
@@ -894,6 +895,8 @@ def simulate(
             "decisions": sim.decisions, "utilization": sim.utilization, "baseline": sim.baseline, "best": sim.best,
             "hours_to_share_of_gain": reach, "cost_usd": sim.cost_usd, "cost_by_class": sim.cost_by_class,
             "findings": sim.findings, "stop_reason": sim.stop_reason, "saved": str(save) if save else None,
+            "researcher_latency": list(sim.researcher_latency), "llm_calls": sim.llm_calls, "llm_usd": sim.llm_usd,
+            "calls_per_experiment": sim.calls_per_experiment,
         }, indent=2))
         return
     d = sim.decisions
@@ -907,6 +910,10 @@ def simulate(
         _say("time to reach: " + ", ".join(
             f"{k} of the gain {v:.1f} h" if v is not None else f"{k} never" for k, v in reach.items()))
     _say(f"cost ${sim.cost_usd:,.0f} (" + ", ".join(f"{hw} ${usd:,.0f}" for hw, usd in sim.cost_by_class.items()) + ")")
+    if sim.llm_calls:
+        mean, sd = sim.researcher_latency
+        _say(f"researcher: {sim.llm_calls} model calls ({sim.calls_per_experiment:.2f} per experiment) at "
+             f"{mean:g}{f'±{sd:g}' if sd else ''} s each, LLM ${sim.llm_usd:,.2f}")
     for line in sim.findings:
         _say(f"  {line}")
     if save:

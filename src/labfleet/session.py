@@ -1,27 +1,32 @@
-"""The session loop: keeps every worker busy, records everything, keeps or discards.
+"""The session loop: keeps every worker busy, records everything, applies the scheduler's decisions.
 
-The only place where stages meet (see DESIGN.md): the researcher proposes, this
-loop materializes proposals as commits and queues them in the ledger, places
-queued runs on free workers, collects results, decides, and tells the researcher.
-One event per tick, as in Ray Tune's controller:
+The only place where stages meet (see DESIGN.md): the researcher proposes (off the
+loop, through a ``scheduler.proposing.Proposer``), this loop materializes proposals
+as commits and queues them in the ledger, places queued runs on free workers,
+collects results, and applies what the scheduler (``labfleet.scheduler``: pure
+functions over a frozen ``Snapshot``) decides. One event per tick, as in Ray Tune's
+controller:
 
     recover()                      # once: adopt runs a killed orchestrator left behind;
                                    # queue the baseline's noise and calibration runs
     while not finished:
         stop runs `labfleet cancel` asked for
-        collect finished runs      # ledger first, then decide, then researcher.observe
-        place queued runs          # validation, then calibration, confirmation, screening
-        propose for free workers   # and one ahead, so a freed worker never waits for git
+        collect finished runs      # ledger first, then scheduler.decide, then apply
+        place queued runs          # scheduler.place: validation, calibration, confirmation, screening
+        take researcher answers    # proposals materialized; usage recorded; failures back off
+        ask the researcher         # when the pipeline runs low: one call for many workers
         wait if idle               # executor.wait: a sleep, or the simulator's clock jump
+    decide what is left            # nothing stays pending when a session ends
 
-Deciding (``decide``): a result is compared with the champion on its hardware
-class and budget, against the measured noise (``analysis/noise``): beyond it, kept;
-within it, repeated once (or, with [tiers], validated on the validate class);
-otherwise discarded. A new champion gets one fresh-seed run per class.
+The researcher never blocks the loop: its call runs on a thread (or, on the
+simulator's clock, takes virtual time), results that finish meanwhile are collected
+and decided, and a pipeline of proposals sized from the measured call latency and
+run time keeps freed workers fed.
 
 Every state change is written to the ledger before it is acted on, so a killed
 orchestrator resumes from the ledger: runs marked running are adopted from their
-run directory (collected if finished meanwhile, retried if lost).
+run directory (collected if finished meanwhile, retried if lost). A researcher
+call in flight is not recorded until it answers: after a kill it is simply asked again.
 """
 
 from __future__ import annotations
@@ -36,29 +41,42 @@ from typing import Any
 
 from labfleet import frozen, workspace
 from labfleet.analysis import cost
-from labfleet.analysis.noise import (
-    DEFAULT_Z,
-    UNBIASED_ROLES,
-    Group,
-    Verdict,
-    judge,
-    noise_floors,
-    samples_from_runs,
-)
+from labfleet.analysis.noise import DEFAULT_Z, UNBIASED_ROLES, Group, Verdict, noise_floors, samples_from_runs
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
 from labfleet.ledger import Ledger, run_record
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
+from labfleet.scheduler import (
+    Baseline,
+    Discard,
+    Fail,
+    Keep,
+    Limits,
+    Queue,
+    Repeat,
+    Snapshot,
+    Validate,
+    Wait,
+    champion_metrics,
+    decide,
+    decide_baseline,
+    hardware_offset,
+    judge_on,
+    place,
+    plan_calibration,
+    plan_champion_calibration,
+    rank_winners,
+    role_allows,
+    stop_reason,
+)
+from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
+from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
 from labfleet.target import Target, Tiers, knob_patch
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
-# Queued runs are placed in this order: validation first (winners waiting to be kept),
-# then the baseline's noise and calibration runs, then confirmations, then new screens.
-ROLE_PRIORITY = {"validate": 0, "calibrate": 1, "noise": 1, "confirm": 2, "screen": 3}
-VALIDATION_SEED_OFFSET = 1000  # validation seeds differ from every screening seed
 
 
 class SessionError(LabfleetError):
@@ -100,6 +118,11 @@ class SessionConfig:
     labfleet_spec: str = "labfleet"  # what SkyPilot clusters pip-install
     price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)
     hardware: str | None = None  # hardware class of local workers (None: cpu, or gpu with cuda)
+    researcher_calls: int = 1  # researcher calls in flight at once (each on its own thread)
+    researcher_timeout: float = 900.0  # seconds a call may take before proposing backs off
+    # with [tiers]: validate-class workers screen when no validation needs them, and
+    # waiting winners get a cheap confirmation on the screen class
+    backfill: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,17 +205,17 @@ class SessionLoop:
     on_event: Callable[[Event], None] = lambda event: None
     clock: Callable[[], float] = time.time
     tick: float = TICK_SECONDS  # the longest idle wait (the simulator's virtual clock jumps instead)
+    # The researcher off the loop (None: a thread per call on a real clock, virtual
+    # latency 0 on the simulator's clock). Its failures back proposing off: the first
+    # and longest pause, seconds; the session neither ends nor loses anything.
+    proposer: Proposer | None = None
+    outage_waits: tuple[float, float] = DEFAULT_WAITS
     # runtime state, rebuilt from the ledger on start
     busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
     champion: _Champion = field(default_factory=_Champion)
     # The researcher had nothing to propose: ask again only after a new result (a new
     # champion may open new ideas); with nothing left running, the session ends.
     researcher_idle: bool = False
-    # A model provider failed (429s, 5xx, an outage): proposing pauses and is retried at
-    # ``retry_at`` with a doubling backoff; the session neither ends nor loses anything.
-    retry_at: float | None = None
-    outage_backoff: float = 0.0
-    outage_waits: tuple[float, float] = (15.0, 600.0)  # first and longest pause, seconds
     stop_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -209,6 +232,19 @@ class SessionLoop:
         # champion's per-class figures come from here (rebuilt from the ledger in recover)
         self.samples: dict[Group, list[float]] = {}
         self.unbiased: dict[Group, list[float]] = {}  # the subset not chosen for looking good
+        self._noise: dict[str, float] | None = None  # class -> sd, cached until the next result
+        if self.proposer is None:
+            if hasattr(self.clock, "advance_to"):  # the simulator's virtual clock: deterministic
+                self.proposer = VirtualProposer(self.researcher, self.clock, self.outage_waits,
+                                                calls=self.config.researcher_calls)
+            else:
+                self.proposer = ThreadProposer(self.researcher, self.clock, self.outage_waits,
+                                               calls=self.config.researcher_calls,
+                                               timeout=self.config.researcher_timeout)
+        self._asked = 0  # proposals asked for by calls still in flight
+        self._proposals: list[Proposal] = []  # answered, not yet materialized (a commit each)
+        self._run_seconds = 0.0  # running mean of finished screening runs' durations
+        self._finished_runs = 0
 
     # ----------------------------------------------------------------- the loop
 
@@ -216,16 +252,22 @@ class SessionLoop:
         """Run until a limit is reached and nothing is left running; returns why it stopped."""
         self.ledger.set_session_status(self.session_id, "running")
         self.recover()
+        assert self.proposer is not None
         try:
             while True:
                 progressed = self.step()
                 if self.finished():
                     break
                 if not progressed:
-                    self.executor.wait(self.tick)
+                    now = self.clock()
+                    due = self.proposer.next_event(now)
+                    self.executor.wait(self.tick if due is None else max(0.0, min(self.tick, due - now)))
+            self.decide_leftovers()
         except BaseException:
             self.interrupt()
             raise
+        finally:
+            self.proposer.close()
         self.executor.close()  # nothing runs any more: release the fleet (SkyPilot tears its clusters down)
         self.ledger.set_session_status(self.session_id, "finished")
         self.ledger.event(self.session_id, "session_finished", reason=self.stop_reason)
@@ -233,7 +275,7 @@ class SessionLoop:
         return self.stop_reason
 
     def step(self) -> bool:
-        """One tick: collect finished runs, place queued ones, propose for idle workers."""
+        """One tick: collect finished runs, place queued ones, take answers, ask the researcher."""
         progressed = False
         for run_id in self.ledger.cancel_requests(self.session_id):
             if run_id in self.busy.values():
@@ -242,17 +284,89 @@ class SessionLoop:
             self.collect(finished)
             progressed = True
         progressed |= self.place_queued()
-        wanted = sum(1 for w in self.free_workers() if self._role_allows("screen", w.hardware)) + self.config.lookahead
-        wanted -= len(self.ledger.run_rows(self.session_id, ["queued"]))
-        if self.retry_at is not None and self.clock() >= self.retry_at:
-            self.researcher_idle, self.retry_at = False, None  # the provider pause is over: ask again
-        if wanted > 0 and not self.researcher_idle and self.retry_at is None and self.may_propose():
-            progressed |= self.propose(wanted)
-            progressed |= self.place_queued()
+        progressed |= self.take_answers()
+        if self.ask():
+            progressed = True
+            self.take_answers()  # zero latency (the simulator without --researcher-latency): at once
+        progressed |= self.materialize_next()
+        progressed |= self.place_queued()
+        return progressed
+
+    def materialize_next(self) -> bool:
+        """Record answered proposals as experiments while a worker can take one (a git commit each).
+
+        Real clocks: one per tick while workers are busy, so a run that finishes meanwhile is
+        collected and its worker fed from the queue without waiting for a whole batch of commits.
+        """
+        done = False
+        while self._proposals and not self.stop_reason:
+            self.materialize(self._proposals.pop(0))
+            done = True
+            if self.tick != math.inf and self.free_workers() == []:
+                break
+        return done
+
+    def wanted(self, queued: int) -> int:
+        """Proposals to ask for now: free screening workers plus the pipeline, less what is queued or asked."""
+        assert self.proposer is not None
+        screeners = [w for w in self.workers.values() if self._role_allows("screen", w.hardware)
+                     or (self._backfill and self._role_allows("validate", w.hardware))]
+        free = sum(1 for w in self.free_workers() if w in screeners)
+        run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
+        depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(screeners), run_seconds)
+        return free + depth - queued - self._asked - len(self._proposals)
+
+    def ask(self) -> bool:
+        """Start a researcher call when the pipeline runs low (never one per freed worker)."""
+        assert self.proposer is not None
+        if self.researcher_idle or not self.proposer.can_ask(self.clock()):
+            return False
+        queued = len(self.ledger.run_rows(self.session_id, ["queued"]))
+        n = self.wanted(queued)
+        if self.config.max_experiments is not None:
+            n = min(n, self.config.max_experiments - self.proposed_count() - self._asked - len(self._proposals))
+        if n <= 0 or not self.may_propose():
+            return False
+        self._asked += n
+        self.proposer.ask(self.state(), n, self.clock())
+        return True
+
+    def take_answers(self) -> bool:
+        """Finished researcher calls: usage to the ledger, proposals materialized (queued)."""
+        assert self.proposer is not None
+        answers, notes = self.proposer.answers(self.clock())
+        for note in notes:
+            self.ledger.event(self.session_id, "researcher_timeout", note=note)
+            self.on_event(Event("researcher_error", note))
+        progressed = False
+        for answer in answers:
+            if not answer.late:
+                self._asked = max(0, self._asked - answer.asked)
+            for call in answer.usage:
+                self.ledger.event(self.session_id, "llm_call", **call)
+            self.ledger.event(self.session_id, "researcher_call", asked=answer.asked, got=len(answer.proposals),
+                              seconds=round(answer.seconds, 3), error=answer.error, late=answer.late)
+            if answer.failed:
+                what = answer.error or f"model call failed: {answer.usage[-1].get('error', '')}"
+                kind = "llm_error" if not answer.error else "researcher_error"
+                self.on_event(Event(kind, f"{what}; proposing paused for {self.proposer.backoff:.0f} s"))
+            proposals = list(answer.proposals)
+            if self.stop_reason:
+                if proposals:
+                    self.ledger.event(self.session_id, "proposals_dropped", count=len(proposals),
+                                      reason=self.stop_reason)
+                continue
+            if self.config.max_experiments is not None:
+                room = self.config.max_experiments - self.proposed_count() - len(self._proposals)
+                proposals = proposals[: max(0, room)]
+            if not proposals and not answer.failed and not answer.late:
+                self.researcher_idle = True
+            self._proposals += proposals
+            progressed |= bool(proposals)
         return progressed
 
     def finished(self) -> bool:
-        if self.may_propose():
+        if self.may_propose() or (self._proposals and not self.stop_reason):
             return False
         active = self.ledger.run_rows(self.session_id, ["queued", "running"])
         return not active
@@ -261,24 +375,23 @@ class SessionLoop:
         cfg = self.config
         if self.stop_reason:
             return False
-        reason = ""
-        if (self.researcher_idle and not cfg.serve and self.retry_at is None
-                and not self.ledger.run_rows(self.session_id, ["queued", "running"])):
-            reason = "the researcher has nothing more to propose"
-        elif cfg.max_experiments is not None and self.proposed_count() >= cfg.max_experiments:
-            reason = f"reached --max-experiments {cfg.max_experiments}"
-        elif cfg.hours is not None and self.clock() - self.session["created_at"] >= cfg.hours * 3600:
-            reason = f"reached --hours {cfg.hours:g}"
-        elif cfg.until is not None and self.champion.metric is not None and not self._better(cfg.until, self.champion.metric):
-            reason = f"reached --until {cfg.until:g}"
-        elif cfg.patience is not None and self.ledger.decided_since_keep(self.session_id) >= cfg.patience:
-            reason = f"no keep in the last {cfg.patience} experiments (--patience {cfg.patience}): diminishing returns"
-        elif cfg.max_usd is not None and cost.fleet_usd(self.ledger, self.session_id, self.clock()) >= cfg.max_usd:
-            reason = f"reached --max-usd {cfg.max_usd:g}"
+        assert self.proposer is not None
+        pending_call = self.proposer.in_flight > 0 or self.proposer.backing_off(self.clock())
+        limits = Limits(cfg.max_experiments, cfg.hours, cfg.until, cfg.patience, cfg.max_usd, cfg.serve)
+        reason = stop_reason(
+            limits, direction=self.target.spec.direction, proposed=self.proposed_count(),
+            elapsed_seconds=self.clock() - self.session["created_at"], champion_metric=self.champion.metric,
+            decided_since_keep=self.ledger.decided_since_keep(self.session_id) if cfg.patience is not None else 0,
+            fleet_usd=cost.fleet_usd(self.ledger, self.session_id, self.clock()) if cfg.max_usd is not None else 0.0,
+            researcher_done=self.researcher_idle and not pending_call,
+            active_runs=len(self.ledger.run_rows(self.session_id, ["queued", "running"])) if self.researcher_idle else 1,
+        )
         if reason:
             self.stop_reason = reason
             self.ledger.event(self.session_id, "stop_proposing", reason=reason)
             self.on_event(Event("stopping", f"{reason}; waiting for running experiments"))
+            if self.tiers is not None:
+                self.promote_waiting()  # winding down: every waiting winner still gets decided
             return False
         return True
 
@@ -295,6 +408,37 @@ class SessionLoop:
         self.ledger.set_session_status(self.session_id, "stopped")
         self.ledger.event(self.session_id, "session_stopped", requeued=len(running))
 
+    def decide_leftovers(self) -> None:
+        """Nothing runs any more: an experiment still pending (a winner no validate worker
+        could take, e.g. the fleet lost that class) is discarded, saying why, never left pending."""
+        for exp in self.ledger.experiments(self.session_id):
+            if exp.decision != Decision.PENDING or exp.parent_id is None:
+                continue
+            done = [r for r in self.ledger.runs_of(exp.id) if r.status == RunStatus.DONE and r.metric is not None]
+            metric = _avg([r.metric for r in done]) if done else None  # type: ignore[misc]
+            self.ledger.decide(exp.id, Decision.DISCARDED if done else Decision.FAILED, metric)
+            reason = "the session ended before it could be validated"
+            self.ledger.event(self.session_id, "undecided_at_end", experiment=exp.id, reason=reason)
+            self.on_event(Event("discarded", f"e{exp.id} discarded: {reason}  [{exp.description}]", exp))
+
+    # ----------------------------------------------------------------- snapshots
+
+    def snapshot(self) -> Snapshot:
+        """The scheduler's frozen view of the session (decisions are pure functions of it)."""
+        cfg = self.config
+        return Snapshot(
+            direction=self.target.spec.direction, champion=self.champion.experiment,
+            champion_metric=self.champion.metric, samples=self.samples, unbiased=self.unbiased,
+            classes=tuple(dict.fromkeys(w.hardware for w in self.workers.values())), tiers=self.tiers,
+            keep=cfg.keep, z=cfg.z, margin=cfg.margin, confirm_repeats=cfg.confirm_repeats,
+            winding_down=bool(self.stop_reason),
+        )
+
+    def noise(self) -> dict[str, float]:
+        if self._noise is None:
+            self._noise = {hw: f.sd for hw, f in noise_floors(self.samples).items()}
+        return self._noise
+
     # ----------------------------------------------------------------- recovery
 
     def recover(self) -> None:
@@ -305,6 +449,7 @@ class SessionLoop:
         runs = self.ledger.runs(self.session_id)
         self.samples = samples_from_runs(runs)
         self.unbiased = samples_from_runs(runs, UNBIASED_ROLES)
+        self._noise = None
         base = self.baseline()
         for key, values in self.samples.items():  # nothing chose the baseline's seeds
             if base is not None and key[0] == base.id:
@@ -333,22 +478,16 @@ class SessionLoop:
         base = self.baseline()
         if base is None:
             return
-        classes = list(dict.fromkeys(w.hardware for w in self.workers.values()))
-        screen = [c for c in classes if self._role_allows("screen", c)] or classes
-        classes = sorted(classes, key=lambda c: c not in screen)  # the first run screens
-        runs = [r for r in self.ledger.runs_of(base.id) if r.status not in (RunStatus.LOST, RunStatus.CANCELLED)]
-        first = runs[0] if runs else None
-        if first is not None and first.status == RunStatus.QUEUED and first.place_on is None:
-            self.ledger.pin_run(first.id, classes[0])
-            runs[0] = first = self.ledger.runs_of(base.id)[0]
         want = 1 + (self.config.noise_repeats if self.config.keep == "noise" else 0)
-        seeds = len(runs)
-        for hw in classes:
-            have = sum(1 for r in runs if (r.place_on or r.hardware) == hw)
-            for k in range(have, want):
-                role = "validate" if self.tiers is not None and hw not in screen else ("noise" if k else "calibrate")
-                self.ledger.queue_run(self.session_id, base.id, seed=base.seed + seeds, role=role, place_on=hw)
-                seeds += 1
+        pin, queue = plan_calibration(base, self.ledger.runs_of(base.id), [w.hardware for w in self.workers.values()],
+                                      self.tiers, want)
+        if pin is not None:
+            self.ledger.pin_run(*pin)
+        self.apply_queue(queue)
+
+    def apply_queue(self, queue: list[Queue]) -> None:
+        for q in queue:
+            self.ledger.queue_run(self.session_id, q.experiment_id, seed=q.seed, role=q.role, place_on=q.place_on)
 
     # ----------------------------------------------------------------- collecting
 
@@ -381,91 +520,82 @@ class SessionLoop:
         row = self.ledger.run_row(finished.run_id)
         if row is not None:
             run = run_record(row)
+            if run.role == "screen" and run.started_at is not None and run.ended_at is not None:
+                self._finished_runs += 1
+                self._run_seconds += (run.ended_at - run.started_at - self._run_seconds) / min(self._finished_runs, 16)
             base = self.baseline()
             for key, values in samples_from_runs([run]).items():
                 self.samples.setdefault(key, []).extend(values)
+                self._noise = None
                 if run.role in UNBIASED_ROLES or (base is not None and key[0] == base.id):
                     self.unbiased.setdefault(key, []).extend(values)
         self.decide(exp_id)
 
     def decide(self, exp_id: int) -> None:
-        """Decide an experiment once all its runs are final: keep, discard, repeat, or validate.
-
-        Compared with the champion on the same hardware class and budget; with the
-        noise measured, a keep must beat it by ``z`` standard errors, and a result
-        better but within the noise earns a confirmation repeat (or, with tiers, a
-        validation on the validate class) instead.
-        """
+        """Ask the scheduler about an experiment whose runs are final, and apply its decision."""
         exp = self.ledger.experiment(exp_id)
         runs = self.ledger.runs_of(exp_id)
         if exp.parent_id is None:
             self._decide_baseline(exp, runs)
             return
-        if exp.decision != Decision.PENDING or any(not r.status.final for r in runs) or not runs:
+        decision = decide(self.snapshot(), exp, runs, self.noise())
+        if isinstance(decision, Wait):
             return
-        if self.champion.metric is None:
-            return  # decided once the baseline is known
-        done = [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
-        if not done:
-            run = runs[-1]
+        if isinstance(decision, Fail):
+            run = decision.run
             self.ledger.decide(exp_id, Decision.FAILED, None)
             self.on_event(Event("failed", f"e{exp_id} {run.status}: {run.reason}  [{exp.description}]", exp, run))
             self.tell(Result(self.ledger.experiment(exp_id), run))
             return
-        validated = [r for r in done if r.role == "validate"]
-        hardware, budget, metrics = _compared(validated or done)
-        verdict = self.judge(metrics, hardware, budget)
-        if not validated and verdict.outcome != "worse":
-            if self.tiers is not None:
-                self.await_validation(exp, verdict)
-                return
-            if verdict.outcome == "unsure" and len(metrics) <= self.config.confirm_repeats:
-                self.ledger.queue_run(self.session_id, exp_id, seed=exp.seed + len(runs), role="confirm",
-                                      place_on=hardware)
-                self.ledger.event(self.session_id, "confirming", experiment=exp_id, gain=verdict.improvement,
-                                  threshold=verdict.threshold)
-                self.on_event(Event("confirming", f"e{exp_id} {self._fmt(_avg(metrics))} within noise"
-                                    f" ({verdict.improvement:+.4f} < {verdict.threshold:.4f}): repeating"
-                                    f"  [{exp.description}]", exp, done[-1]))
-                return
-        if validated and verdict.outcome == "unsure" and len(metrics) < self._validate_runs() + self.config.confirm_repeats:
-            # better on the fast class but within its noise: one more seed there, then decide
-            self.ledger.queue_run(self.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + len(metrics),
-                                  role="validate", place_on=hardware)
+        if isinstance(decision, Validate):
+            self.await_validation(exp, decision.verdict)
+            return
+        if isinstance(decision, Repeat):
+            verdict = decision.verdict
+            self.ledger.queue_run(self.session_id, exp_id, seed=decision.seed, role=decision.role,
+                                  place_on=decision.place_on)
             self.ledger.event(self.session_id, "confirming", experiment=exp_id, gain=verdict.improvement,
                               threshold=verdict.threshold)
+            if decision.role == "confirm":
+                metric = decision.run.metric
+                self.on_event(Event("confirming", f"e{exp_id} {self._fmt(metric)} within noise"
+                                    f" ({verdict.improvement:+.4f} < {verdict.threshold:.4f}): repeating"
+                                    f"  [{exp.description}]", exp, decision.run))
             return
-        if verdict.outcome == "better":
-            self.keep(exp, _avg(metrics), verdict, done[-1])
-        else:
-            self.ledger.decide(exp_id, Decision.DISCARDED, _avg(metrics))
-            self.on_event(Event("discarded", f"e{exp_id} {self._fmt(_avg(metrics))} discarded"
-                                f" ({-verdict.improvement if self._minimize else verdict.improvement:+.4f})"
-                                f"  [{exp.description}]", exp, done[-1]))
-        self.tell(Result(self.ledger.experiment(exp_id), done[-1]))
+        if isinstance(decision, Keep):
+            self.keep(exp, decision.metric, decision.verdict, decision.run)
+        elif isinstance(decision, Discard):
+            self.discard(exp, decision)
+        self.tell(Result(self.ledger.experiment(exp_id), decision.run))  # type: ignore[attr-defined]
         if self.tiers is not None:
             self.promote_waiting()
 
+    def discard(self, exp: Experiment, decision: Discard) -> None:
+        self.ledger.decide(exp.id, Decision.DISCARDED, decision.metric)
+        gain = decision.verdict.improvement
+        why = decision.reason or f"{-gain if self._minimize else gain:+.4f}"
+        self.on_event(Event("discarded", f"e{exp.id} {self._fmt(decision.metric)} discarded ({why})"
+                            f"  [{exp.description}]", exp, decision.run))
+
     def _decide_baseline(self, exp: Experiment, runs: list[Run]) -> None:
         """The baseline counts from its first done run; its other runs measure noise and hardware."""
-        done = [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
-        if exp.decision != Decision.PENDING:
+        decision = decide_baseline(exp, runs)
+        if isinstance(decision, Wait):
+            return
+        if isinstance(decision, Fail):
+            run = decision.run
+            raise SessionError(
+                f"the baseline run {run.status}: {run.reason or 'see ' + str(run.log_path)} "
+                "(fix the target, commit, and start again with `labfleet run --new`)"
+            )
+        assert isinstance(decision, Baseline)
+        if decision.refine:
             # a later seed on the first run's class: the baseline's figure becomes their mean
-            first = done[0]
-            same = [r.metric for r in done if (r.hardware, r.budget_seconds) == (first.hardware, first.budget_seconds)]
-            self.ledger.set_metric(exp.id, _avg(same))  # type: ignore[arg-type]
+            self.ledger.set_metric(exp.id, decision.metric)
             if self.champion.experiment is not None and self.champion.experiment.id == exp.id:
-                self.champion = _Champion(self.ledger.experiment(exp.id), _avg(same))  # type: ignore[arg-type]
+                self.champion = _Champion(self.ledger.experiment(exp.id), decision.metric)
             return
-        if not done:
-            if runs and all(r.status.final and r.status != RunStatus.LOST for r in runs):
-                run = runs[0]
-                raise SessionError(
-                    f"the baseline run {run.status}: {run.reason or 'see ' + str(run.log_path)} "
-                    "(fix the target, commit, and start again with `labfleet run --new`)"
-                )
-            return
-        run = done[0]
+        run = decision.run
         self.ledger.decide(exp.id, Decision.BASELINE, run.metric)
         exp = self.ledger.experiment(exp.id)
         self.champion = _Champion(exp, run.metric)
@@ -476,12 +606,7 @@ class SessionLoop:
                 self.decide(other.id)
 
     def judge(self, metrics: list[float], hardware: str, budget: float) -> Verdict:
-        sd = None
-        if self.config.keep == "noise":
-            floor = noise_floors(self.samples).get(hardware)
-            sd = floor.sd if floor is not None else None
-        return judge(metrics, self.champion_metrics(hardware, budget), sd, self.target.spec.direction,
-                     z=self.config.z, margin=self.config.margin)
+        return judge_on(self.snapshot(), metrics, hardware, budget, self.noise())
 
     def keep(self, exp: Experiment, metric: float, verdict: Verdict, run: Run) -> None:
         previous = self.champion.metric
@@ -500,20 +625,10 @@ class SessionLoop:
                             f"  [{exp.description}]", exp, run))
 
     def calibrate_champion(self, exp: Experiment) -> None:
-        """One fresh-seed run of a new champion on every class it has no unbiased run on.
-
-        Its own screening run won a selection, so later candidates would be measured
-        against its luck; the calibration run is what they are compared with, and it
-        measures the class offsets on the current code.
-        """
-        classes = dict.fromkeys(w.hardware for w in self.workers.values())
-        for k, hw in enumerate(classes):
-            role = "calibrate" if self._role_allows("screen", hw) else "validate"
-            budget = self.run_budget(exp, role)
-            if self.unbiased.get((exp.id, hw, budget)):
-                continue
-            self.ledger.queue_run(self.session_id, exp.id, seed=exp.seed + VALIDATION_SEED_OFFSET // 2 + k,
-                                  role=role, place_on=hw)
+        """One fresh-seed run of a new champion on every class it has no unbiased run on."""
+        budgets = {role: self.run_budget(exp, role) for role in ("calibrate", "validate")}
+        self.apply_queue(plan_champion_calibration(exp, [w.hardware for w in self.workers.values()], self.tiers,
+                                                   self.unbiased, budgets))
 
     # ----------------------------------------------------------------- tiers
 
@@ -526,42 +641,39 @@ class SessionLoop:
         exp = queue_validation(self.ledger, self.target, exp_id, reason)
         self.on_event(Event("promoted", f"e{exp_id} promoted to validation ({reason})  [{exp.description}]", exp))
 
-    def promote_waiting(self) -> None:
-        """Promote the best waiting screened winners while validation slots are free."""
+    def validation_slots(self) -> int:
+        """Winners under validation at once: [tiers.validate] promote, or enough to fill the validate class."""
         assert self.tiers is not None
-        if self.stop_reason:  # the session is winding down: what waits stays pending (`labfleet promote`)
-            return
-        waiting = self.ledger.awaiting_validation(self.session_id)
-        slots = self.tiers.validate_.promote - self.ledger.validations_in_flight(self.session_id)
-        if not waiting or slots <= 0:
-            return
-        ranked = []
-        for exp_id in waiting:
-            done = [r for r in self.ledger.runs_of(exp_id) if r.status == RunStatus.DONE and r.metric is not None]
-            if not done:
-                continue
-            hardware, budget, metrics = _compared(done)
-            verdict = self.judge(metrics, hardware, budget)
-            if verdict.outcome == "worse":  # the champion moved past it meanwhile
-                self.ledger.decide(exp_id, Decision.DISCARDED, _avg(metrics))
-                exp = self.ledger.experiment(exp_id)
-                self.on_event(Event("discarded", f"e{exp_id} {self._fmt(_avg(metrics))} discarded"
-                                    f" (no longer beats the best)  [{exp.description}]", exp, done[-1]))
-                self.tell(Result(exp, done[-1]))
-                continue
-            ranked.append((-verdict.improvement, exp_id))
-        for _, exp_id in sorted(ranked)[:slots]:
-            self.promote(exp_id)
+        fast = sum(1 for w in self.workers.values() if self._role_allows("validate", w.hardware))
+        return max(self.tiers.validate_.promote, math.ceil(fast / self.tiers.validate_.repeats))
 
-    def _validate_runs(self) -> int:
-        return (self.tiers or Tiers()).validate_.repeats
+    def promote_waiting(self) -> None:
+        """Rank the waiting screened winners; promote the best, drop the passed, confirm the rest cheaply."""
+        assert self.tiers is not None
+        waiting = self.ledger.awaiting_validation(self.session_id)
+        if not waiting:
+            return
+        slots = self.validation_slots() - self.ledger.validations_in_flight(self.session_id)
+        snap = self.snapshot()
+        pairs = [(self.ledger.experiment(i), self.ledger.runs_of(i)) for i in waiting]
+        promote, discards, confirms = rank_winners(snap, pairs, slots, self.noise(), confirm=self.config.backfill)
+        for exp_id, discard in discards:
+            exp = self.ledger.experiment(exp_id)
+            self.discard(exp, discard)
+            self.tell(Result(self.ledger.experiment(exp_id), discard.run))
+        for exp_id in promote:
+            self.promote(exp_id)
+        for q in confirms:
+            self.ledger.queue_run(self.session_id, q.experiment_id, seed=q.seed, role=q.role, place_on=q.place_on)
+            self.ledger.event(self.session_id, "confirming", experiment=q.experiment_id, reason="waiting for validation")
+
+    @property
+    def _backfill(self) -> bool:
+        return self.tiers is not None and self.config.backfill
 
     def _role_allows(self, role: str, hardware: str) -> bool:
         """Whether a run of ``role`` may run on ``hardware`` under the [tiers] classes."""
-        if self.tiers is None:
-            return True
-        classes = self.tiers.validate_.classes if role == "validate" else self.tiers.screen.classes
-        return not classes or hardware in classes
+        return role_allows(self.tiers, role, hardware)
 
     def run_budget(self, exp: Experiment, role: str) -> float:
         """The tier's budget when [tiers] sets one, else the experiment's."""
@@ -572,47 +684,22 @@ class SessionLoop:
         return exp.budget_seconds
 
     def tell(self, result: Result) -> None:
-        """researcher.observe, building the snapshot only for researchers that override it."""
-        if type(self.researcher).observe is not Researcher.observe:
-            self.researcher.observe(self.state(), result)
+        """researcher.observe (through the proposer), building the snapshot only for researchers that use it."""
+        assert self.proposer is not None
+        if self.proposer.wants_observe:
+            self.proposer.tell(self.state(), result)
 
     def champion_metrics(self, hardware: str, budget: float) -> list[float]:
-        """The champion's metrics on ``hardware`` at ``budget``, normalized if it never ran there.
-
-        An H200 runs more steps than an H100 in the same budget, so numbers are compared
-        within a class; a class the champion has no run on gets its runs from another
-        class shifted by the offset measured on experiments that ran on both.
-        """
-        champion = self.champion.experiment
-        assert champion is not None and self.champion.metric is not None
-        key = (champion.id, hardware, budget)
-        own = self.unbiased.get(key) or self.samples.get(key)
-        if own:
-            return own
-        for (exp_id, other, b), values in self.unbiased.items():
-            if exp_id == champion.id and b == budget:
-                offset = self.hardware_offset(hardware, other, budget)
-                if offset is not None:
-                    return [v + offset for v in values]
-        return [self.champion.metric]
+        """The champion's metrics on ``hardware`` at ``budget`` (see ``scheduler.champion_metrics``)."""
+        return champion_metrics(self.snapshot(), hardware, budget)
 
     def hardware_offset(self, hardware: str, other: str, budget: float) -> float | None:
         """Mean metric on ``hardware`` minus on ``other`` over experiments run on both (unbiased runs)."""
-        by_exp: dict[int, dict[str, list[float]]] = {}
-        for (exp_id, hw, b), values in self.unbiased.items():
-            if b == budget and hw in (hardware, other):
-                by_exp.setdefault(exp_id, {})[hw] = values
-        diffs = [_avg(v[hardware]) - _avg(v[other]) for v in by_exp.values() if len(v) == 2]
-        return _avg(diffs) if diffs else None
+        return hardware_offset(self.unbiased, hardware, other, budget)
 
     @property
     def _minimize(self) -> bool:
         return self.target.spec.direction == "minimize"
-
-    def _better(self, a: float, b: float, margin: float = 0.0) -> bool:
-        if self.target.spec.direction == "minimize":
-            return a < b - margin
-        return a > b + margin
 
     def _fmt(self, metric: float | None) -> str:
         return f"{self.target.spec.metric} {metric:.6f}" if metric is not None else "-"
@@ -623,29 +710,21 @@ class SessionLoop:
         alive = {w.id for w in self.executor.available()}
         return [w for w in self.workers.values() if w.id not in self.busy and w.id in alive]
 
-    def eligible(self, row: Any, worker: Worker) -> bool:
-        if row["place_on"]:
-            return bool(worker.hardware == row["place_on"])
-        return self._role_allows(row["role"], worker.hardware)
-
     def place_queued(self) -> bool:
-        placed = False
         free = self.free_workers()
         if not free:
             return False
         queued = self.ledger.run_rows(self.session_id, ["queued"])
-        for row in sorted(queued, key=lambda r: (ROLE_PRIORITY.get(r["role"], 9), r["id"])):
-            worker = next((w for w in free if self.eligible(row, w)), None)
-            if worker is None:
-                continue
-            free.remove(worker)
-            self.place(row, worker)
-            placed = True
-            if not free:
-                break
-        return placed
+        if not queued:
+            return False
+        by_id = {r["id"]: r for r in queued}
+        placements = place(queued, free, self.tiers, backfill=self._backfill)
+        for placement in placements:
+            self.place(by_id[placement.run_id], self.workers[placement.worker_id])
+        return bool(placements)
 
     def _job(self, row: Any, worker: Worker, exp: Experiment | None = None) -> Job:
+        """The one place a run's Job (and its harness RunRequest) is built."""
         exp = exp or self.ledger.experiment(row["experiment_id"])
         run_dir = Path(row["run_dir"]) if row["run_dir"] else self.run_dir(exp.id, row["id"])
         request = RunRequest(
@@ -694,7 +773,7 @@ class SessionLoop:
             session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
             knobs=self.target.knobs, baseline=baseline, champion=self.champion.experiment or baseline,
             history=tuple(history), pending=tuple(pending), free_workers=len(self.free_workers()),
-            seed=self.config.seed, noise={hw: f.sd for hw, f in noise_floors(self.samples).items()},
+            seed=self.config.seed, noise=dict(self.noise()),
             since_keep=self.ledger.decided_since_keep(self.session_id),
             findings=tuple(self.findings(history)) if self.researcher.wants_findings else (),
         )
@@ -714,35 +793,6 @@ class SessionLoop:
         for tag, effects in list(session_effects(history, noise_sd=sd).items())[-2:]:
             lines += [f"wave {tag}: {line}" for line in effects.describe(spec.metric, spec.direction)]
         return lines
-
-    def propose(self, n: int) -> bool:
-        if self.config.max_experiments is not None:
-            n = min(n, self.config.max_experiments - self.proposed_count())
-        if n <= 0:
-            return False
-        proposals = self.researcher.propose(self.state(), n)[:n]
-        self.record_usage()
-        if not proposals:
-            self.researcher_idle = True
-            return False
-        for proposal in proposals:
-            self.materialize(proposal)
-        return True
-
-    def record_usage(self) -> None:
-        """Model calls a researcher made (tokens, dollars, errors: never a key) go to the ledger."""
-        drain = getattr(self.researcher, "drain_usage", None)
-        calls = drain() if drain is not None else []
-        for call in calls:
-            self.ledger.event(self.session_id, "llm_call", **call)
-        if calls and not calls[-1].get("ok", True):
-            first, longest = self.outage_waits
-            self.outage_backoff = min(max(2 * self.outage_backoff, first), longest)
-            self.retry_at = self.clock() + self.outage_backoff
-            self.on_event(Event("llm_error", f"model call failed: {calls[-1].get('error', '')}; "
-                                f"proposing paused for {self.outage_backoff:.0f} s"))
-        elif calls:
-            self.outage_backoff, self.retry_at = 0.0, None
 
     def materialize(self, proposal: Proposal) -> int:
         """Record a proposal as an experiment: a commit under refs/labfleet/, and a queued run."""
@@ -802,13 +852,3 @@ def _finite(value: float | None) -> float | None:
 
 def _avg(values: list[float]) -> float:
     return sum(values) / len(values)
-
-
-def _compared(runs: list[Run]) -> tuple[str, float, list[float]]:
-    """The hardware class and budget most of ``runs`` ran on, and their metrics there."""
-    groups: dict[tuple[str, float], list[float]] = {}
-    for run in runs:
-        assert run.metric is not None
-        groups.setdefault((run.hardware or "", run.budget_seconds or 0.0), []).append(run.metric)
-    (hardware, budget), metrics = max(groups.items(), key=lambda kv: len(kv[1]))
-    return hardware, budget, metrics

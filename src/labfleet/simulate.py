@@ -26,6 +26,7 @@ from labfleet.errors import ConfigError
 from labfleet.executors.simulated import SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
 from labfleet.ledger import Ledger
 from labfleet.researchers import make_researcher
+from labfleet.scheduler.proposing import TokenModel, VirtualProposer, parse_latency
 from labfleet.session import SessionConfig, SessionLoop, start_session
 from labfleet.target import CONFIG_FILE, Target, load_target
 
@@ -53,6 +54,10 @@ class Simulation:
     findings: list[str] = field(default_factory=list)
     stop_reason: str = ""
     model: Surrogate | None = None  # the objective it ran against (benchmarks read its noise-free values)
+    researcher_latency: tuple[float, float] = (0.0, 0.0)  # virtual seconds per propose call: mean, sd
+    llm_calls: int = 0  # propose calls that made a (simulated or real) model call
+    llm_usd: float = 0.0  # their dollars (the token model's, or the researcher's own records)
+    llm_tokens: tuple[int, int] = (0, 0)  # input, output
 
     def time_to(self, metric: float, minimize: bool = True) -> float | None:
         """Virtual hours until the champion first reached ``metric`` (None: never)."""
@@ -64,6 +69,10 @@ class Simulation:
     @property
     def experiments_per_hour(self) -> float:
         return self.experiments / self.hours if self.hours > 0 else 0.0
+
+    @property
+    def calls_per_experiment(self) -> float:
+        return self.llm_calls / self.experiments if self.experiments else 0.0
 
 
 def _fleet_tiers(text: str, screen: list[str], validate: list[str], repeats: int, promote: int) -> str:
@@ -98,13 +107,27 @@ def clone_target(source: Path | None, keep: Path | None = None) -> Iterator[Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def make_surrogate(target: Target, seed: int, budget: float, options: Mapping[str, Any] | None = None) -> Surrogate:
+    """The objective a simulation runs against: the one place a surrogate is made (plug another in here)."""
+    return Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
+                                reference_budget_seconds=budget, direction=target.spec.direction,
+                                metric_name=target.spec.metric, **(options or {}))
+
+
 def simulate(
     folder: Path, fleet: str, *, researcher: str = "waves", hours: float | None = 8.0, seed: int = 0,
     budget_seconds: float | None = None, screen: list[str] | None = None, validate: list[str] | None = None,
     validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | None = None,
-    researcher_options: Mapping[str, Any] | None = None, **config: Any,
+    researcher_options: Mapping[str, Any] | None = None, researcher_latency: str | float | None = None,
+    tokens: TokenModel | None = None, **config: Any,
 ) -> Simulation:
-    """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock."""
+    """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock.
+
+    ``researcher_latency``: virtual seconds per propose call (``90``, or ``"60:30"`` for a
+    seeded normal of mean 60 and sd 30); ``tokens``: each call's tokens and dollars
+    (default: a long-prompt call at Sonnet prices whenever a latency is given).
+    """
+    latency = parse_latency(researcher_latency)
     if screen or validate:
         path = folder / CONFIG_FILE
         path.write_text(_fleet_tiers(path.read_text(), screen or [], validate or [], validate_repeats, promote))
@@ -115,20 +138,23 @@ def simulate(
     except ValueError as exc:
         raise ConfigError(f"--fleet: {exc}") from None
     budget = budget_seconds or target.spec.budget_seconds
-    model = Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
-                                 reference_budget_seconds=budget, direction=target.spec.direction,
-                                 metric_name=target.spec.metric, **(surrogate or {}))
+    model = make_surrogate(target, seed, budget, surrogate)
     clock = VirtualClock()
     ledger = Ledger.for_target(target.state_dir)
     ledger.clock = clock
     cfg = SessionConfig(researcher=researcher, workers=len(workers), budget_seconds=budget_seconds, seed=seed,
                         hours=hours, **config)
     sid = start_session(target, ledger, cfg)
-    loop = SessionLoop(target, ledger, SimulatedExecutor(workers, model, clock=clock),
-                       make_researcher(researcher, seed=seed, **(researcher_options or {})), sid, cfg,
-                       target.state_dir, clock=clock, tick=math.inf)
+    chosen = make_researcher(researcher, seed=seed, **(researcher_options or {}))
+    if tokens is None and latency[0] > 0:
+        tokens = TokenModel()
+    proposer = VirtualProposer(chosen, clock, latency=latency[0], sd=latency[1], seed=seed, tokens=tokens,
+                               calls=cfg.researcher_calls)
+    loop = SessionLoop(target, ledger, SimulatedExecutor(workers, model, clock=clock), chosen, sid, cfg,
+                       target.state_dir, clock=clock, tick=math.inf, proposer=proposer)
     reason = loop.run()
-    return replace(summarize(target, ledger, sid, fleet, len(workers), reason), model=model)
+    return replace(summarize(target, ledger, sid, fleet, len(workers), reason), model=model,
+                   researcher_latency=latency)
 
 
 def summarize(target: Target, ledger: Ledger, sid: int, fleet: str, workers: int, reason: str = "") -> Simulation:
@@ -153,10 +179,14 @@ def summarize(target: Target, ledger: Ledger, sid: int, fleet: str, workers: int
     prog = progress(points_from_ledger(ledger, sid, groups), target.spec.direction, target.spec.metric)
     decisions = ledger.decision_counts(sid)
     session = ledger.session(sid)
+    calls = [json.loads(r["data"]) for r in ledger.db.execute(
+        "SELECT data FROM events WHERE session_id = ? AND kind = 'llm_call'", (sid,))]
     return Simulation(
         folder=target.root, session_id=sid, fleet=fleet, workers=workers, researcher=session["researcher"],
         hours=span / 3600, experiments=ledger.proposed_count(sid), decisions=decisions, runs=int(row["n"]),
         utilization=busy / (workers * span), baseline=champions[0][1] if champions else math.nan,
         best=champions[-1][1] if champions else math.nan, champions=champions,
         cost_usd=sum(by_class.values()), cost_by_class=by_class, findings=prog.findings, stop_reason=reason,
+        llm_calls=len(calls), llm_usd=sum(float(c.get("usd") or 0.0) for c in calls),
+        llm_tokens=(sum(int(c.get("input_tokens") or 0) for c in calls), sum(int(c.get("output_tokens") or 0) for c in calls)),
     )

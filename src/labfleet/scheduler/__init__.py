@@ -1,0 +1,71 @@
+"""The scheduler: pure functions over a frozen snapshot that return decisions.
+
+In the manner of Ray Tune's ``TrialScheduler``: nothing here writes the ledger,
+starts a run or calls a researcher. The session loop builds a ``Snapshot``, asks,
+and applies what it gets back (see ``base.py`` for the call order).
+
+- ``deciding``: keep, discard, fail, repeat (seed, role, class), validate, wait;
+  the baseline; ranking of screened winners for the scarce validate class;
+  calibration plans.
+- ``placing``: which queued run goes on which free worker.
+- ``stopping``: whether to stop proposing, and why.
+- ``proposing``: the researcher off the loop (a thread, or virtual latency on the
+  simulator's clock), with timeouts, backoff and a pipeline sized from latency.
+"""
+
+from __future__ import annotations
+
+from labfleet.scheduler.base import (
+    Baseline,
+    Discard,
+    Fail,
+    Keep,
+    Limits,
+    Placement,
+    Queue,
+    Repeat,
+    Snapshot,
+    Validate,
+    Wait,
+)
+from labfleet.scheduler.deciding import (
+    champion_metrics,
+    compared,
+    decide,
+    decide_baseline,
+    hardware_offset,
+    judge_on,
+    plan_calibration,
+    plan_champion_calibration,
+    probability_better,
+    rank_winners,
+)
+from labfleet.scheduler.placing import place, role_allows
+from labfleet.scheduler.stopping import stop_reason
+
+__all__ = [
+    "Baseline",
+    "Discard",
+    "Fail",
+    "Keep",
+    "Limits",
+    "Placement",
+    "Queue",
+    "Repeat",
+    "Snapshot",
+    "Validate",
+    "Wait",
+    "champion_metrics",
+    "compared",
+    "decide",
+    "decide_baseline",
+    "hardware_offset",
+    "judge_on",
+    "place",
+    "plan_calibration",
+    "plan_champion_calibration",
+    "probability_better",
+    "rank_winners",
+    "role_allows",
+    "stop_reason",
+]

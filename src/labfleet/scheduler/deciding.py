@@ -1,0 +1,233 @@
+"""Deciding: an experiment's runs against the champion, under the measured noise.
+
+A result is compared with the champion on its hardware class and budget. With the
+noise measured, a keep must beat it by ``z`` standard errors of the difference;
+a result better but within the noise earns a confirmation repeat (``Repeat``) on
+the same class. With [tiers], a screened result that is not worse is a winner
+(``Validate``): the validate class is scarce, so ``rank_winners`` orders the
+waiting by the probability that they beat the champion given the noise, sends the
+best to validation first, drops the ones the champion has since passed before they
+cost a run, and confirms the rest cheaply on the screen class while the validate
+class is the bottleneck (a confirmation either drops a lucky winner or raises its
+rank). Validated runs decide alone: keep, discard, or one more validation seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from labfleet.analysis.noise import Verdict, judge
+from labfleet.records import Decision, Experiment, Run, RunStatus
+from labfleet.scheduler.base import (
+    VALIDATION_SEED_OFFSET,
+    Baseline,
+    Discard,
+    Fail,
+    Keep,
+    Queue,
+    Repeat,
+    Snapshot,
+    Validate,
+    Wait,
+)
+from labfleet.scheduler.placing import role_allows
+from labfleet.target import Tiers
+
+
+def _avg(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def compared(runs: Sequence[Run]) -> tuple[str, float, list[float]]:
+    """The hardware class and budget most of ``runs`` ran on, and their metrics there."""
+    groups: dict[tuple[str, float], list[float]] = {}
+    for run in runs:
+        assert run.metric is not None
+        groups.setdefault((run.hardware or "", run.budget_seconds or 0.0), []).append(run.metric)
+    (hardware, budget), metrics = max(groups.items(), key=lambda kv: len(kv[1]))
+    return hardware, budget, metrics
+
+
+def hardware_offset(
+    unbiased: Mapping[tuple[int, str, float], Sequence[float]], hardware: str, other: str, budget: float,
+) -> float | None:
+    """Mean metric on ``hardware`` minus on ``other`` over experiments run on both (unbiased runs)."""
+    by_exp: dict[int, dict[str, Sequence[float]]] = {}
+    for (exp_id, hw, b), values in unbiased.items():
+        if b == budget and hw in (hardware, other):
+            by_exp.setdefault(exp_id, {})[hw] = values
+    diffs = [_avg(v[hardware]) - _avg(v[other]) for v in by_exp.values() if len(v) == 2]
+    return _avg(diffs) if diffs else None
+
+
+def champion_metrics(snap: Snapshot, hardware: str, budget: float) -> list[float]:
+    """The champion's metrics on ``hardware`` at ``budget``, normalized if it never ran there.
+
+    An H200 runs more steps than an H100 in the same budget, so numbers are compared
+    within a class; a class the champion has no run on gets its runs from another
+    class shifted by the offset measured on experiments that ran on both. Unbiased
+    runs (calibration, validation) first: the champion's screening run won a selection.
+    """
+    champion = snap.champion
+    assert champion is not None and snap.champion_metric is not None
+    key = (champion.id, hardware, budget)
+    own = snap.unbiased.get(key) or snap.samples.get(key)
+    if own:
+        return list(own)
+    for (exp_id, other, b), values in snap.unbiased.items():
+        if exp_id == champion.id and b == budget:
+            offset = hardware_offset(snap.unbiased, hardware, other, budget)
+            if offset is not None:
+                return [v + offset for v in values]
+    return [snap.champion_metric]
+
+
+def judge_on(snap: Snapshot, metrics: Sequence[float], hardware: str, budget: float,
+             noise: Mapping[str, float]) -> Verdict:
+    """``metrics`` against the champion on ``hardware`` (``noise``: class -> sd of one run)."""
+    sd = noise.get(hardware) if snap.keep == "noise" else None
+    return judge(list(metrics), champion_metrics(snap, hardware, budget), sd, snap.direction,
+                 z=snap.z, margin=snap.margin)
+
+
+def probability_better(verdict: Verdict) -> float:
+    """The probability that the candidate truly beats the champion, given the noise (normal model)."""
+    if verdict.se is None or verdict.se <= 0:
+        return 1.0 if verdict.improvement > verdict.threshold else 0.0
+    return 0.5 * (1.0 + math.erf(verdict.improvement / (verdict.se * math.sqrt(2.0))))
+
+
+def _done(runs: Iterable[Run]) -> list[Run]:
+    return [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
+
+
+def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[str, float]) -> object:
+    """Keep | Discard | Fail | Repeat | Validate | Wait for a proposed experiment once its runs are final."""
+    if exp.decision != Decision.PENDING or not runs or any(not r.status.final for r in runs):
+        return Wait("runs still active" if runs else "no runs")
+    if snap.champion_metric is None:
+        return Wait("the baseline is not known yet")
+    done = _done(runs)
+    if not done:
+        return Fail(runs[-1])
+    validated = [r for r in done if r.role == "validate"]
+    hardware, budget, metrics = compared(validated or done)
+    verdict = judge_on(snap, metrics, hardware, budget, noise)
+    last = done[-1]
+    if not validated and verdict.outcome != "worse":
+        if snap.tiers is not None:
+            return Validate(verdict, last)
+        if verdict.outcome == "unsure" and len(metrics) <= snap.confirm_repeats:
+            return Repeat(exp.seed + len(runs), "confirm", hardware, verdict, last)
+    repeats = (snap.tiers or Tiers()).validate_.repeats
+    if validated and verdict.outcome == "unsure" and len(metrics) < repeats + snap.confirm_repeats:
+        # better on the fast class but within its noise: one more seed there, then decide
+        return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(metrics), "validate", hardware, verdict, last)
+    if verdict.outcome == "better":
+        return Keep(_avg(metrics), verdict, last)
+    return Discard(_avg(metrics), verdict, last)
+
+
+def decide_baseline(exp: Experiment, runs: Sequence[Run]) -> object:
+    """The baseline counts from its first done run; later seeds on that class refine its figure.
+
+    ``Fail`` when every run ended without a metric and none was lost (the target is broken).
+    """
+    done = _done(runs)
+    if exp.decision != Decision.PENDING:
+        if not done:
+            return Wait()
+        first = done[0]
+        same = [r.metric for r in done if (r.hardware, r.budget_seconds) == (first.hardware, first.budget_seconds)]
+        return Baseline(_avg(same), first, refine=True)  # type: ignore[arg-type]
+    if not done:
+        if runs and all(r.status.final and r.status != RunStatus.LOST for r in runs):
+            return Fail(runs[0])
+        return Wait("the baseline has not finished")
+    return Baseline(done[0].metric, done[0])  # type: ignore[arg-type]
+
+
+def rank_winners(
+    snap: Snapshot, waiting: Sequence[tuple[Experiment, Sequence[Run]]], slots: int, noise: Mapping[str, float],
+    confirm: bool = True,
+) -> tuple[list[int], list[tuple[int, Discard]], list[Queue]]:
+    """Screened winners waiting for the validate class: (promote these, discard these, confirm these).
+
+    Ranked by the probability of beating the champion; the best ``slots`` are
+    promoted; those the champion has passed since are discarded before they cost a
+    run; with ``confirm``, the rest that have a single screening seed get a
+    confirmation on their screen class (cheap, and the screen class is not the
+    bottleneck while winners queue for validation).
+    """
+    ranked: list[tuple[float, float, int, Sequence[Run]]] = []
+    discards: list[tuple[int, Discard]] = []
+    for exp, runs in waiting:
+        done = _done(runs)
+        if not done:
+            continue
+        hardware, budget, metrics = compared(done)
+        verdict = judge_on(snap, metrics, hardware, budget, noise)
+        if verdict.outcome == "worse":
+            discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1], "no longer beats the best")))
+            continue
+        ranked.append((-probability_better(verdict), -verdict.improvement, exp.id, done))
+    ranked.sort(key=lambda r: r[:3])
+    promote = [exp_id for _, _, exp_id, _ in ranked[:max(slots, 0)]]
+    confirms: list[Queue] = []
+    if confirm:
+        by_id = {exp.id: exp for exp, _ in waiting}
+        for _, _, exp_id, done in ranked[max(slots, 0):]:
+            hardware, _, metrics = compared(done)
+            if len(metrics) <= snap.confirm_repeats and role_allows(snap.tiers, "screen", hardware):
+                exp = by_id[exp_id]
+                confirms.append(Queue(exp_id, exp.seed + len(done), "confirm", hardware))
+    return promote, discards, confirms
+
+
+def plan_calibration(
+    base: Experiment, runs: Sequence[Run], classes: Sequence[str], tiers: Tiers | None, want: int,
+) -> tuple[tuple[int, str] | None, list[Queue]]:
+    """The baseline on every hardware class, ``want`` runs each (1 + noise repeats).
+
+    Returns (pin the first queued run to this class, or None; runs to queue).
+    Idempotent: it counts the runs already there, so a resume adds nothing twice.
+    """
+    classes = list(dict.fromkeys(classes))
+    screen = [c for c in classes if role_allows(tiers, "screen", c)] or classes
+    classes = sorted(classes, key=lambda c: c not in screen)  # the first run screens
+    runs = [r for r in runs if r.status not in (RunStatus.LOST, RunStatus.CANCELLED)]
+    pin = None
+    places = [r.place_on or r.hardware for r in runs]
+    if runs and runs[0].status == RunStatus.QUEUED and runs[0].place_on is None:
+        pin = (runs[0].id, classes[0])
+        places[0] = classes[0]
+    queue: list[Queue] = []
+    seeds = len(runs)
+    for hw in classes:
+        have = sum(1 for p in places if p == hw)
+        for k in range(have, want):
+            role = "validate" if tiers is not None and hw not in screen else ("noise" if k else "calibrate")
+            queue.append(Queue(base.id, base.seed + seeds, role, hw))
+            seeds += 1
+    return pin, queue
+
+
+def plan_champion_calibration(
+    exp: Experiment, classes: Sequence[str], tiers: Tiers | None,
+    unbiased: Mapping[tuple[int, str, float], Sequence[float]], budgets: Mapping[str, float],
+) -> list[Queue]:
+    """One fresh-seed run of a new champion on every class it has no unbiased run on.
+
+    Its own screening run won a selection, so later candidates would be measured
+    against its luck; the calibration run is what they are compared with, and it
+    measures the class offsets on the current code. ``budgets``: role -> budget.
+    """
+    out = []
+    for k, hw in enumerate(dict.fromkeys(classes)):
+        role = "calibrate" if role_allows(tiers, "screen", hw) else "validate"
+        if unbiased.get((exp.id, hw, budgets[role])):
+            continue
+        out.append(Queue(exp.id, exp.seed + VALIDATION_SEED_OFFSET // 2 + k, role, hw))
+    return out
