@@ -350,7 +350,7 @@ def test_ideas_that_touch_the_same_lines_are_recorded_as_conflicts_with_their_al
     broken = wave.conflicts
     assert [c.on for c in broken] == [("RMS", "LAYERNORM"), ("LR_UP", "RMS", "LAYERNORM")]
     assert all(c.clash == ("RMS", "LAYERNORM") and c.patch == "" for c in broken)
-    assert broken[0].error == "LAYERNORM changes the lines RMS changed in train.py"
+    assert broken[0].error == "LAYERNORM changes the lines RMS changes in train.py"
     assert all(c.patch for c in wave.cells if c.on and not c.error)
     conflicts = json.loads(wave.conflicts_json())
     [said] = ideas_mod.describe_aliasing(wave.names, wave.generators, conflicts)

@@ -6,8 +6,10 @@ Two phases, decided afresh from the ledger at every ``propose``:
   factorial wave around the champion; ``researchers.ideas``), or, with
   ``source="external"``, nothing: an outside agent submits its ideas
   (``labfleet submit --factor``) and the hybrid only tunes.
-- **tune**: after a *structural* keep (a kept experiment that is not itself a tuning
-  experiment: an idea, a combination of ideas, a hand-submitted patch), an Optuna
+- **tune**: first around the baseline (over the knobs' whole ranges: the baseline is
+  the first structure), then after each *structural* keep (a kept experiment that
+  is not itself a tuning experiment: an idea, a combination of ideas, a
+  hand-submitted patch), an Optuna
   sampler (TPE or CMA-ES, ``researchers.optuna``) searches the knobs around the kept
   version for ``tune_experiments`` experiments, every one starting from the kept
   version (tag ``tune_of=<id>``); the space is narrowed around its knob values
@@ -116,7 +118,7 @@ class HybridResearcher(Researcher):
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         proposals: list[Proposal] = []
-        keep = structural_keep(state)
+        keep = structural_keep(state) or state.baseline
         self.phase = "ideas"
         if keep is not None and state.knobs:
             left = self.tune_experiments - tuned_count(state, keep.id)
@@ -131,7 +133,8 @@ class HybridResearcher(Researcher):
         """The study around ``keep`` (made on first use; after a restart it reads its trials from the ledger)."""
         tuner = self._tuners.get(keep.id)
         if tuner is None:
-            knobs = neighbourhood(dict(state.knobs), dict(keep.knobs), self.step)
+            first = keep.parent_id is None  # the baseline: the first structure, searched over the whole space
+            knobs = dict(state.knobs) if first else neighbourhood(dict(state.knobs), dict(keep.knobs), self.step)
             x0 = {k: v for k, v in keep.knobs.items() if k in knobs and knobs[k].choices is None}
             tag = str(keep.id)
             tuner = OptunaResearcher(

@@ -33,6 +33,7 @@ ledger, no session.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -216,13 +217,33 @@ def _git_apply(root: Path, patch: str, check: bool) -> str:
     return ""
 
 
-def _merge(root: Path, current: str, base: str, theirs: str) -> tuple[str, bool]:
-    """``git merge-file``: ``theirs``' change from ``base`` merged into ``current``; (text, False) on a conflict."""
-    paths = [root / "merge-current", root / "merge-base", root / "merge-theirs"]
-    for path, text in zip(paths, (current, base, theirs), strict=True):
-        path.write_text(text)
-    proc = subprocess.run(["git", "merge-file", "-p", *map(str, paths)], capture_output=True, text=True)
-    return proc.stdout, proc.returncode == 0
+def _edits(base: list[str], new: list[str]) -> list[tuple[int, int, list[str]]]:
+    """``new`` as replacements of line ranges of ``base``: (start, end, lines), in order."""
+    matcher = difflib.SequenceMatcher(None, base, new, autojunk=False)
+    return [(i1, i2, new[j1:j2]) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"]
+
+
+def merge(base: str, versions: Sequence[tuple[str, str]]) -> tuple[str, tuple[str, str] | None]:
+    """Every version's change from ``base`` in one text, in the order given; or the first two that overlap.
+
+    A change is a replacement of a range of base lines. Two changes combine when their
+    ranges do not overlap (adjacent lines are fine); insertions at the same place go
+    in the order given. ``versions`` are (name, text).
+    """
+    lines = base.splitlines(keepends=True)
+    edits = []
+    for order, (name, text) in enumerate(versions):
+        edits += [(i1, i2, order, name, new) for i1, i2, new in _edits(lines, text.splitlines(keepends=True))]
+    edits.sort(key=lambda e: (e[0], e[1] > e[0], e[2]))  # by position; insertions before a replacement there
+    for (a1, a2, _, a_name, _), (b1, b2, _, b_name, _) in zip(edits, edits[1:]):
+        if a_name != b_name and (b1 < a2 or (a1 == b1 and a2 > a1 and b2 > b1)):
+            return "", (a_name, b_name)
+    out, at = [], 0
+    for i1, i2, _, _, new in edits:
+        out += lines[at:i1] + new
+        at = max(at, i2)
+    out += lines[at:]
+    return "".join(out), None
 
 
 def compose(files: Mapping[str, str], ideas: Sequence[Idea], runs: int) -> IdeaWave:
@@ -243,8 +264,7 @@ def compose(files: Mapping[str, str], ideas: Sequence[Idea], runs: int) -> IdeaW
         raise IdeaError(str(exc)) from None
     letters = {chr(ord("A") + i): idea.name for i, idea in enumerate(ideas)}
     cells: list[Cell] = []
-    with tempfile.TemporaryDirectory(prefix="labfleet-ideas-") as tmp, \
-            tempfile.TemporaryDirectory(prefix="labfleet-merge-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="labfleet-ideas-") as tmp:
         root = Path(tmp)
         subprocess.run(["git", "init", "-q", str(root)], check=True, capture_output=True)
         alone: dict[str, dict[str, str]] = {}  # idea -> its version of every file
@@ -268,20 +288,20 @@ def compose(files: Mapping[str, str], ideas: Sequence[Idea], runs: int) -> IdeaW
             return new, ""
 
         def build(on: Sequence[Idea]) -> tuple[str, str]:
-            """The cell's patch: each idea's change merged into the files in order (a three-way merge from the centre)."""
+            """The cell's patch: every idea's change from the centre merged into the files, in order."""
             current = dict(files)
-            for n, idea in enumerate(on):
-                theirs, error = version(idea)
+            for idea in on:
+                _, error = version(idea)
                 if error:
                     return "", error
-                for path, text in files.items():
-                    if theirs[path] == text:
-                        continue
-                    merged, ok = _merge(Path(scratch), current[path], text, theirs[path])
-                    if not ok:
-                        before = ", ".join(i.name for i in on[:n])
-                        return "", f"{idea.name} changes the lines {before} changed in {path}"
-                    current[path] = merged
+            for path, text in files.items():
+                changed = [(i.name, alone[i.name][path]) for i in on if alone[i.name][path] != text]
+                if not changed:
+                    continue
+                merged, overlap = merge(text, changed)
+                if overlap is not None:
+                    return "", f"{overlap[1]} changes the lines {overlap[0]} changes in {path}"
+                current[path] = merged
             for path in files:
                 if path.endswith(".py") and current[path] != files[path]:
                     try:
