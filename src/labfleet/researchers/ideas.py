@@ -3,9 +3,12 @@
 An **idea** is a named patch against the centre (the champion when the wave is
 made). A wave over k ideas runs the cells of a 2^k factorial, or of a regular
 2^(k-p) fraction when that is too many for the fleet (``analysis.effects``
-chooses the generators). A cell switches some ideas on: their patches are applied
-to the centre's files one after the other, in the wave's fixed order (the order the
-ideas were given), and the result must apply and compile. The all-off cell is the
+chooses the generators). A cell switches some ideas on. Each idea alone must apply
+to the centre's files (``git apply``) and compile; a cell merges its ideas' changes
+in the wave's fixed order (the order the ideas were given): each change is a set of
+replaced line ranges of the centre, the ranges of a cell's ideas must not overlap
+(adjacent lines are fine; insertions at one place go in the wave's order), and the
+merged files must compile. The all-off cell is the
 centre itself, already measured, so a 2^3 wave costs 7 new runs; the fraction is the
 one that contains it (the generators' signs are chosen so).
 
@@ -426,6 +429,7 @@ class Tried:
     experiment: int
     name: str
     wave: str = ""
+    own: bool = True  # False: known from a wave's list of ideas, not (yet) from the experiment that ran it alone
 
 
 class Memory:
@@ -466,11 +470,13 @@ class Memory:
         for idea in ideas_of(exp):
             sig = signature(idea.patch)
             if sig and sig not in self.patches:
-                self.patches[sig] = Tried(exp.id, idea.name, wave)
-        if exp.commit or exp.patch:  # a rejected experiment (no commit) was never run: not a repeat
-            sig = signature(exp.patch)
-            if sig and exp.commit and sig not in self.patches:
-                self.patches[sig] = Tried(exp.id, exp.description, wave)
+                self.patches[sig] = Tried(exp.id, idea.name, wave, own=False)
+        sig = signature(exp.patch)
+        if sig and exp.commit:  # a rejected experiment (no commit) was never run: not a repeat
+            known = self.patches.get(sig)
+            if known is None or not known.own:  # the experiment that ran the change itself is the one to name
+                name = known.name if known is not None else exp.description
+                self.patches[sig] = Tried(exp.id, name, wave)
         if exp.commit and exp.parent_id is not None and not signature(exp.patch, self.knob_names):
             code = parent.commit if parent is not None else str(exp.parent_id)
             self.settings.setdefault((code, space.key(exp.knobs)), exp.id)
