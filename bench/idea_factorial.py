@@ -62,7 +62,7 @@ def main() -> None:
         experiments = ledger.db.execute("SELECT COUNT(*) AS n FROM experiments WHERE session_id = ?",
                                         (sid,)).fetchone()["n"]
         print(f"tinygpt, {args.budget:g} s per run, {args.workers} workers: {experiments} experiments "
-              f"(baseline + 7 cells), {runs} runs done (2 of them extra baseline seeds for the noise floor), "
+              f"(baseline + 7 cells), {runs} runs done (the repeats measure the noise floor), "
               f"{time.time() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
         for row in ledger.db.execute(
             "SELECT e.id, e.description, AVG(r.metric) AS m, COUNT(r.id) AS n FROM experiments e JOIN runs r"

@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--researchers", default=",".join(RESEARCHERS))
     parser.add_argument("--ideas", type=int, default=2, help="hybrid: ideas per model call")
     parser.add_argument("--tune", type=int, default=4, help="hybrid: re-tuning experiments after each structural keep")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="start no session after this many seconds; the table covers the seeds finished")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.researchers.split(",")
@@ -107,6 +109,9 @@ def main() -> None:
         scaffold.init_bundled(folder)
         harness.prepare(folder)
         for seed in seeds:
+            if args.max_seconds is not None and time.time() - started > args.max_seconds:
+                print(f"  out of time: seeds from {seed} on not run", flush=True)
+                break
             for name in names:
                 t0 = time.time()
                 base, points = run_one(folder, name, seed, args)

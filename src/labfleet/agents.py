@@ -162,7 +162,7 @@ def submit_factors(
     for exp in by_id.values():
         memory.add_experiment(exp, by_id.get(exp.parent_id) if exp.parent_id is not None else None)
     for name, patch in factors:
-        tried = memory.repeats_patch(patch)
+        tried = memory.repeats_patch(patch, base.commit)
         if tried is not None:
             raise AgentError(f"idea {name} repeats e{tried.experiment} ({tried.name!r}"
                              + (f", wave {tried.wave}" if tried.wave else "") + "): the same change up to "

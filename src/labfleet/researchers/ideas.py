@@ -23,7 +23,8 @@ effect of C cannot be told from A×B) is stated the same way.
 the multiset of removed and added lines with whitespace collapsed, ``#`` comments
 and blank lines dropped, and numbers spelt canonically (``1e-3`` = ``0.001``), so
 the same idea under another name, another hunk order, other context lines or other
-indentation has the same signature. ``Memory`` holds the signature of every patch
+indentation has the same signature. A change of knob lines only is a repeat only on
+the same parent code (the same values from another version are another setting). ``Memory`` holds the signature of every patch
 in the ledger (experiments, and each idea of each wave, from its tags) and every
 setting of knobs tried from a parent: a repeat is found before it costs a run, and
 the earlier experiment is named. Semantically equal code written differently (a
@@ -465,24 +466,33 @@ class Memory:
             self._read.add(exp.id)
             self.add_experiment(exp, by_id.get(exp.parent_id) if exp.parent_id is not None else None)
 
+    def key(self, patch: str, parent_code: str) -> str:
+        """A change's identity: its signature; for a change of knob lines only, on its parent's code too
+        (the same knob values from another version are another setting, not a repeat)."""
+        sig = signature(patch)
+        if not sig:
+            return ""
+        return sig if signature(patch, self.knob_names) else f"{sig}@{parent_code}"
+
     def add_experiment(self, exp: Experiment, parent: Experiment | None = None) -> None:
         wave = exp.tags.get("wave", "")
+        code = parent.commit if parent is not None and parent.commit else str(exp.parent_id)
         for idea in ideas_of(exp):
-            sig = signature(idea.patch)
+            sig = self.key(idea.patch, code)
             if sig and sig not in self.patches:
                 self.patches[sig] = Tried(exp.id, idea.name, wave, own=False)
-        sig = signature(exp.patch)
+        sig = self.key(exp.patch, code)
         if sig and exp.commit:  # a rejected experiment (no commit) was never run: not a repeat
             known = self.patches.get(sig)
             if known is None or not known.own:  # the experiment that ran the change itself is the one to name
                 name = known.name if known is not None else exp.description
                 self.patches[sig] = Tried(exp.id, name, wave)
         if exp.commit and exp.parent_id is not None and not signature(exp.patch, self.knob_names):
-            code = parent.commit if parent is not None else str(exp.parent_id)
             self.settings.setdefault((code, space.key(exp.knobs)), exp.id)
 
-    def repeats_patch(self, patch: str) -> Tried | None:
-        sig = signature(patch)
+    def repeats_patch(self, patch: str, parent_code: str = "") -> Tried | None:
+        """The earlier experiment (or idea) making the same change; knob-only changes count on the same code only."""
+        sig = self.key(patch, parent_code)
         return self.patches.get(sig) if sig else None
 
     def repeats_setting(self, parent: Experiment, knobs: Mapping[str, KnobValue]) -> int | None:
@@ -493,7 +503,7 @@ class Memory:
     def why_repeat(self, proposal: Proposal, parent: Experiment) -> str:
         """'' for a new proposal, else a sentence naming the earlier experiment."""
         if proposal.patch:
-            tried = self.repeats_patch(proposal.patch)
+            tried = self.repeats_patch(proposal.patch, parent.commit)
             if tried is not None:
                 what = f"idea {tried.name!r}" + (f" of wave {tried.wave}" if tried.wave else "")
                 return (f"it repeats e{tried.experiment} ({what}): the same change up to whitespace, comments, "
@@ -508,7 +518,7 @@ class Memory:
     def remember(self, proposal: Proposal, parent: Experiment, exp_id: int = 0) -> None:
         """Count a proposal handed out (not yet in the ledger) so the same call does not repeat it."""
         if proposal.patch:
-            sig = signature(proposal.patch)
+            sig = self.key(proposal.patch, parent.commit)
             if sig:
                 self.patches.setdefault(sig, Tried(exp_id, proposal.description, proposal.tags.get("wave", "")))
         elif proposal.knobs:

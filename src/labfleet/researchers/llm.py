@@ -589,7 +589,8 @@ class LLMResearcher(Researcher):
         k = self.ideas
         prompt = self.ideas_prompt(state, champion, files, k)
         memory = self.memory(state)
-        checked = self._ask(f"ideas wave of {k}", prompt, files, state.metric, k, memory=memory, named=True)
+        checked = self._ask(f"ideas wave of {k}", prompt, files, state.metric, k, memory=memory, named=True,
+                            parent_code=champion.commit)
         if len(checked) < 2:
             return []  # one idea is not a factorial: the next call asks again
         found: list[ideas_mod.Idea] = []
@@ -630,12 +631,14 @@ class LLMResearcher(Researcher):
     def _wave(self, state: SessionState, champion: Experiment, n: int) -> list[Proposal]:
         files = self._files(champion.commit)
         prompt = self.wave_prompt(state, champion, files, n)
-        checked = self._ask(f"wave of {n}", prompt, files, state.metric, n, memory=self.memory(state))
+        checked = self._ask(f"wave of {n}", prompt, files, state.metric, n, memory=self.memory(state),
+                            parent_code=champion.commit)
         return [Proposal(description=c.description, hypothesis=c.hypothesis, patch=c.patch, parent=champion.id,
                          tags={"llm_call": str(call)}) for c, call in checked]
 
     def _ask(self, purpose: str, prompt: str, files: Mapping[str, str], metric: str,
-             limit: int, memory: ideas_mod.Memory | None = None, named: bool = False) -> list[tuple[Checked, int]]:
+             limit: int, memory: ideas_mod.Memory | None = None, named: bool = False,
+             parent_code: str = "") -> list[tuple[Checked, int]]:
         """Ask, check, send the failures back once; the proposals that pass, with their call number.
 
         With ``memory``, a proposal repeating a change tried before fails its check, naming the experiment.
@@ -654,7 +657,7 @@ class LLMResearcher(Researcher):
                 checked = Checked(checked.description, checked.hypothesis, checked.patch, raw["name"].strip()[:40])
             if any(ideas_mod.signature(checked.patch) == ideas_mod.signature(other.patch) for other, _ in accepted):
                 raise ValueError("it makes the same change as an earlier proposal of this wave")
-            tried = memory.repeats_patch(checked.patch) if memory is not None else None
+            tried = memory.repeats_patch(checked.patch, parent_code) if memory is not None else None
             if tried is not None:
                 raise ValueError(f"it repeats e{tried.experiment} ({tried.name!r}"
                                  + (f", wave {tried.wave}" if tried.wave else "")
