@@ -525,29 +525,6 @@ class Memory:
             self.settings.setdefault((parent.commit, space.key({**parent.knobs, **proposal.knobs})), exp_id)
 
 
-def novel(state: SessionState, proposals: Sequence[Proposal],
-          memory: Memory | None = None) -> tuple[list[Proposal], list[tuple[Proposal, str]]]:
-    """The proposals that repeat nothing tried (nor each other), and the rest with the reason."""
-    memory = memory or Memory.of(state)
-    champion = state.champion or state.baseline
-    by_id = {r.experiment.id: r.experiment for r in state.history}
-    by_id.update({e.id: e for e in state.pending})
-    kept: list[Proposal] = []
-    rejected: list[tuple[Proposal, str]] = []
-    for proposal in proposals:
-        parent = by_id.get(proposal.parent) if proposal.parent is not None else champion
-        if parent is None:
-            parent = champion
-        why = memory.why_repeat(proposal, parent) if parent is not None else ""
-        if why:
-            rejected.append((proposal, why))
-            continue
-        if parent is not None:
-            memory.remember(proposal, parent)
-        kept.append(proposal)
-    return kept, rejected
-
-
 # --------------------------------------------------------------------------- what was learned
 
 

@@ -591,8 +591,8 @@ class LLMResearcher(Researcher):
         memory = self.memory(state)
         checked = self._ask(f"ideas wave of {k}", prompt, files, state.metric, k, memory=memory, named=True,
                             parent_code=champion.commit)
-        if len(checked) < 2:
-            return []  # one idea is not a factorial: the next call asks again
+        if not checked:
+            return []
         found: list[ideas_mod.Idea] = []
         for c, _ in checked:
             name = _idea_name(c.name or c.description, {i.name for i in found})
