@@ -586,3 +586,27 @@ def test_after_a_structural_keep_the_hybrid_re_tunes_around_it_and_a_restart_res
     assert study is not None and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3  # keep + 2 tuned
     assert "# The current best version (experiment e50" in fake.requests[0].prompt
     assert all(p.parent == 50 for p in out)  # tuning starts from the keep; the ideas from the champion (the keep)
+
+
+def test_a_fraction_s_best_guess_is_proposed_when_no_cell_ran_it(lab, fake):
+    warm = {**edit("WARMUP 0.05 -> 0.1", "WARMUP_FRACTION = 0.05", "WARMUP_FRACTION = 0.1"), "name": "WARM"}
+    fake.push(Reply(NAMED + [warm]))
+    r = researcher(lab, fake, ideas=4)
+    cells = r.propose(snapshot(lab), 7)
+    assert {p.tags["design"] for p in cells} == {"2^(4-1)"} and len(cells) == 7
+    assert cells[0].tags["generators"] == "WARM=LR_UP×WD_DOWN×BETA2_95"  # every cell has an even number of ideas on
+
+    def y(on: list[str]) -> float:  # LR_UP helps, the others do nothing
+        return 2.5 - 0.2 * ("LR_UP" in on)
+
+    done = tuple(result(replace(e, decision=Decision.DISCARDED), metric=y(e.tags["on"].split(",")))
+                 for e in pending_of(lab, cells, 70))
+    assert not any(e.experiment.tags["on"] == "LR_UP" for e in done)  # no cell ran LR_UP alone
+    fake.push(Reply([]))
+    [guess] = r.propose(snapshot(lab, history=done, noise={"cpu": 0.01}), 1)
+    assert guess.tags == {"best_of_ideas": "i1"} and guess.parent == 1
+    assert guess.description == "ideas wave 1 best guess: LR_UP"
+    assert "+LEARNING_RATE = 3e-3" in guess.patch and "+WEIGHT_DECAY" not in guess.patch and applies(lab, guess.patch)
+    # proposed once: the next call starts a new wave instead
+    again = r.propose(replace(snapshot(lab, history=done), pending=tuple(pending_of(lab, [guess], 90))), 1)
+    assert all("best_of_ideas" not in p.tags for p in again)

@@ -57,6 +57,7 @@ IDEAS_TAG = "ideas"  # the wave's ideas in order, comma-separated
 ON_TAG = "on"  # the ideas this cell switches on
 IDEAS_JSON_TAG = "ideas_json"  # every idea's name, description, hypothesis and patch: a restart rebuilds the wave
 CONFLICTS_TAG = "conflicts"  # cells that could not run: [{"on": [...], "reason": "..."}]
+BEST_GUESS_TAG = "best_of_ideas"  # a fraction's best guess, when no cell ran it: the wave's tag
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,39}$")
 _NUMBER = re.compile(r"(?<![A-Za-z0-9_.])(\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![A-Za-z0-9_.])")
 

@@ -542,11 +542,57 @@ class LLMResearcher(Researcher):
         if not self._cells:
             self._cells = self._unplaced_cells(state)
         out, self._cells = self._cells[:n], self._cells[n:]
+        if len(out) < n:
+            out += self._best_guesses(state, n - len(out))
         if len(out) < n and not self.over_budget():
             take = n - len(out)
             wave = self._idea_wave(state, champion, take)
             out += wave[:take]
             self._cells = wave[take:]
+        return out
+
+    def _best_guesses(self, state: SessionState, n: int) -> list[Proposal]:
+        """For each finished ideas wave of a fraction: the combination its significant terms predict best, if no cell ran it."""
+        from labfleet.analysis.effects import idea_wave_effects
+
+        out: list[Proposal] = []
+        exps = [r.experiment for r in state.history] + list(state.pending)
+        followed = {e.tags.get(ideas_mod.BEST_GUESS_TAG) for e in exps}
+        waves: dict[str, list[Experiment]] = {}
+        for e in exps:
+            if "llm_ideas" in e.tags and ideas_mod.wave_number(e.tags.get("wave", "")) is not None:
+                waves.setdefault(e.tags["wave"], []).append(e)
+        sd = min(state.noise.values()) if state.noise else None
+        by_id = _experiments(state)
+        for tag, members in sorted(waves.items()):
+            if len(out) >= n or tag in followed or any(e.decision == "pending" for e in members):
+                continue
+            first = members[0]
+            if not first.tags.get("design", "").startswith("2^("):
+                continue  # a full factorial ran every combination: the best guess is one of its cells
+            try:
+                guess = idea_wave_effects(list(state.history), tag, noise_sd=sd).best_guess(state.direction)
+            except ValueError:
+                continue
+            ran = {frozenset(filter(None, e.tags.get("on", "").split(","))) for e in members}
+            if not guess or frozenset(guess) in ran:
+                continue
+            centre = by_id.get(int(first.tags.get("centre", "0") or 0))
+            wave_ideas = [i for i in ideas_mod.ideas_of(first) if i.name in guess]
+            if centre is None or not centre.commit or not wave_ideas:
+                continue
+            try:
+                combo = ideas_mod.compose(self._files(centre.commit), wave_ideas, 2 ** len(wave_ideas))
+            except ideas_mod.IdeaError:
+                continue
+            cell = combo.cells[-1]  # every idea on
+            if cell.error or not cell.patch:
+                continue
+            out.append(Proposal(
+                description=f"ideas wave {tag[1:]} best guess: {' + '.join(cell.on)}",
+                hypothesis=f"the terms of wave {tag} beyond the noise, combined", patch=cell.patch,
+                parent=centre.id, tags={ideas_mod.BEST_GUESS_TAG: tag},
+            ))
         return out
 
     def _unplaced_cells(self, state: SessionState) -> list[Proposal]:
