@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -610,3 +611,25 @@ def test_a_fraction_s_best_guess_is_proposed_when_no_cell_ran_it(lab, fake):
     # proposed once: the next call starts a new wave instead
     again = r.propose(replace(snapshot(lab, history=done), pending=tuple(pending_of(lab, [guess], 90))), 1)
     assert all("best_of_ideas" not in p.tags for p in again)
+
+
+def test_the_hybrid_re_tunes_with_cma_es_from_the_kept_values(lab, fake):
+    start = snapshot(lab)
+    baseline = with_knobs(lab, start.baseline)
+    keep = with_knobs(lab, experiment(lab, 50, decision=Decision.KEPT, tags={"wave": "i1"}, metric=2.3),
+                      LEARNING_RATE=0.01)
+    spent = tuple(result(with_knobs(lab, experiment(lab, 41 + i, tags={TUNE_TAG: "1"})), metric=2.6) for i in range(2))
+    state = replace(start, baseline=baseline, champion=keep,
+                    history=(result(baseline, metric=2.5), *spent, result(keep, metric=2.3)))
+    r = hybrid(lab, fake, tune_experiments=2, ideas=2, sampler="cmaes")
+    tune = r.propose(state, 2)
+    assert r.phase == "tune" and [p.tags[TUNE_TAG] for p in tune] == ["50", "50"]
+    import optuna
+
+    tuner = r.tuner(keep, state)
+    assert isinstance(tuner.study.sampler, optuna.samplers.CmaEsSampler)
+    low, high = tuner.knobs["LEARNING_RATE"].low, tuner.knobs["LEARNING_RATE"].high
+    assert math.isclose(math.sqrt(low * high), 0.01, rel_tol=1e-3)  # the space is centred on the kept value
+    assert all(0.01 / 10 ** 0.75 <= p.knobs["LEARNING_RATE"] <= 0.01 * 10 ** 0.75 for p in tune)
+    with pytest.raises(ConfigError, match="unknown sampler 'nelder'"):
+        hybrid(lab, fake, sampler="nelder")

@@ -13,8 +13,8 @@ Two phases, decided afresh from the ledger at every ``propose``:
   sampler (TPE or CMA-ES, ``researchers.optuna``) searches the knobs around the kept
   version for ``tune_experiments`` experiments, every one starting from the kept
   version (tag ``tune_of=<id>``); the space is narrowed around its knob values
-  (``step`` of each range either side, in log space for log knobs; the neighbouring
-  choices), and CMA-ES starts from them. Then control returns to ideas, from the
+  (``step`` of each range either side, in log space for log knobs, so the kept
+  values are its centre, where CMA-ES starts; the neighbouring choices). Then control returns to ideas, from the
   champion (which may now be a tuned version).
 
 Workers the tuning phase cannot fill (its budget nearly spent) go to ideas, so
@@ -135,13 +135,12 @@ class HybridResearcher(Researcher):
         if tuner is None:
             first = keep.parent_id is None  # the baseline: the first structure, searched over the whole space
             knobs = dict(state.knobs) if first else neighbourhood(dict(state.knobs), dict(keep.knobs), self.step)
-            x0 = {k: v for k, v in keep.knobs.items() if k in knobs and knobs[k].choices is None}
             tag = str(keep.id)
             tuner = OptunaResearcher(
                 seed=self.seed + keep.id, sampler=self.sampler, parent=keep.id,
                 scope=lambda e, tag=tag, kid=keep.id: e.id == kid or e.tags.get(TUNE_TAG) == tag,
                 tags={TUNE_TAG: tag}, label=f"re-tune e{keep.id} ({self.sampler})", knobs=knobs,
-                startup=max(1, self.tune_experiments // 4), x0=x0 or None,
+                startup=max(1, self.tune_experiments // 4),
             )
             self._tuners[keep.id] = tuner
         return tuner

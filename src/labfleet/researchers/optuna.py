@@ -83,12 +83,12 @@ def _value(result: Result) -> float | None:
 SAMPLERS = ("tpe", "cmaes")
 
 
-def make_sampler(kind: str, seed: int, startup: int | None = None,
-                 x0: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(kind: str, seed: int, startup: int | None = None) -> optuna.samplers.BaseSampler:
     """Optuna's TPE (constant liar, for parallel asks) or CMA-ES sampler, seeded.
 
     ``startup``: random trials before the model takes over (Optuna's defaults when
-    None); ``x0``: CMA-ES's starting mean (numeric knobs; default the centre of the space).
+    None). CMA-ES starts from the centre of the space (the hybrid centres its space on
+    the kept values).
     """
     import optuna
 
@@ -105,8 +105,6 @@ def make_sampler(kind: str, seed: int, startup: int | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             extra: dict[str, Any] = {} if startup is None else {"n_startup_trials": startup}
-            if x0:
-                extra["x0"] = dict(x0)
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **extra)
     raise ConfigError(f"unknown sampler {kind!r} (use {' or '.join(SAMPLERS)})")
 
@@ -119,8 +117,8 @@ class OptunaResearcher(Researcher):
 
     def __init__(self, seed: int = 0, sampler: str | None = None, parent: int | None = None,
                  scope: Callable[[Experiment], bool] | None = None, tags: Mapping[str, str] | None = None,
-                 label: str | None = None, knobs: Mapping[str, Knob] | None = None, startup: int | None = None,
-                 x0: Mapping[str, Any] | None = None) -> None:
+                 label: str | None = None, knobs: Mapping[str, Knob] | None = None,
+                 startup: int | None = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial
@@ -133,7 +131,6 @@ class OptunaResearcher(Researcher):
         self.label = label or ("optuna" if self.kind == "tpe" else self.kind)
         self.knobs = knobs  # None: the target's knobs and ranges (the hybrid narrows them around a keep)
         self.startup = startup
-        self.x0 = x0
         self.study: optuna.Study | None = None
         self.study_id = uuid.uuid4().hex[:8]  # tells this instance's trials from a previous one's
         self.synced: set[int] = set()  # experiment ids already in the study
@@ -177,7 +174,7 @@ class OptunaResearcher(Researcher):
         import optuna
 
         if self.study is None:
-            sampler = make_sampler(self.kind, self.seed, self.startup, self.x0)
+            sampler = make_sampler(self.kind, self.seed, self.startup)
             self.study = optuna.create_study(direction=state.direction, sampler=sampler)
         study = self.study
         distributions = {name: distribution(knob) for name, knob in self._knobs(state).items()}
