@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--researchers", default=",".join(RESEARCHERS))
     parser.add_argument("--ideas", type=int, default=2, help="hybrid: ideas per model call")
     parser.add_argument("--tune", type=int, default=4, help="hybrid: re-tuning experiments after each structural keep")
+    parser.add_argument("--from-ledger", type=Path, default=None,
+                        help="print the table from the finished sessions of an earlier run's ledger (run nothing)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="start no session after this many seconds; the table covers the seeds finished")
     args = parser.parse_args()
@@ -104,6 +106,20 @@ def main() -> None:
 
     curves: dict[str, list[tuple[float, list[float]]]] = {n: [] for n in names}
     started = time.time()
+    if args.from_ledger is not None:
+        import json
+
+        ledger = Ledger(args.from_ledger)
+        for row in ledger.db.execute("SELECT id, config FROM sessions WHERE status = 'finished' ORDER BY id"):
+            config = json.loads(row["config"])
+            if config["researcher"] in curves:
+                curves[config["researcher"]].append(curve(ledger, row["id"]))
+                args.experiments = config["max_experiments"]
+                args.budget, args.workers = config["budget_seconds"], config["workers"]
+        args.seeds = ",".join(f"{LABELS.get(n, n)} x{len(c)}" for n, c in curves.items())
+        names = [n for n in names if curves[n]]
+        table(curves, names, args, started)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "tinygpt"
         scaffold.init_bundled(folder)
@@ -119,6 +135,11 @@ def main() -> None:
                 print(f"  {name:<8} seed {seed}: baseline {base:.4f} -> best {points[-1]:.4f}"
                       f" in {len(points)} experiments ({time.time() - t0:.0f} s)", flush=True)
 
+    table(curves, names, args, started)
+
+
+def table(curves: dict[str, list[tuple[float, list[float]]]], names: list[str], args: argparse.Namespace,
+          started: float) -> None:
     baseline = statistics.mean(b for runs in curves.values() for b, _ in runs)
     best = statistics.mean(p[-1] for runs in curves.values() for _, p in runs)
     load = os.getloadavg()[0]
