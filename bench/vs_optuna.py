@@ -1,23 +1,31 @@
-"""Experiments to reach a target val_bpb: waves vs random vs Optuna TPE, real tinygpt on CPU.
+"""Experiments to reach a target val_bpb: random, Optuna TPE, CMA-ES, waves and hybrid, real tinygpt on CPU.
 
 Each researcher runs a real session (real training through the harness, two
 workers, a small budget) for --experiments experiments, once per seed, on the same
-knobs. A session's curve is its best metric after each finished experiment; for a
+knobs. The hybrid's ideas come from a scripted model (bench/scripted_ideas.py: a
+fixed list of real structural ideas for train.py, some good, some bad) served by
+tests/fake_llm.py's local server, so the real LLM client code runs offline; its
+knobs are re-tuned by TPE after each structural keep (and first around the baseline). A session's curve is its best metric after each finished experiment; for a
 target, the count is the first experiment at which the curve reaches it (a session
 that never does counts as experiments + 1, and is marked). Targets are set from
 the runs themselves: fractions of the mean best gain over the baseline, so they
 are neither trivial nor out of reach.
 
-Run: .venv/bin/python bench/vs_optuna.py [--experiments 24] [--seeds 0,1] [--budget 8] [--workers 2]
+Run: .venv/bin/python bench/vs_optuna.py [--experiments 24] [--seeds 0,1,2,3,4] [--budget 8] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scripted_ideas import ScriptedModel  # noqa: E402
 
 from labfleet import harness, scaffold
 from labfleet.executors.local import LocalExecutor
@@ -26,7 +34,8 @@ from labfleet.researchers import make_researcher
 from labfleet.session import SessionConfig, SessionLoop, start_session
 from labfleet.target import load_target
 
-RESEARCHERS = ("waves", "random", "optuna")
+RESEARCHERS = ("random", "optuna", "cmaes", "waves", "hybrid")
+LABELS = {"optuna": "TPE", "cmaes": "CMA-ES"}
 FRACTIONS = (0.5, 0.75, 0.9)
 
 
@@ -53,9 +62,24 @@ def run_one(folder: Path, researcher: str, seed: int, args: argparse.Namespace) 
     config = SessionConfig(researcher=researcher, workers=args.workers, budget_seconds=args.budget, seed=seed,
                            max_experiments=args.experiments, keep="margin", noise_repeats=0)
     sid = start_session(target, ledger, config)
-    loop = SessionLoop(target, ledger, LocalExecutor(args.workers), make_researcher(researcher, seed=seed),
-                       sid, config, target.state_dir)
-    loop.run()
+    options: dict = {}
+    model = None
+    if researcher == "hybrid":
+        model = ScriptedModel()
+        os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-bench-not-a-key")
+        options = dict(provider="anthropic", model="scripted", base_url=model.url, ideas=args.ideas,
+                       tune_experiments=args.tune, max_retries=0)
+    try:
+        made = make_researcher(researcher, seed=seed, target=target, **options)
+        loop = SessionLoop(target, ledger, LocalExecutor(args.workers), made, sid, config, target.state_dir)
+        loop.run()
+    finally:
+        if model is not None:
+            model.close()
+    if researcher == "hybrid":
+        kept = ledger.db.execute("SELECT description FROM experiments WHERE session_id = ? AND decision = 'kept'",
+                                 (sid,)).fetchall()
+        print(f"    hybrid seed {seed} kept: {'; '.join(r['description'] for r in kept) or 'nothing'}", flush=True)
     return curve(ledger, sid)
 
 
@@ -70,17 +94,40 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--researchers", default=",".join(RESEARCHERS))
+    parser.add_argument("--ideas", type=int, default=2, help="hybrid: ideas per model call")
+    parser.add_argument("--tune", type=int, default=4, help="hybrid: re-tuning experiments after each structural keep")
+    parser.add_argument("--from-ledger", type=Path, default=None,
+                        help="print the table from the finished sessions of an earlier run's ledger (run nothing)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="start no session after this many seconds; the table covers the seeds finished")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.researchers.split(",")
 
     curves: dict[str, list[tuple[float, list[float]]]] = {n: [] for n in names}
     started = time.time()
+    if args.from_ledger is not None:
+        import json
+
+        ledger = Ledger(args.from_ledger)
+        for row in ledger.db.execute("SELECT id, config FROM sessions WHERE status = 'finished' ORDER BY id"):
+            config = json.loads(row["config"])
+            if config["researcher"] in curves:
+                curves[config["researcher"]].append(curve(ledger, row["id"]))
+                args.experiments = config["max_experiments"]
+                args.budget, args.workers = config["budget_seconds"], config["workers"]
+        args.seeds = ",".join(f"{LABELS.get(n, n)} x{len(c)}" for n, c in curves.items())
+        names = [n for n in names if curves[n]]
+        table(curves, names, args, started)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "tinygpt"
         scaffold.init_bundled(folder)
         harness.prepare(folder)
         for seed in seeds:
+            if args.max_seconds is not None and time.time() - started > args.max_seconds:
+                print(f"  out of time: seeds from {seed} on not run", flush=True)
+                break
             for name in names:
                 t0 = time.time()
                 base, points = run_one(folder, name, seed, args)
@@ -88,14 +135,26 @@ def main() -> None:
                 print(f"  {name:<8} seed {seed}: baseline {base:.4f} -> best {points[-1]:.4f}"
                       f" in {len(points)} experiments ({time.time() - t0:.0f} s)", flush=True)
 
+    table(curves, names, args, started)
+
+
+def table(curves: dict[str, list[tuple[float, list[float]]]], names: list[str], args: argparse.Namespace,
+          started: float) -> None:
     baseline = statistics.mean(b for runs in curves.values() for b, _ in runs)
     best = statistics.mean(p[-1] for runs in curves.values() for _, p in runs)
+    load = os.getloadavg()[0]
     print(f"\ntinygpt, {args.budget:g} s per run, {args.workers} workers, {args.experiments} experiments,"
-          f" seeds {args.seeds}; {time.time() - started:.0f} s in all")
+          f" seeds {args.seeds}; {time.time() - started:.0f} s in all; load average at the end {load:.1f}"
+          f" on {os.cpu_count()} cores")
     print(f"mean baseline {baseline:.4f}, mean final best {best:.4f}")
-    header = f"{'target val_bpb':<22}" + "".join(f"{n:>12}" for n in names)
-    if "waves" in names and "optuna" in names:
-        header += f"{'waves/TPE':>12}"
+    for name in names:
+        finals = [p[-1] for _, p in curves[name]]
+        print(f"  {LABELS.get(name, name):<8} final best {statistics.mean(finals):.4f}"
+              f" (sd {statistics.pstdev(finals):.4f}, {min(finals):.4f}-{max(finals):.4f})")
+    header = f"{'target val_bpb':<22}" + "".join(f"{LABELS.get(n, n):>16}" for n in names)
+    compare = [n for n in ("waves", "hybrid") if n in names]
+    if compare and "optuna" in names:
+        header += f"{'best/TPE':>10}"
     print(header)
     for fraction in FRACTIONS:
         goal = baseline - fraction * (baseline - best)
@@ -104,13 +163,15 @@ def main() -> None:
         for name in names:
             counts = [reached(p, goal) for _, p in curves[name]]
             missed = sum(c is None for c in counts)
-            means[name] = statistics.mean(c if c is not None else args.experiments + 1 for c in counts)
-            row += f"{means[name]:>10.1f}{'*' if missed else ' ':<2}"
-        if "waves" in means and "optuna" in means:
-            row += f"{means['waves'] / means['optuna']:>11.2f}x"
+            filled = [c if c is not None else args.experiments + 1 for c in counts]
+            means[name] = statistics.mean(filled)
+            cell = f"{means[name]:.1f} ({min(filled)}-{max(filled)}){'*' if missed else ''}"
+            row += f"{cell:>16}"
+        if compare and "optuna" in means:
+            row += f"{min(means[n] for n in compare) / means['optuna']:>9.2f}x"
         print(row)
-    print("experiments to reach the target, mean over seeds; * = some seed never reached it (counted as"
-          f" {args.experiments + 1})")
+    print("experiments to reach the target: mean over seeds (min-max); * = some seed never reached it (counted as"
+          f" {args.experiments + 1}); best/TPE = the better of waves and hybrid over TPE (goal <= 0.7x)")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,63 @@ def test_skill_is_printed_and_shipped(tmp_path):
     assert text.startswith("# Researching with labfleet") and "labfleet submit" in text and "labfleet mcp" in text
     assert run_cli("init", str(tmp_path / "t")).returncode == 0
     assert (tmp_path / "t" / "SKILL.md").read_text() == text
+
+
+# --------------------------------------------------------------------------- a wave of ideas from outside
+
+IDEAS_TRAIN = KNOB_TRAIN.replace("time.sleep(SLEEP)\n", """time.sleep(SLEEP)
+RMS = 0
+WIDE = 0
+
+LR_WARM = 0
+""").replace(
+    "evalkit.report(1.0 + (math.log10(LEARNING_RATE) + 2) ** 2 + 0.01 * N_LAYER,",
+    "evalkit.report(2.0 - 0.1 * RMS - 0.05 * WIDE - 0.08 * RMS * WIDE - 0.03 * LR_WARM,")
+
+
+def test_submit_factor_runs_every_combination_and_effects_reports_the_interaction(tmp_path):
+    folder = make_target(tmp_path / "lab", IDEAS_TRAIN, extra_toml=AGENT_TOML, budget=1, timeout=90)
+    text = (folder / "train.py").read_text()
+    from labfleet.target import unified_diff
+
+    patches = {}
+    for name, old, new in (("RMS", "RMS = 0", "RMS = 1"), ("WIDE", "WIDE = 0", "WIDE = 1"),
+                           ("LR_WARM", "LR_WARM = 0", "LR_WARM = 1")):
+        path = tmp_path / f"{name}.patch"
+        path.write_text(unified_diff("train.py", text, text.replace(old, new)))
+        patches[name] = path
+    args = [a for name, path in patches.items() for a in ("--factor", name, str(path))]
+    wave = agent(folder, "submit", *args, "-m", "three ideas", "--hypothesis", "RMS helps more with WIDE")
+    assert wave["wave"] == "i1" and wave["design"] == "2^3" and wave["ideas"] == ["RMS", "WIDE", "LR_WARM"]
+    assert [c["status"] for c in wave["cells"]] == ["queued"] * 7 and wave["conflicts"] == []
+    assert wave["centre"] == {"experiment": 1, "cell": 0, "on": []}
+
+    # a repeat of an idea already in the wave is refused before anything is recorded, naming the experiment
+    again = run_cli("submit", str(patches["WIDE"]), "-C", str(folder), "-m", "wider, under another name")
+    first_wide = next(c["experiment"] for c in wave["cells"] if c["on"] == ["WIDE"])
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert f"not queued: it repeats e{first_wide} (idea 'WIDE' of wave i1)" in again.stderr
+    bad = run_cli("submit", "--factor", "A", str(patches["RMS"]), "-C", str(folder))
+    assert bad.returncode == 1 and "at least two --factor" in bad.stderr
+
+    daemon = subprocess.Popen([sys.executable, "-m", "labfleet", "serve", "-C", str(folder), "--workers", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ids = [str(c["experiment"]) for c in wave["cells"]]
+        decided = agent(folder, "wait", *ids, "--timeout", "240")
+        assert all(d["decision"] in ("kept", "discarded") for d in decided)
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        daemon.wait(timeout=30)
+    found = agent(folder, "effects")["waves"]["i1"]
+    main = {e["name"]: e for e in found["main"]}
+    inter = {e["name"]: e for e in found["interactions"]}
+    # by hand from the formula: RMS -0.1 - 0.08/2; WIDE -0.05 - 0.08/2; LR_WARM -0.03; RMS x WIDE -0.08/2
+    assert main["RMS"]["estimate"] == pytest.approx(-0.14) and main["WIDE"]["estimate"] == pytest.approx(-0.09)
+    assert main["LR_WARM"]["estimate"] == pytest.approx(-0.03)
+    assert inter["RMS×WIDE"]["estimate"] == pytest.approx(-0.04) and inter["RMS×WIDE"]["significant"]
+    assert inter["RMS×LR_WARM"]["estimate"] == pytest.approx(0, abs=1e-9)
+    text_out = run_cli("effects", "-C", str(folder)).stdout
+    assert "wave i1: 8 results over the ideas RMS, WIDE, LR_WARM" in text_out
+    assert "the effect of RMS depends on WIDE (RMS lowers val_bpb by 0.18 together with WIDE" in text_out
+    assert "best guess (the terms beyond the noise, combined): RMS + WIDE + LR_WARM" in text_out

@@ -280,3 +280,80 @@ def test_session_effects_skips_small_waves():
     assert list(effects) == ["1"]  # wave 2 has only two results
     alone = wave_effects(wave_history(), "1", noise_sd=0.01)
     assert effects["1"].to_json() == alone.to_json()
+
+
+# --------------------------------------------------------------------------- idea waves (patch factors)
+
+
+def idea_wave(metrics: dict[tuple[str, ...], float | None], names=("RMS", "WIDE", "LR"), generators="",
+              conflicts="[]", centre_metric: float | None = None):
+    """A history: the centre (all off) and one experiment per cell, tagged as an ideas wave."""
+    import json as _json
+
+    centre = experiment(BASE, Decision.BASELINE, parent=None, metric=centre_metric)
+    out = [result(centre, centre_metric)] if centre_metric is not None else []
+    for on, metric in metrics.items():
+        tags = {"wave": "i1", "cell": "0", "design": "2^3", "ideas": ",".join(names), "on": ",".join(on),
+                "centre": str(centre.id), "generators": generators, "conflicts": conflicts,
+                "ideas_json": _json.dumps([{"name": n, "patch": f"+{n}\n"} for n in names])}
+        out.append(result(experiment(BASE, tags=tags), metric))
+    return out
+
+
+def test_idea_effects_match_a_hand_computation():
+    # y = 2 - 0.1 RMS - 0.05 WIDE - 0.08 RMS*WIDE - 0.03 LR  (1 = on): every cell of a 2^3
+    def y(on):
+        a, b, c = ("RMS" in on), ("WIDE" in on), ("LR" in on)
+        return 2 - 0.1 * a - 0.05 * b - 0.08 * a * b - 0.03 * c
+
+    cells = [on for r in range(1, 4) for on in itertools.combinations(("RMS", "WIDE", "LR"), r)]
+    history = idea_wave({on: y(on) for on in cells}, centre_metric=y(()))
+    [(tag, eff)] = session_effects(history, noise_sd=0.01).items()
+    assert tag == "i1" and eff.n == 8 and eff.levels["RMS"] == ("off", "on")
+    # by hand: mean over the cells with RMS on minus with it off = -0.1 - 0.08/2
+    assert eff["RMS"].estimate == pytest.approx(-0.14)
+    assert eff["WIDE"].estimate == pytest.approx(-0.09)
+    assert eff["LR"].estimate == pytest.approx(-0.03)
+    assert eff["RMS×WIDE"].estimate == pytest.approx(-0.04)  # (y11 - y10 - y01 + y00) / 2
+    assert eff["RMS×LR"].estimate == pytest.approx(0, abs=1e-12)
+    half = Z95 * 2 * 0.01 / math.sqrt(8)  # se of a difference of two means of 4
+    assert eff["RMS×WIDE"].half_width == pytest.approx(half)
+    said = eff.describe("val_bpb")
+    assert said[0] == f"RMS lowers val_bpb by 0.140 ± 0.014 (95% CI): better"
+    inter = next(line for line in said if line.startswith("RMS×WIDE"))
+    assert inter == ("RMS×WIDE interaction -0.040 ± 0.014 (95% CI): the effect of RMS depends on WIDE "
+                     "(RMS lowers val_bpb by 0.18 together with WIDE, lowers val_bpb by 0.1 without it)")
+    assert said[-1] == "best guess (the terms beyond the noise, combined): RMS + WIDE + LR"
+    assert eff.best_guess() == {"RMS", "WIDE", "LR"}
+    assert eff.to_json()["best_guess"] == ["LR", "RMS", "WIDE"]
+
+
+def test_idea_effects_state_conflicts_and_a_fraction_s_aliases():
+    import json as _json
+
+    # RMS and WIDE never combine: cells with both are missing; LR = RMS x WIDE is not even possible then
+    def y(on):
+        return 2 - 0.1 * ("RMS" in on) - 0.05 * ("WIDE" in on) - 0.03 * ("LR" in on)
+
+    cells = [("RMS",), ("WIDE",), ("LR",), ("RMS", "LR"), ("WIDE", "LR")]
+    conflicts = _json.dumps([{"on": ["RMS", "WIDE"], "clash": ["RMS", "WIDE"], "reason": "WIDE changes the lines RMS changes in train.py"},
+                             {"on": ["RMS", "WIDE", "LR"], "clash": ["RMS", "WIDE"], "reason": "WIDE changes the lines RMS changes in train.py"}])
+    history = idea_wave({on: y(on) for on in cells}, conflicts=conflicts, centre_metric=y(()))
+    eff = session_effects(history, noise_sd=0.01)["i1"]
+    assert eff["RMS"].estimate == pytest.approx(-0.1) and eff["WIDE"].estimate == pytest.approx(-0.05)
+    assert "RMS×WIDE" in eff.dropped
+    said = eff.describe("val_bpb")
+    assert any(line.startswith("RMS and WIDE do not combine (WIDE changes the lines RMS changes in train.py); the 2 cells")
+               and "each one's effect is measured with the other off" in line for line in said)
+
+    # a half fraction with LR = -RMS x WIDE: the alias is said, in words
+    frac = idea_wave({("RMS", "LR"): 1.9, ("WIDE", "LR"): 1.95, ("RMS", "WIDE"): 1.85}, generators="LR=-RMS×WIDE",
+                     centre_metric=2.0)
+    said = session_effects(frac, noise_sd=0.01)["i1"].describe("val_bpb")
+    assert "LR is aliased with minus RMS×WIDE (a fractional design): its effect cannot be told apart from that interaction" in said
+
+
+def test_an_idea_wave_without_its_centre_says_so():
+    history = idea_wave({("RMS",): 1.9, ("WIDE",): 1.95, ("RMS", "WIDE"): 1.8})
+    eff = session_effects(history, noise_sd=0.01)["i1"]
+    assert eff.n == 3 and any("has no result: it is left out" in line for line in eff.notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -449,3 +450,186 @@ def test_a_session_driven_by_the_model_keeps_a_real_improvement(tmp_path, fake, 
     assert repair["status"] == "done" and repair["parent"] == by_desc[boom["description"]]["parent"]
     assert all("SECRET123" not in json.dumps(r) for r in rows)
     assert "SECRET123" not in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- ideas waves, novelty, the hybrid
+
+from labfleet.researchers import ideas as ideas_mod  # noqa: E402
+from labfleet.researchers.hybrid import TUNE_TAG, HybridResearcher  # noqa: E402
+
+BETA2 = {**edit("BETA2 0.99 -> 0.95", "BETA2 = 0.99", "BETA2 = 0.95"), "name": "BETA2_95"}
+NAMED = [{**LR_UP, "name": "LR_UP"}, {**WD_DOWN, "name": "WD_DOWN"}, BETA2]
+
+
+def pending_of(lab: Target, proposals, start: int) -> list[Experiment]:
+    return [experiment(lab, start + i, parent=p.parent, decision=Decision.PENDING, tags=dict(p.tags), patch=p.patch,
+                       description=p.description) for i, p in enumerate(proposals)]
+
+
+def test_one_call_gives_k_ideas_and_the_system_designs_the_wave(lab, fake):
+    fake.push(Reply(NAMED))
+    r = researcher(lab, fake, ideas=3)
+    first = r.propose(snapshot(lab), 2)
+    assert len(fake.requests) == 1 and "Propose 3 ideas (k = 3)" in fake.requests[0].prompt
+    assert [p.tags["wave"] for p in first] == ["i1", "i1"] and first[0].tags["design"] == "2^3"
+    assert first[0].tags["ideas"] == "LR_UP,WD_DOWN,BETA2_95" and first[0].tags["on"] == "LR_UP"
+    pending = pending_of(lab, first, 10)
+    fake.push(Reply([]))  # the next call (for the workers the wave cannot fill) has no ideas
+    rest = r.propose(replace(snapshot(lab), pending=tuple(pending)), 8)
+    assert len(fake.requests) == 1 + 1  # the wave's 5 other cells, then a new call for the free workers
+    cells = first + [p for p in rest if p.tags["wave"] == "i1"]
+    assert sorted(int(p.tags["cell"]) for p in cells) == list(range(1, 8))  # 7 cells: the centre is e1 itself
+    assert all(p.parent == 1 and applies(lab, p.patch) for p in cells)
+    both = next(p for p in cells if p.tags["on"] == "LR_UP,WD_DOWN")
+    assert "+LEARNING_RATE = 3e-3" in both.patch and "+WEIGHT_DECAY = 0.05" in both.patch
+
+    # a restart: a fresh researcher rebuilds the wave's unplaced cells from the tags, without a model call
+    fresh = researcher(lab, fake, ideas=3)
+    placed = pending_of(lab, first + cells[2:4], 20)
+    again = fresh.propose(replace(snapshot(lab), pending=tuple(placed)), 3)
+    assert len(fake.requests) == 2
+    assert sorted(p.tags["cell"] for p in again) == sorted({p.tags["cell"] for p in cells} - {p.tags["cell"] for p in placed})[:3]
+
+
+def test_the_next_prompt_reports_each_idea_s_measured_effect(lab, fake):
+    fake.push(Reply(NAMED))
+    r = researcher(lab, fake, ideas=3)
+    cells = r.propose(snapshot(lab), 7)
+    # LR_UP helps by 0.1 everywhere, the others do nothing
+    done = tuple(result(e, metric=2.5 - 0.1 * ("LR_UP" in e.tags["on"].split(","))) for e in pending_of(lab, cells, 30))
+    fake.push(Reply([]))
+    r.propose(snapshot(lab, history=done, noise={"cpu": 0.01}), 2)
+    prompt = fake.requests[-1].prompt
+    assert "# Ideas tried and their measured effects" in prompt
+    assert "wave i1 around e1 (2^3): LR_UP (LEARNING_RATE 1e-3 -> 3e-3)" in prompt
+    assert "LR_UP lowers val_bpb by 0.100 ± 0.014 (95% CI): better" in prompt
+    assert "best guess (the terms beyond the noise, combined): LR_UP" in prompt
+
+
+def test_a_repeated_idea_is_sent_back_naming_the_earlier_experiment(lab, fake):
+    text = (lab.root / "train.py").read_text()
+    tried = unified_diff("train.py", text, text.replace("LEARNING_RATE = 1e-3", "LEARNING_RATE = 0.003"))
+    earlier = experiment(lab, 7, patch=tried, description="lr three")
+    # the same change respelt: 3e-3 for 0.003, another comment
+    respelt = edit("bigger steps", "LEARNING_RATE = 1e-3  # peak AdamW learning rate", "LEARNING_RATE = 3e-3  # faster")
+    fake.push(Reply([respelt, WD_DOWN]), Reply([BETA2]))
+    r = researcher(lab, fake)
+    proposals = r.propose(snapshot(lab, history=(result(earlier, metric=2.4),)), 2)
+    assert [p.description for p in proposals] == ["WEIGHT_DECAY 0.1 -> 0.05", "BETA2 0.99 -> 0.95"]
+    feedback = fake.requests[1].prompt
+    assert "proposal 1 ('bigger steps'): it repeats e7 ('lr three')" in feedback
+    # a knob setting already run from the same parent is a repeat too (the external verbs and the hybrid use this)
+    memory = ideas_mod.Memory.of(snapshot(lab))
+    base = snapshot(lab).baseline
+    assert memory.why_repeat(ideas_mod.Proposal(description="x", knobs={}), base) == ""
+
+
+def hybrid(lab: Target, fake: FakeLLM, **options) -> HybridResearcher:
+    r = make_researcher("hybrid", seed=0, target=lab, provider="anthropic", base_url=fake.url, model="fake-model",
+                        **options)
+    assert isinstance(r, HybridResearcher)
+    return r
+
+
+def with_knobs(lab: Target, exp: Experiment, **values) -> Experiment:
+    return replace(exp, knobs={**lab.read_knobs(), **values})
+
+
+def test_the_hybrid_tunes_around_the_baseline_then_hands_over_to_ideas(lab, fake):
+    r = hybrid(lab, fake, tune_experiments=3, ideas=2)
+    base_state = snapshot(lab)
+    base_state = replace(base_state, baseline=with_knobs(lab, base_state.baseline),
+                         champion=with_knobs(lab, base_state.baseline),
+                         history=(result(with_knobs(lab, base_state.baseline), metric=2.5),))
+    tune = r.propose(base_state, 2)
+    assert r.phase == "tune" and not fake.requests
+    assert all(p.tags[TUNE_TAG] == "1" and p.parent == 1 and p.knobs and not p.patch for p in tune)
+    fake.push(Reply(NAMED[:2]))
+    done = tuple(result(with_knobs(lab, experiment(lab, 40 + i, tags=dict(p.tags)), **p.knobs), metric=2.6)
+                 for i, p in enumerate(tune))
+    mixed = r.propose(replace(base_state, history=base_state.history + done), 3)
+    # one tuning experiment left in the budget, the other two workers get the ideas wave
+    assert [TUNE_TAG in p.tags for p in mixed] == [True, False, False] and len(fake.requests) == 1
+    assert {p.tags["wave"] for p in mixed[1:]} == {"i1"}
+
+
+def test_after_a_structural_keep_the_hybrid_re_tunes_around_it_and_a_restart_resumes(lab, fake):
+    start = snapshot(lab)
+    baseline = with_knobs(lab, start.baseline)
+    text = (lab.root / "train.py").read_text()
+    idea_patch = unified_diff("train.py", text, text.replace("BETA2 = 0.99", "BETA2 = 0.95"))
+    commit = workspace.commit_patch(lab.root, workspace.resolve(lab.root), idea_patch, "idea", lab.spec.editable)
+    keep = with_knobs(lab, experiment(lab, 50, decision=Decision.KEPT, tags={"wave": "i1", "on": "BETA2_95"},
+                                      patch=idea_patch, commit=commit, metric=2.3))
+    # the baseline's own tuning was spent before the keep
+    spent = tuple(result(with_knobs(lab, experiment(lab, 41 + i, tags={TUNE_TAG: "1"}), LEARNING_RATE=2e-3 + i * 1e-3),
+                         metric=2.6) for i in range(3))
+    state = replace(start, baseline=baseline, champion=keep,
+                    history=(result(baseline, metric=2.5), *spent, result(keep, metric=2.3)))
+    r = hybrid(lab, fake, tune_experiments=3, ideas=2)
+    tune = r.propose(state, 2)
+    assert r.phase == "tune" and not fake.requests
+    assert all(p.tags[TUNE_TAG] == "50" and p.parent == 50 for p in tune)
+    # around the keep: each numeric knob within a quarter of its (log) range of the keep's value
+    lr = [p.knobs["LEARNING_RATE"] for p in tune if "LEARNING_RATE" in p.knobs]
+    assert lr and all(1e-3 / 10 ** 0.75 <= v <= 1e-3 * 10 ** 0.75 for v in lr)
+
+    # a restart after two of its three tuning runs: a fresh hybrid rebuilds the study from the ledger
+    ran = tuple(result(with_knobs(lab, experiment(lab, 60 + i, parent=50, tags={TUNE_TAG: "50", "optuna_study": "old",
+                                                                                "optuna_trial": str(i)}), **p.knobs),
+                       metric=2.25 + 0.01 * i) for i, p in enumerate(tune))
+    later = replace(state, history=state.history + ran)
+    fresh = hybrid(lab, fake, tune_experiments=3, ideas=2)
+    fake.push(Reply(NAMED[:2]))
+    out = fresh.propose(later, 3)
+    assert [TUNE_TAG in p.tags for p in out] == [True, False, False]
+    study = fresh.tuner(keep, later).study
+    assert study is not None and len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3  # keep + 2 tuned
+    assert "# The current best version (experiment e50" in fake.requests[0].prompt
+    assert all(p.parent == 50 for p in out)  # tuning starts from the keep; the ideas from the champion (the keep)
+
+
+def test_a_fraction_s_best_guess_is_proposed_when_no_cell_ran_it(lab, fake):
+    warm = {**edit("WARMUP 0.05 -> 0.1", "WARMUP_FRACTION = 0.05", "WARMUP_FRACTION = 0.1"), "name": "WARM"}
+    fake.push(Reply(NAMED + [warm]))
+    r = researcher(lab, fake, ideas=4)
+    cells = r.propose(snapshot(lab), 7)
+    assert {p.tags["design"] for p in cells} == {"2^(4-1)"} and len(cells) == 7
+    assert cells[0].tags["generators"] == "WARM=LR_UP×WD_DOWN×BETA2_95"  # every cell has an even number of ideas on
+
+    def y(on: list[str]) -> float:  # LR_UP helps, the others do nothing
+        return 2.5 - 0.2 * ("LR_UP" in on)
+
+    done = tuple(result(replace(e, decision=Decision.DISCARDED), metric=y(e.tags["on"].split(",")))
+                 for e in pending_of(lab, cells, 70))
+    assert not any(e.experiment.tags["on"] == "LR_UP" for e in done)  # no cell ran LR_UP alone
+    fake.push(Reply([]))
+    [guess] = r.propose(snapshot(lab, history=done, noise={"cpu": 0.01}), 1)
+    assert guess.tags == {"best_of_ideas": "i1"} and guess.parent == 1
+    assert guess.description == "ideas wave 1 best guess: LR_UP"
+    assert "+LEARNING_RATE = 3e-3" in guess.patch and "+WEIGHT_DECAY" not in guess.patch and applies(lab, guess.patch)
+    # proposed once: the next call starts a new wave instead
+    again = r.propose(replace(snapshot(lab, history=done), pending=tuple(pending_of(lab, [guess], 90))), 1)
+    assert all("best_of_ideas" not in p.tags for p in again)
+
+
+def test_the_hybrid_re_tunes_with_cma_es_from_the_kept_values(lab, fake):
+    start = snapshot(lab)
+    baseline = with_knobs(lab, start.baseline)
+    keep = with_knobs(lab, experiment(lab, 50, decision=Decision.KEPT, tags={"wave": "i1"}, metric=2.3),
+                      LEARNING_RATE=0.01)
+    spent = tuple(result(with_knobs(lab, experiment(lab, 41 + i, tags={TUNE_TAG: "1"})), metric=2.6) for i in range(2))
+    state = replace(start, baseline=baseline, champion=keep,
+                    history=(result(baseline, metric=2.5), *spent, result(keep, metric=2.3)))
+    r = hybrid(lab, fake, tune_experiments=2, ideas=2, sampler="cmaes")
+    tune = r.propose(state, 2)
+    assert r.phase == "tune" and [p.tags[TUNE_TAG] for p in tune] == ["50", "50"]
+    import optuna
+
+    tuner = r.tuner(keep, state)
+    assert isinstance(tuner.study.sampler, optuna.samplers.CmaEsSampler)
+    low, high = tuner.knobs["LEARNING_RATE"].low, tuner.knobs["LEARNING_RATE"].high
+    assert math.isclose(math.sqrt(low * high), 0.01, rel_tol=1e-3)  # the space is centred on the kept value
+    assert all(0.01 / 10 ** 0.75 <= p.knobs["LEARNING_RATE"] <= 0.01 * 10 ** 0.75 for p in tune)
+    with pytest.raises(ConfigError, match="unknown sampler 'nelder'"):
+        hybrid(lab, fake, sampler="nelder")

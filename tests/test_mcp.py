@@ -16,8 +16,8 @@ from tests.test_agents import lab
 from tests.test_cli_session import wait_for
 from tests.conftest import run_cli
 
-TOOLS = {"submit_experiment", "get_status", "get_results", "get_best", "show_experiment", "wait_for", "promote",
-         "cancel", "read_file"}
+TOOLS = {"submit_experiment", "submit_factorial", "get_effects", "get_status", "get_results", "get_best",
+         "show_experiment", "wait_for", "promote", "cancel", "read_file"}
 
 
 def payload(result) -> object:
@@ -44,6 +44,23 @@ async def drive(folder) -> dict:
         assert bad.is_error and "no such knob" in bad.content[0].text
         [done] = payload(await session.call_tool("wait_for", {"experiments": [sub["experiment"]],
                                                                "timeout_seconds": 120}))
+        # a wave of two ideas from the new best: its three cells are queued, the centre is the best itself
+        from labfleet.target import unified_diff
+
+        best_train = payload(await session.call_tool("read_file", {"path": "train.py"}))
+        factors = {"DEEPER": unified_diff("train.py", best_train, best_train.replace("N_LAYER = 2", "N_LAYER = 3")),
+                   "SLOWER": unified_diff("train.py", best_train, best_train.replace("SLEEP = 0.0", "SLEEP = 0.1"))}
+        wave = payload(await session.call_tool("submit_factorial", {"factors": factors, "description": "two ideas"}))
+        assert wave["design"] == "2^2" and [c["on"] for c in wave["cells"]] == [["DEEPER"], ["SLOWER"],
+                                                                              ["DEEPER", "SLOWER"]]
+        assert wave["centre"]["experiment"] == sub["experiment"]
+        lone = await session.call_tool("submit_factorial", {"factors": {"ONLY": factors["DEEPER"]}})
+        assert lone.is_error and "at least two" in lone.content[0].text
+        await session.call_tool("wait_for", {"experiments": [c["experiment"] for c in wave["cells"]],
+                                             "timeout_seconds": 120})
+        effects = payload(await session.call_tool("get_effects", {"wave": wave["wave"]}))
+        said = effects["waves"][wave["wave"]]["said"]
+        assert any(line.startswith("DEEPER raises val_bpb by 0.01") for line in said), said
         status = payload(await session.call_tool("get_status", {}))
         results = payload(await session.call_tool("get_results", {"last": 10}))
         best = payload(await session.call_tool("get_best", {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import replace
 
@@ -284,3 +285,117 @@ def test_a_finished_wave_is_followed_by_its_best_guess():
     fresh = make_researcher("waves")
     fresh.propose(state(), 8)
     assert not any("best_of_wave" in p.tags for p in fresh.propose(state(history=done), 2))
+
+
+# --------------------------------------------------------------------------- ideas as factors: composing cells
+
+from labfleet.researchers import ideas as ideas_mod  # noqa: E402
+from labfleet.target import unified_diff  # noqa: E402
+
+SOURCE = """\
+LR = 1e-3  # learning rate
+DEPTH = 2
+WIDTH = 64
+def block(x):
+    x = norm(x)
+    return act(x)
+"""
+
+
+def idea(name: str, old: str, new: str, source: str = SOURCE) -> ideas_mod.Idea:
+    assert source.count(old) == 1
+    return ideas_mod.Idea(name, unified_diff("train.py", source, source.replace(old, new)))
+
+
+A = idea("LR_UP", "LR = 1e-3", "LR = 1e-2")
+B = idea("WIDE", "WIDTH = 64", "WIDTH = 128")
+C = idea("RMS", "x = norm(x)", "x = rms(x)")
+C2 = idea("LAYERNORM", "x = norm(x)", "x = layer_norm(x)")  # the same line as RMS: they cannot combine
+BROKEN = idea("BROKEN", "return act(x)", "return act(x")
+
+
+def test_a_full_factorial_over_ideas_composes_every_combination_in_order():
+    wave = ideas_mod.compose({"train.py": SOURCE}, [A, B, C], 8)
+    assert wave.design == "2^3" and wave.generators == () and not wave.conflicts
+    assert [c.on for c in wave.cells] == [
+        (), ("LR_UP",), ("WIDE",), ("LR_UP", "WIDE"), ("RMS",), ("LR_UP", "RMS"), ("WIDE", "RMS"),
+        ("LR_UP", "WIDE", "RMS")]
+    assert wave.cells[0].patch == ""  # the centre itself: already measured
+    everything = wave.cells[7].patch
+    assert "+LR = 1e-2" in everything and "+WIDTH = 128" in everything and "+    x = rms(x)" in everything
+    assert "+WIDTH" not in wave.cells[5].patch and "+LR = 1e-2" in wave.cells[5].patch
+    # each cell's patch is its ideas' changes and nothing else: the signatures add up
+    assert ideas_mod.changed_lines(wave.cells[3].patch) == sorted(
+        ideas_mod.changed_lines(A.patch) + ideas_mod.changed_lines(B.patch))
+
+
+def test_a_fraction_keeps_the_centre_and_states_its_aliases():
+    wave = ideas_mod.compose({"train.py": SOURCE}, [A, B, C], 4)
+    assert wave.design == "2^(3-1)"
+    assert wave.cells[0].on == ()  # the all-off cell is in the fraction (generator sign chosen so)
+    assert wave.generators == ("RMS=-LR_UP×WIDE",)
+    rows = [tuple(name in c.on for name in wave.names) for c in wave.cells]
+    # a regular half fraction: every pair of ideas takes all four combinations once
+    for i, j in itertools.combinations(range(3), 2):
+        assert sorted((r[i], r[j]) for r in rows) == sorted(itertools.product((False, True), repeat=2))
+    said = ideas_mod.describe_aliasing(wave.names, wave.generators, [])
+    assert said == ["RMS is aliased with minus LR_UP×WIDE (a fractional design): its effect cannot be told apart "
+                    "from that interaction"]
+    half = ideas_mod.compose({"train.py": SOURCE}, [A, B, C, idea("GELU", "return act(x)", "return gelu(x)")], 8)
+    assert half.design == "2^(4-1)" and len(half.cells) == 8 and half.cells[0].on == ()
+
+
+def test_ideas_that_touch_the_same_lines_are_recorded_as_conflicts_with_their_aliasing():
+    wave = ideas_mod.compose({"train.py": SOURCE}, [A, C, C2], 8)
+    broken = wave.conflicts
+    assert [c.on for c in broken] == [("RMS", "LAYERNORM"), ("LR_UP", "RMS", "LAYERNORM")]
+    assert all(c.clash == ("RMS", "LAYERNORM") and c.patch == "" for c in broken)
+    assert broken[0].error == "LAYERNORM changes the lines RMS changes in train.py"
+    assert all(c.patch for c in wave.cells if c.on and not c.error)
+    conflicts = json.loads(wave.conflicts_json())
+    [said] = ideas_mod.describe_aliasing(wave.names, wave.generators, conflicts)
+    assert said.startswith("RMS and LAYERNORM do not combine (") and "the 2 cells with all of them on did not run" in said
+    assert "their interaction cannot be estimated and each one's effect is measured with the other off" in said
+    # the cells that do run are proposals from the centre, tagged so a restart (or `effects`) rebuilds the wave
+    centre = experiment(BASE, Decision.BASELINE, exp_id=1)
+    props = ideas_mod.cell_proposals(wave, 4, centre, "val_bpb")
+    assert [p.tags["cell"] for p in props] == ["1", "2", "3", "4", "5"]
+    assert {p.tags["wave"] for p in props} == {"i4"} and all(p.parent == 1 for p in props)
+    assert json.loads(props[0].tags[ideas_mod.CONFLICTS_TAG]) == conflicts
+    assert [i.name for i in ideas_mod.ideas_of(experiment(BASE, tags=props[0].tags))] == ["LR_UP", "RMS", "LAYERNORM"]
+
+
+def test_a_combination_that_does_not_compile_is_a_conflict_and_a_broken_idea_an_error():
+    source = "def f():\n    y = 0\n\n    return y\n"
+    uses = idea("USES_X", "    y = 0\n", "    y = x\n", source)
+    declares = idea("GLOBAL_X", "    return y\n", "    global x\n    return y\n", source)
+    wave = ideas_mod.compose({"train.py": source}, [uses, declares], 4)  # each compiles alone, not together
+    [cell] = wave.conflicts
+    assert cell.on == ("USES_X", "GLOBAL_X") and cell.clash == ("USES_X", "GLOBAL_X")
+    assert cell.error.startswith("USES_X + GLOBAL_X: train.py does not compile (name 'x' is used prior to global")
+    with pytest.raises(ideas_mod.IdeaError, match="idea BROKEN: train.py does not compile"):
+        ideas_mod.compose({"train.py": SOURCE}, [A, BROKEN], 4)
+    with pytest.raises(ideas_mod.IdeaError, match="idea names repeat: LR_UP"):
+        ideas_mod.compose({"train.py": SOURCE}, [A, A], 4)
+    with pytest.raises(ideas_mod.IdeaError, match="idea name 'no spaces'"):
+        ideas_mod.compose({"train.py": SOURCE}, [A, ideas_mod.Idea("no spaces", B.patch)], 4)
+    left = idea("LEFT", "    return act(x)\n", "    return act(x) + 1\n")
+    right = idea("RIGHT", "    return act(x)\n", "    return act(x) * 2\n")  # same line: no cell has both
+    clash = ideas_mod.compose({"train.py": SOURCE}, [left, right], 4)
+    assert [c.on for c in clash.conflicts] == [("LEFT", "RIGHT")]
+
+
+def test_wave_sizes_fill_the_fleet_counting_the_free_centre():
+    assert ideas_mod.runs_for(3, 2) == 8 and ideas_mod.runs_for(3, 16) == 8 and ideas_mod.runs_for(2, 1) == 4
+    assert ideas_mod.runs_for(4, 2) == 8 and ideas_mod.runs_for(4, 12) == 16 and ideas_mod.runs_for(6, 2) == 8
+
+
+def test_signatures_ignore_presentation_not_content():
+    sig = ideas_mod.signature(A.patch)
+    respaced = A.patch.replace("+LR = 1e-2", "+LR   =   0.01    # a bigger step")
+    assert ideas_mod.signature(respaced) == sig
+    moved = unified_diff("train.py", "# header\n\n" + SOURCE, "# header\n\n" + SOURCE.replace("LR = 1e-3", "LR = 1e-2"))
+    assert ideas_mod.signature(moved) == sig  # other context lines, other line numbers
+    assert ideas_mod.signature(A.patch.replace("1e-2", "2e-2")) != sig
+    assert ideas_mod.signature(B.patch + A.patch) == ideas_mod.signature(A.patch + B.patch)
+    assert ideas_mod.signature("") == ""

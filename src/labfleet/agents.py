@@ -108,12 +108,118 @@ def submit(
     if folder is not None:
         patch = folder_patch(target, ledger, session_id, folder)
     base = ledger.experiment(parent) if parent is not None else champion(ledger, session_id)
+    _refuse_repeat(target, ledger, session_id, base, patch, knobs)
     config = SessionConfig.from_json(json.loads(ledger.session(session_id)["config"]))
     proposal = Proposal(description=description or "submitted", hypothesis=hypothesis, patch=patch,
                         knobs=dict(knobs or {}), tags={"source": EXTERNAL})
     exp_id, error = materialize(target, ledger, session_id, proposal, base, config)
     return {"experiment": exp_id, "session": session_id, "parent": base.id,
             "status": "rejected" if error else "queued", "reason": error}
+
+
+def _refuse_repeat(target: Target, ledger: Ledger, session_id: int, base: Experiment, patch: str,
+                   knobs: Mapping[str, Any] | None) -> None:
+    """AgentError naming the earlier experiment when a submission repeats a tried change or setting."""
+    from labfleet.researchers import ideas as ideas_mod
+
+    history, pending = ledger.history(session_id)
+    memory = ideas_mod.Memory(target.knobs)
+    by_id = {r.experiment.id: r.experiment for r in history} | {e.id: e for e in pending}
+    for exp in by_id.values():
+        memory.add_experiment(exp, by_id.get(exp.parent_id) if exp.parent_id is not None else None)
+    why = memory.why_repeat(Proposal(description="", patch=patch, knobs=dict(knobs or {})), base)
+    if why:
+        raise AgentError(f"not queued: {why}")
+
+
+def submit_factors(
+    target: Target, ledger: Ledger, factors: list[tuple[str, str]], *, description: str = "", hypothesis: str = "",
+    runs: int | None = None, parent: int | None = None,
+) -> dict[str, Any]:
+    """Declare a wave of idea factors (name, patch against the best version) and queue its cells.
+
+    labfleet composes the cells of a 2^k design (a regular 2^(k-p) fraction with
+    ``runs`` cells; the all-off cell is the best version itself, already measured),
+    applies each cell's patches in the order given, and queues every cell that
+    applies and compiles; the others are recorded in every cell's tags and stated by
+    ``labfleet effects``. An idea that repeats one tried before (same normalized
+    patch) is refused before anything is recorded, naming the earlier experiment.
+    """
+    from labfleet.researchers import ideas as ideas_mod
+
+    if len(factors) < 2:
+        raise AgentError("a wave of ideas needs at least two --factor NAME PATCH")
+    if len(factors) > 8:
+        raise AgentError(f"{len(factors)} factors: at most 8 ideas per wave")
+    try:
+        ideas_mod.check_names([name for name, _ in factors])
+    except ideas_mod.IdeaError as exc:
+        raise AgentError(str(exc)) from None
+    session_id = session_for_submit(target, ledger)
+    base = ledger.experiment(parent) if parent is not None else champion(ledger, session_id)
+    history, pending = ledger.history(session_id)
+    memory = ideas_mod.Memory(target.knobs)
+    by_id = {r.experiment.id: r.experiment for r in history} | {e.id: e for e in pending}
+    for exp in by_id.values():
+        memory.add_experiment(exp, by_id.get(exp.parent_id) if exp.parent_id is not None else None)
+    for name, patch in factors:
+        tried = memory.repeats_patch(patch, base.commit)
+        if tried is not None:
+            raise AgentError(f"idea {name} repeats e{tried.experiment} ({tried.name!r}"
+                             + (f", wave {tried.wave}" if tried.wave else "") + "): the same change up to "
+                             "whitespace, comments, numbers' spelling and context")
+    files = {rel: workspace.show_file(target.root, base.commit, rel) for rel in target.spec.editable}
+    k = len(factors)
+    size = runs if runs is not None else 2**k
+    if size < 2 or size & (size - 1):
+        raise AgentError(f"--runs {size}: use a power of two (at most {2**k})")
+    try:
+        wave = ideas_mod.compose(files, [ideas_mod.Idea(n, p, n, hypothesis) for n, p in factors], size)
+    except ideas_mod.IdeaError as exc:
+        raise AgentError(str(exc)) from None
+    numbers = [ideas_mod.wave_number(e.tags.get("wave", "")) for e in by_id.values()]
+    number = max([x for x in numbers if x is not None], default=0) + 1
+    config = SessionConfig.from_json(json.loads(ledger.session(session_id)["config"]))
+    cells = []
+    for proposal in ideas_mod.cell_proposals(wave, number, base, target.spec.metric, {"source": EXTERNAL}):
+        if description:
+            proposal = Proposal(description=f"{description}: {proposal.description}", hypothesis=proposal.hypothesis,
+                                patch=proposal.patch, parent=proposal.parent, tags=proposal.tags)
+        exp_id, error = materialize(target, ledger, session_id, proposal, base, config)
+        cells.append({"experiment": exp_id, "cell": int(proposal.tags["cell"]), "on": proposal.tags["on"].split(","),
+                      "status": "rejected" if error else "queued", "reason": error})
+    return {
+        "session": session_id, "wave": f"{ideas_mod.WAVE_PREFIX}{number}", "parent": base.id, "design": wave.design,
+        "ideas": list(wave.names), "cells": cells,
+        "centre": {"experiment": base.id, "cell": 0, "on": []},
+        "conflicts": [{"on": list(c.on), "clash": list(c.clash), "reason": c.error} for c in wave.conflicts],
+        "aliasing": ideas_mod.describe_aliasing(wave.names, wave.generators, json.loads(wave.conflicts_json())),
+    }
+
+
+def effects(ledger: Ledger, target: Target, wave: str | None = None, last: int = 3) -> dict[str, Any]:
+    """The latest waves' effects (knob waves and idea waves) in words and numbers, with the noise sd used."""
+    from collections import Counter
+
+    from labfleet.analysis.effects import session_effects
+    from labfleet.views import _session, noise_view
+
+    sid = _session(ledger, None)["id"]
+    history, _ = ledger.history(sid)
+    noise = noise_view(ledger, sid)
+    classes = Counter(r.run.hardware for r in history
+                      if r.ok and ("wave" in r.experiment.tags or r.experiment.parent_id is None))
+    sd = noise.get(classes.most_common(1)[0][0] or "") if classes else None
+    found = session_effects(history, noise_sd=sd)
+    if wave is not None:
+        if wave not in found:
+            raise AgentError(f"no effects for wave {wave} (waves with results: {', '.join(found) or 'none'})")
+        found = {wave: found[wave]}
+    else:
+        found = dict(list(found.items())[-last:])
+    spec = target.spec
+    return {"session": sid, "noise_sd": sd, "waves": {
+        tag: {**eff.to_json(), "said": eff.describe(spec.metric, spec.direction)} for tag, eff in found.items()}}
 
 
 def _tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:

@@ -240,7 +240,7 @@ def _open_ledger(target: Path, must_exist: bool = True) -> tuple[Path, Any]:
 def run(
     target: TargetOption = Path("."),
     workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. (default 1)", min=1)] = None,
-    researcher: Annotated[str | None, typer.Option(help="greedy, waves, random, grid or optuna. (default greedy)")] = None,
+    researcher: Annotated[str | None, typer.Option(help="greedy, waves, random, grid, optuna (TPE), cmaes, llm or hybrid (ideas from the model, knobs re-tuned by Optuna after each structural keep). (default greedy)")] = None,
     max_experiments: Annotated[int | None, typer.Option(help="Stop proposing after this many experiments (baseline not counted).", min=1)] = None,
     hours: Annotated[float | None, typer.Option(help="Stop proposing after this many hours.", min=0)] = None,
     until: Annotated[float | None, typer.Option(help="Stop once the best metric reaches this value.")] = None,
@@ -258,6 +258,9 @@ def run(
     base_url: Annotated[str | None, typer.Option(help="LLM researcher: the API's base URL (vLLM, Ollama, OpenRouter, a proxy).")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="LLM researcher: the environment variable holding the API key. (default ANTHROPIC_API_KEY or OPENAI_API_KEY)")] = None,
     max_llm_usd: Annotated[float | None, typer.Option("--max-llm-usd", help="LLM researcher: no new model calls once they have cost this much.", min=0)] = None,
+    ideas: Annotated[int | None, typer.Option(help="LLM and hybrid researchers: ideas per model call, run as a factorial wave (0: single experiments). (default 0 for llm, 3 for hybrid)", min=0)] = None,
+    sampler: Annotated[str | None, typer.Option(help="Hybrid researcher: the Optuna sampler that re-tunes the knobs, tpe or cmaes. (default tpe)")] = None,
+    tune_experiments: Annotated[int | None, typer.Option(help="Hybrid researcher: experiments of knob re-tuning after each structural keep. (default 8)", min=1)] = None,
     executor: Annotated[str | None, typer.Option(help="local (processes on this machine), ray, or skypilot. (default local)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray: auto or HOST:PORT. (default auto)")] = None,
     fleet: Annotated[str | None, typer.Option(help="fleet.toml for --executor skypilot (pools of clusters).")] = None,
@@ -285,7 +288,8 @@ def run(
         labfleet_spec=labfleet_spec,
     ).items() if v is not None}
     llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
-                                 max_usd=max_llm_usd).items() if v is not None}
+                                 max_usd=max_llm_usd, ideas=ideas, sampler=sampler,
+                                 tune_experiments=tune_experiments).items() if v is not None}
     _run_session(target, {**given, "serve": False}, llm, resume=resume, new=new)
 
 
@@ -605,9 +609,11 @@ def _target_and_ledger(target: Path) -> tuple[Any, Any]:
 
 @app.command()
 def submit(
-    patch: Annotated[Path | None, typer.Argument(help="A unified diff against the best version, or a folder whose editable files differ from it.")] = None,
+    patches: Annotated[list[Path] | None, typer.Argument(metavar="[PATCH]...", help="A unified diff against the best version, or a folder whose editable files differ from it; with --factor, one patch per factor.")] = None,
     target: TargetOption = Path("."),
     set_: Annotated[list[str] | None, typer.Option("--set", help="KNOB=VALUE (repeat for several knobs).")] = None,
+    factor: Annotated[list[str] | None, typer.Option("--factor", help="--factor NAME PATCH (repeat): a wave of ideas, every combination run as a 2^k design.")] = None,
+    runs: Annotated[int | None, typer.Option(help="With --factor: cells of the wave, a power of two (default 2^k; fewer: a 2^(k-p) fraction).", min=2)] = None,
     description: Annotated[str, typer.Option("--description", "-m", help="What the experiment changes.")] = "",
     hypothesis: Annotated[str, typer.Option(help="Why it should help.")] = "",
     parent: Annotated[int | None, typer.Option(help="Experiment to start from (default: the best so far).")] = None,
@@ -617,10 +623,41 @@ def submit(
 
     Works whether or not `labfleet serve` is running: the experiment waits in the
     ledger's queue. Prints its id; `labfleet wait ID` blocks until it is decided.
+    `--factor NAME PATCH` (repeated) declares a wave of ideas instead: every
+    combination of the patches (applied in the order given) is queued as one cell
+    of a factorial design, and `labfleet effects` reports each idea's effect.
     """
     from labfleet import agents
 
     loaded, ledger = _target_and_ledger(target)
+    paths = list(patches or [])
+    if factor:
+        if len(paths) != len(factor) or set_:
+            raise LabfleetError("use --factor NAME PATCH for every idea (one patch file after each name), without --set")
+        texts = []
+        for path in paths:
+            if not path.is_file():
+                raise LabfleetError(f"{path}: no such patch file")
+            texts.append(path.read_text())
+        wave = agents.submit_factors(loaded, ledger, list(zip(factor, texts, strict=True)), description=description,
+                                     hypothesis=hypothesis, runs=runs, parent=parent)
+        if as_json:
+            print(json.dumps(wave))
+            return
+        queued = [c for c in wave["cells"] if c["status"] == "queued"]
+        _say(f"wave {wave['wave']} ({wave['design']} over {', '.join(wave['ideas'])}): {len(queued)} cells queued, "
+             f"the all-off cell is e{wave['parent']} (session {wave['session']})")
+        for cell in wave["cells"]:
+            _say(f"  e{cell['experiment']} cell {cell['cell']}: {' + '.join(cell['on'])}"
+                 + (f"  rejected: {cell['reason']}" if cell["status"] == "rejected" else ""))
+        for line in wave["aliasing"]:
+            _say(f"  {line}")
+        return
+    if runs is not None:
+        raise LabfleetError("--runs goes with --factor")
+    if len(paths) > 1:
+        raise LabfleetError("one patch or folder per experiment (several: give each a --factor NAME)")
+    patch = paths[0] if paths else None
     knobs = agents.parse_settings(loaded, set_ or [])
     folder = text = None
     if patch is not None:
@@ -777,7 +814,7 @@ def effects(
     last: Annotated[int, typer.Option(help="How many of the latest waves to show.", min=1)] = 3,
     as_json: JsonOption = False,
 ) -> None:
-    """Main effects and interactions, with confidence intervals, from the waves researcher's factorial waves."""
+    """Main effects and interactions, with confidence intervals, from factorial waves: knob waves and idea waves."""
     from collections import Counter
 
     from labfleet.analysis.effects import session_effects
@@ -789,7 +826,7 @@ def effects(
     sid = _session(ledger, session)["id"]
     history, _ = ledger.history(sid)
     noise = noise_view(ledger, sid)
-    classes = Counter(r.run.hardware for r in history if r.ok and "wave" in r.experiment.tags)
+    classes = Counter(r.run.hardware for r in history if r.ok and ("wave" in r.experiment.tags or r.experiment.parent_id is None))
     sd = noise.get(classes.most_common(1)[0][0] or "") if classes else None
     found = session_effects(history, noise_sd=sd)
     if wave is not None:
@@ -802,11 +839,12 @@ def effects(
         print(json.dumps({"session": sid, "noise_sd": sd, "waves": {k: v.to_json() for k, v in found.items()}}, indent=2))
         return
     if not found:
-        _say("no waves with results yet (the waves researcher tags its experiments: `labfleet run --researcher waves`)")
+        _say("no waves with results yet (`labfleet run --researcher waves`, or a wave of ideas: `labfleet submit --factor NAME PATCH ...`)")
         return
     for tag, eff in found.items():
         factors = ", ".join(eff.levels) or "-"
-        _say(f"wave {tag}: {eff.n} results over {factors}" + (f", noise sd {sd:.4g}" if sd else ""))
+        what = "the ideas " if tag.startswith("i") else ""
+        _say(f"wave {tag}: {eff.n} results over {what}{factors}" + (f", noise sd {sd:.4g}" if sd else ""))
         for line in eff.describe(spec.metric, spec.direction):
             _say(f"  {line}")
 

@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 INSTRUCTIONS = (
     "labfleet runs ML experiments on a fleet of workers for you. Submit many experiments at once "
-    "(a wave), each a patch to the editable files or knob values with a description and a hypothesis; "
+    "(a wave), each a patch to the editable files or knob values with a description and a hypothesis, "
+    "or a wave of named ideas with submit_factorial (every combination runs; get_effects says what each did); "
     "wait for the ones you need, read results with their noise, and keep going. Call get_status first."
 )
 
@@ -56,6 +57,24 @@ def build_server(target_dir: Path) -> Any:
         return with_ledger(lambda led: agents.submit(
             target, led, description=description, hypothesis=hypothesis, patch=patch,
             knobs=agents.parse_settings(target, settings), parent=parent), must_exist=False)
+
+    @server.tool()
+    def submit_factorial(factors: dict[str, str], description: str = "", hypothesis: str = "",
+                         runs: int | None = None, parent: int | None = None) -> dict[str, Any]:
+        """Queue a wave of ideas: {"NAME": unified diff against the best version, ...} (2 to 8, applied in that order).
+
+        Every combination runs as one cell of a 2^k design (or a 2^(k-p) fraction with `runs` cells); the
+        all-off cell is the best version itself. Combinations that do not apply or compile are reported
+        with what they cost the estimates; get_effects reads the wave's effects once its cells are done.
+        """
+        return with_ledger(lambda led: agents.submit_factors(
+            target, led, list(factors.items()), description=description, hypothesis=hypothesis, runs=runs,
+            parent=parent), must_exist=False)
+
+    @server.tool()
+    def get_effects(wave: str | None = None) -> dict[str, Any]:
+        """Main effects and interactions with 95% CIs, in words, for the latest waves (or one wave, e.g. "i1")."""
+        return with_ledger(lambda led: agents.effects(led, target, wave))
 
     @server.tool()
     def get_status() -> dict[str, Any]:

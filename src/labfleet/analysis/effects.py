@@ -30,6 +30,7 @@ FULL_PATTERN_MAX_P = 10  # up to 2^10 defining words are listed to rank a design
 INTERACTION = "×"
 WAVE_TAG = "wave"
 MIN_WAVE_RESULTS = 3  # fewer ok results than this in a wave: no effects reported
+IDEA_LEVELS = ("off", "on")  # an idea factor's two levels, coded -1 and +1
 
 
 # --------------------------------------------------------------------------- designs
@@ -279,6 +280,7 @@ class Effects:
     confidence: float = 0.95
     levels: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)  # factor -> (level coded -1, level coded +1)
     dropped: tuple[str, ...] = ()  # terms the design could not separate from earlier ones
+    notes: tuple[str, ...] = ()  # what the design's aliasing and cells that could not run cost (idea waves)
 
     def __getitem__(self, name: str) -> Effect:
         for effect in (*self.main, *self.interactions):
@@ -302,14 +304,65 @@ class Effects:
                 continue
             est, half = _pair(effect.estimate, effect.half_width, signed=True)
             verdict = f"the effect of {a} depends on {b}" if effect.significant else "not distinguishable from noise"
+            if effect.significant and self._is_idea(a) and self._is_idea(b):
+                verdict += self._conditional(a, b, effect, metric)
             lines.append(f"{name} interaction {est} ± {half} {ci}: {verdict}")
         lines += [f"{name} could not be separated from the other terms in this design" for name in self.dropped
                   if INTERACTION not in name]
+        lines += list(self.notes)
+        guess = self.best_guess(direction)
+        if guess is not None and any(self._is_idea(f) for f in self.levels):
+            lines.append("best guess (the terms beyond the noise, combined): "
+                         + (" + ".join(sorted(guess, key=list(self.levels).index)) or "none of the ideas"))
         return lines
+
+    def _is_idea(self, name: str) -> bool:
+        return tuple(self.levels.get(name, ())) == IDEA_LEVELS
+
+    def _conditional(self, a: str, b: str, inter: Effect, metric: str) -> str:
+        """': A lowers val_bpb by 0.010 with B, and raises it by 0.002 without' (from the fitted terms)."""
+        try:
+            main = self[a].estimate
+        except KeyError:
+            return ""
+        with_b, without_b = main + inter.estimate, main - inter.estimate
+
+        def phrase(x: float) -> str:
+            return f"{'lowers' if x < 0 else 'raises'} {metric} by {abs(x):.3g}"
+
+        return f" ({a} {phrase(with_b)} together with {b}, {phrase(without_b)} without it)"
+
+    def best_guess(self, direction: str = "minimize") -> set[str] | None:
+        """The factors to set high (ideas to switch on) by the terms beyond the noise alone; None if none are.
+
+        Every combination of the factors is predicted from the significant main effects
+        and interactions (the others count as zero), and the best one wins.
+        """
+        terms = [e for e in (*self.main, *self.interactions) if e.significant]
+        if not terms:
+            return None
+        factors = [e.name for e in self.main]
+        if len(factors) > 12:
+            return None
+        best: tuple[float, set[str]] | None = None
+        for bits in itertools.product((-1, 1), repeat=len(factors)):
+            x = dict(zip(factors, bits, strict=True))
+            value = 0.0
+            for e in terms:
+                parts = e.name.split(INTERACTION)
+                value += e.estimate / 2 * math.prod(x.get(p, 0) for p in parts)
+            if direction == "maximize":
+                value = -value
+            on = {f for f, v in x.items() if v > 0}
+            if best is None or value < best[0] - 1e-12 or (abs(value - best[0]) <= 1e-12 and len(on) < len(best[1])):
+                best = (value, on)
+        return best[1] if best is not None else None
 
     def _main_sentence(self, effect: Effect, metric: str, direction: str, ci: str) -> str:
         low, high = self.levels.get(effect.name, (-1, 1))
-        if _is_number(low) and _is_number(high):
+        if (low, high) == IDEA_LEVELS:
+            change = effect.name
+        elif _is_number(low) and _is_number(high):
             span = "" if (low, high) == (-1, 1) else f" from {_short(low)} to {_short(high)}"
             change = f"raising {effect.name}{span}"
         else:
@@ -327,11 +380,13 @@ class Effects:
         return f"{change} {verb} {metric} by {est} ± {half} {ci}: {verdict}"
 
     def to_json(self) -> dict[str, Any]:
+        guess = self.best_guess()
         return {
             "main": [e.to_json() for e in self.main],
             "interactions": [e.to_json() for e in self.interactions],
             "n": self.n, "df": self.df, "sd": self.sd, "confidence": self.confidence,
             "levels": {k: list(v) for k, v in self.levels.items()}, "dropped": list(self.dropped),
+            "notes": list(self.notes), "best_guess": None if guess is None else sorted(guess),
         }
 
 
@@ -485,16 +540,64 @@ def wave_effects(
     return estimate_effects(rows, factors, noise_sd=noise_sd, confidence=confidence)
 
 
+def idea_wave_effects(
+    history: Sequence[Result], wave_tag: str, noise_sd: float | None = None, confidence: float = 0.95
+) -> Effects:
+    """Effects of the ideas (patch factors) of an idea wave: its cells plus its centre as the all-off cell.
+
+    Each idea is a factor at two levels, off and on; cells that could not run (their
+    patches conflict) and a fraction's generators are stated in ``notes``.
+    """
+    import json
+
+    from labfleet.researchers.ideas import CONFLICTS_TAG, IDEAS_TAG, ON_TAG, describe_aliasing, idea_results, metric_of
+
+    cells, centre = idea_results(history, wave_tag)
+    if not cells:
+        raise ValueError(f"wave {wave_tag}: no ok results")
+    tags = cells[0].experiment.tags
+    names = [n for n in tags[IDEAS_TAG].split(",") if n]
+    rows = []
+    for r in cells:
+        on = set(filter(None, r.experiment.tags.get(ON_TAG, "").split(",")))
+        rows.append(({n: "on" if n in on else "off" for n in names}, metric_of(r)))
+    if centre is not None:
+        rows.append(({n: "off" for n in names}, metric_of(centre)))
+    if len(rows) < 2:
+        raise ValueError(f"wave {wave_tag}: {len(rows)} ok result(s), effects need at least 2")
+    factors = [n for n in names if len({values[n] for values, _ in rows}) == 2]
+    if not factors:
+        raise ValueError(f"wave {wave_tag}: no idea was both on and off among its results")
+    try:
+        conflicts = json.loads(tags.get(CONFLICTS_TAG, "[]"))
+    except ValueError:
+        conflicts = []
+    generators = [g for g in tags.get("generators", "").split(",") if g]
+    notes = describe_aliasing(names, generators, conflicts)
+    if centre is None:
+        notes.append(f"the centre (e{tags.get('centre', '?')}, every idea off) has no result: it is left out")
+    missing = [n for n in names if n not in factors]
+    notes += [f"{n} was never both on and off among the results: no effect" for n in missing]
+    eff = estimate_effects(rows, factors, noise_sd=noise_sd, confidence=confidence)
+    return Effects(eff.main, eff.interactions, eff.n, eff.df, eff.sd, eff.confidence, eff.levels, eff.dropped,
+                   notes=tuple(notes))
+
+
+def _is_idea_wave(history: Sequence[Result], tag: str) -> bool:
+    return any(r.experiment.tags.get(WAVE_TAG) == tag and "ideas" in r.experiment.tags for r in history)
+
+
 def session_effects(history: Sequence[Result], noise_sd: float | None = None) -> dict[str, Effects]:
-    """Effects per wave tag (waves with fewer than 3 ok results, or nothing to estimate, are left out)."""
+    """Effects per wave tag, knob waves and idea waves (fewer than 3 ok results, or nothing to estimate: left out)."""
     tags = list(dict.fromkeys(r.experiment.tags[WAVE_TAG] for r in history if WAVE_TAG in r.experiment.tags))
     tags.sort(key=lambda t: (0, int(t), "") if t.isdigit() else (1, 0, t))
     out: dict[str, Effects] = {}
     for tag in tags:
-        if len(_wave_rows(history, tag)) < MIN_WAVE_RESULTS:
+        ideas = _is_idea_wave(history, tag)
+        if len(_wave_rows(history, tag)) + ideas < MIN_WAVE_RESULTS:  # an idea wave's centre is one more result
             continue
         try:
-            out[tag] = wave_effects(history, tag, noise_sd=noise_sd)
+            out[tag] = (idea_wave_effects if ideas else wave_effects)(history, tag, noise_sd=noise_sd)
         except ValueError:
             continue  # e.g. crashes left a wave whose knobs no longer vary
     return out

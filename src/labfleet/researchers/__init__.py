@@ -1,6 +1,10 @@
 """Built-in researchers, by name.
 
-``make_researcher(name, seed=..., **options)`` is how the session gets one. Optuna is
+``make_researcher(name, seed=..., **options)`` is how the session gets one: greedy,
+random, grid, optuna (TPE), cmaes (Optuna's CMA-ES), waves (factorial knob waves),
+llm (a model's patches, or named ideas run as factorial waves with ``ideas=k``),
+hybrid (ideas from the model, knobs re-tuned by Optuna after each structural keep)
+and external (an outside agent submits). Optuna is
 imported only when its researcher is made (its module imports it lazily), and so
 are the LLM SDKs (``anthropic``, ``openai``: when the LLM researcher makes its
 client), so the registry itself is cheap to import.
@@ -15,8 +19,9 @@ from labfleet.researchers.base import Researcher
 from labfleet.researchers.external import ExternalResearcher
 from labfleet.researchers.greedy import GreedyResearcher
 from labfleet.researchers.grid import GridResearcher
+from labfleet.researchers.hybrid import HybridResearcher
 from labfleet.researchers.llm import LLMResearcher
-from labfleet.researchers.optuna import OptunaResearcher
+from labfleet.researchers.optuna import CmaEsResearcher, OptunaResearcher
 from labfleet.researchers.random import RandomResearcher
 from labfleet.researchers.waves import WavesResearcher
 
@@ -25,9 +30,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESEARCHERS",
+    "CmaEsResearcher",
     "ExternalResearcher",
     "GreedyResearcher",
     "GridResearcher",
+    "HybridResearcher",
     "LLMResearcher",
     "OptunaResearcher",
     "RandomResearcher",
@@ -39,8 +46,8 @@ __all__ = [
 RESEARCHERS: dict[str, type[Researcher]] = {
     cls.name: cls
     for cls in (
-        ExternalResearcher, GreedyResearcher, GridResearcher, LLMResearcher, OptunaResearcher, RandomResearcher,
-        WavesResearcher,
+        CmaEsResearcher, ExternalResearcher, GreedyResearcher, GridResearcher, HybridResearcher, LLMResearcher,
+        OptunaResearcher, RandomResearcher, WavesResearcher,
     )
 }
 

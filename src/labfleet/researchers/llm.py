@@ -15,6 +15,18 @@ repair (AIDE's debug step): the failing patch and the log tail go to the model,
 which returns a fixed patch from the same parent, at most ``max_repairs`` times
 per original experiment.
 
+With ``ideas=k`` (k >= 2) the model is asked for k independent, named ideas in
+one call and the system designs the wave: the ideas are factors of a 2^k design
+(or a 2^(k-p) fraction sized to the fleet; ``researchers.ideas``), each cell the
+ideas it switches on applied to the champion in order; cells are handed out as
+workers free up, and the next prompt reports each idea's measured main effect and
+interactions. Without it (``ideas=0``) one call returns n independent single
+experiments, as many as there are free workers.
+
+A proposal that repeats an earlier experiment or idea (the same normalized patch,
+``ideas.signature``) fails its check like a patch that does not apply: it goes back
+to the model once, naming the earlier experiment, and costs no run.
+
 Providers: ``anthropic`` (Messages API) and ``openai`` (Chat Completions, any
 OpenAI-compatible endpoint through ``base_url``). The SDKs are imported when a
 client is made, retry 429/5xx/timeouts with their own backoff, and a call that
@@ -42,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from labfleet import logs, workspace
 from labfleet.errors import ConfigError, LabfleetError, PatchError
 from labfleet.records import Experiment, Proposal, Result, RunStatus, SessionState
+from labfleet.researchers import ideas as ideas_mod
 from labfleet.researchers.base import Researcher
 from labfleet.target import unified_diff
 
@@ -86,6 +99,7 @@ _KEY_SHAPED = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+[A-Za-z0
 _ITEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
+        "name": {"type": "string", "description": "Ideas waves: a short UPPER_CASE name for the idea (e.g. RMSNORM)."},
         "description": {"type": "string", "description": "One line: what changes (e.g. 'LEARNING_RATE 1e-3 -> 3e-3')."},
         "hypothesis": {"type": "string", "description": "Why it should improve the metric, in one or two sentences."},
         "patch": {
@@ -270,6 +284,7 @@ class Checked:
     description: str
     hypothesis: str
     patch: str
+    name: str = ""  # ideas waves: the idea's name as the model gave it
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
@@ -409,7 +424,8 @@ class LLMResearcher(Researcher):
     def __init__(self, seed: int = 0, target: Target | None = None, provider: str = "anthropic",
                  model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                  max_usd: float | None = None, max_repairs: int = 2, timeout: float = 120.0,
-                 max_retries: int = 4, prices: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 max_retries: int = 4, prices: Mapping[str, tuple[float, float]] | None = None,
+                 ideas: int = 0) -> None:
         if provider not in KEY_ENV:
             raise ConfigError(f"researcher 'llm': unknown provider {provider!r} (use anthropic or openai)")
         if not model:
@@ -423,6 +439,9 @@ class LLMResearcher(Researcher):
             raise ConfigError(f"researcher 'llm': no API key: {hint}")
         if max_repairs < 0:
             raise ConfigError(f"researcher 'llm': max_repairs must be at least 0, got {max_repairs}")
+        if ideas < 0 or ideas == 1 or ideas > 8:
+            raise ConfigError(f"researcher 'llm': ideas must be 0 (single experiments) or 2..8, got {ideas}")
+        self.ideas = ideas
         self.seed = seed
         self.target = target
         self.provider = provider
@@ -437,6 +456,10 @@ class LLMResearcher(Researcher):
         self._drained = 0
         self._repairs: list[_Repair] = []
         self._repaired: dict[int, int] = {}  # origin experiment id -> repair attempts
+        self._cells: list[Proposal] = []  # the current ideas wave's cells not handed out yet
+        self._complete_wave = ""  # the latest ideas wave known to have every cell placed
+        self._memory_session: int | None = None
+        self._memory: ideas_mod.Memory | None = None
 
     # ----------------------------------------------------------------- usage
 
@@ -502,22 +525,174 @@ class LLMResearcher(Researcher):
             fixed = self._repair(state, repair)
             if fixed is not None:
                 proposals.append(fixed)
-        if len(proposals) < n and not self.over_budget():
+        if self.ideas:
+            proposals += self._idea_cells(state, champion, n - len(proposals))
+        elif len(proposals) < n and not self.over_budget():
             proposals += self._wave(state, champion, n - len(proposals))
         return proposals[:n]
+
+    def memory(self, state: SessionState) -> ideas_mod.Memory:
+        """Every change tried in this session (rebuilt from the ledger after a restart)."""
+        if self._memory is None or self._memory_session != state.session_id:
+            self._memory = ideas_mod.Memory(state.knobs)
+            self._memory_session = state.session_id
+        self._memory.update(state)
+        return self._memory
+
+    # ----------------------------------------------------------------- ideas waves
+
+    def _idea_cells(self, state: SessionState, champion: Experiment, n: int) -> list[Proposal]:
+        """The current ideas wave's cells first; a new wave (one model call) when they are all out."""
+        if not self._cells:
+            self._cells = self._unplaced_cells(state)
+        out, self._cells = self._cells[:n], self._cells[n:]
+        if len(out) < n:
+            out += self._best_guesses(state, n - len(out))
+        if len(out) < n and not self.over_budget():
+            take = n - len(out)
+            wave = self._idea_wave(state, champion, take)
+            out += wave[:take]
+            self._cells = wave[take:]
+        return out
+
+    def _best_guesses(self, state: SessionState, n: int) -> list[Proposal]:
+        """For each finished ideas wave of a fraction: the combination its significant terms predict best, if no cell ran it."""
+        from labfleet.analysis.effects import idea_wave_effects
+
+        out: list[Proposal] = []
+        exps = [r.experiment for r in state.history] + list(state.pending)
+        followed = {e.tags.get(ideas_mod.BEST_GUESS_TAG) for e in exps}
+        waves: dict[str, list[Experiment]] = {}
+        for e in exps:
+            if "llm_ideas" in e.tags and ideas_mod.wave_number(e.tags.get("wave", "")) is not None:
+                waves.setdefault(e.tags["wave"], []).append(e)
+        sd = min(state.noise.values()) if state.noise else None
+        by_id = _experiments(state)
+        for tag, members in sorted(waves.items()):
+            if len(out) >= n or tag in followed or any(e.decision == "pending" for e in members):
+                continue
+            first = members[0]
+            if not first.tags.get("design", "").startswith("2^("):
+                continue  # a full factorial ran every combination: the best guess is one of its cells
+            try:
+                guess = idea_wave_effects(list(state.history), tag, noise_sd=sd).best_guess(state.direction)
+            except ValueError:
+                continue
+            ran = {frozenset(filter(None, e.tags.get("on", "").split(","))) for e in members}
+            if not guess or frozenset(guess) in ran:
+                continue
+            centre = by_id.get(int(first.tags.get("centre", "0") or 0))
+            wave_ideas = [i for i in ideas_mod.ideas_of(first) if i.name in guess]
+            if centre is None or not centre.commit or not wave_ideas:
+                continue
+            try:
+                combo = ideas_mod.compose(self._files(centre.commit), wave_ideas, 2 ** len(wave_ideas))
+            except ideas_mod.IdeaError:
+                continue
+            cell = combo.cells[-1]  # every idea on
+            if cell.error or not cell.patch:
+                continue
+            out.append(Proposal(
+                description=f"ideas wave {tag[1:]} best guess: {' + '.join(cell.on)}",
+                hypothesis=f"the terms of wave {tag} beyond the noise, combined", patch=cell.patch,
+                parent=centre.id, tags={ideas_mod.BEST_GUESS_TAG: tag},
+            ))
+        return out
+
+    def _unplaced_cells(self, state: SessionState) -> list[Proposal]:
+        """After a restart: the latest ideas wave's cells neither run nor queued, rebuilt from its tags."""
+        from labfleet.researchers.waves import _runs
+
+        exps = [r.experiment for r in state.history] + list(state.pending)
+        ours = [e for e in exps if "llm_ideas" in e.tags and ideas_mod.wave_number(e.tags.get("wave", "")) is not None]
+        if not ours:
+            return []
+        number = max(ideas_mod.wave_number(e.tags["wave"]) or 0 for e in ours)
+        tag = f"{ideas_mod.WAVE_PREFIX}{number}"
+        if tag == self._complete_wave:
+            return []
+        members = [e for e in ours if e.tags["wave"] == tag]
+        placed = {e.tags.get("cell") for e in members}
+        first = members[0]
+        wave_ideas = ideas_mod.ideas_of(first)
+        runs = _runs(first.tags.get("design", ""))
+        try:
+            centre = _experiments(state).get(int(first.tags["centre"]))
+        except (KeyError, ValueError):
+            centre = None
+        cells: list[Proposal] = []
+        if centre is not None and centre.commit and wave_ideas and runs:
+            try:
+                wave = ideas_mod.compose(self._files(centre.commit), wave_ideas, runs)
+                cells = ideas_mod.cell_proposals(wave, number, centre, state.metric,
+                                                 {"llm_ideas": first.tags["llm_ideas"]})
+            except ideas_mod.IdeaError:
+                cells = []
+        left = [c for c in cells if c.tags["cell"] not in placed]
+        if not left:
+            self._complete_wave = tag
+        return left
+
+    def _idea_wave(self, state: SessionState, champion: Experiment, n: int) -> list[Proposal]:
+        """One model call for ``self.ideas`` ideas, designed into a wave around the champion: its cells."""
+        files = self._files(champion.commit)
+        k = self.ideas
+        prompt = self.ideas_prompt(state, champion, files, k)
+        memory = self.memory(state)
+        checked = self._ask(f"ideas wave of {k}", prompt, files, state.metric, k, memory=memory, named=True,
+                            parent_code=champion.commit)
+        if not checked:
+            return []
+        found: list[ideas_mod.Idea] = []
+        for c, _ in checked:
+            name = _idea_name(c.name or c.description, {i.name for i in found})
+            found.append(ideas_mod.Idea(name, c.patch, c.description, c.hypothesis))
+        exps = [r.experiment for r in state.history] + list(state.pending)
+        numbers = [ideas_mod.wave_number(e.tags.get("wave", "")) for e in exps]
+        number = max([x for x in numbers if x is not None], default=0) + 1
+        runs = ideas_mod.runs_for(len(found), n + len(state.pending))
+        try:
+            wave = ideas_mod.compose(files, found, runs)
+        except ideas_mod.IdeaError:
+            return []
+        return ideas_mod.cell_proposals(wave, number, champion, state.metric, {"llm_ideas": str(len(self.calls))})
+
+    def ideas_prompt(self, state: SessionState, champion: Experiment, files: Mapping[str, str], k: int) -> str:
+        spec = self.target.spec
+        parts = ["# Research brief", self._brief(champion.commit), "", "# The target",
+                 f"Metric: {spec.metric} ({'lower' if spec.direction == 'minimize' else 'higher'} is better), "
+                 f"measured after a fixed training budget of {champion.budget_seconds:g} s per run.",
+                 f"Editable files: {', '.join(spec.editable)}. Frozen (never change): {', '.join(spec.frozen) or 'none'}.",
+                 "", f"# The current best version (experiment e{champion.id}, {spec.metric} = {_fmt(champion.metric)})"]
+        parts += _file_blocks(files)
+        parts += ["", "# What has been tried", *history_lines(state)]
+        parts += ["", "# Ideas tried and their measured effects (do not propose them again, under any name)",
+                  *idea_memory_lines(state)]
+        parts += ["", "# Your task",
+                  f"Propose {k} ideas (k = {k}), each a named change against the files above. The system runs "
+                  f"them as factors of a factorial design: every idea alone and in combination with the others, "
+                  f"so it measures each idea's effect and which ideas help only together. Make the {k} ideas "
+                  f"independent: each must apply and make sense on its own and together with the others (touch "
+                  f"different lines). Call {TOOL_NAME} once with {k} proposals, each with a short UPPER_CASE name."]
+        return "\n".join(parts)
 
     # ----------------------------------------------------------------- waves
 
     def _wave(self, state: SessionState, champion: Experiment, n: int) -> list[Proposal]:
         files = self._files(champion.commit)
         prompt = self.wave_prompt(state, champion, files, n)
-        checked = self._ask(f"wave of {n}", prompt, files, state.metric, n)
+        checked = self._ask(f"wave of {n}", prompt, files, state.metric, n, memory=self.memory(state),
+                            parent_code=champion.commit)
         return [Proposal(description=c.description, hypothesis=c.hypothesis, patch=c.patch, parent=champion.id,
                          tags={"llm_call": str(call)}) for c, call in checked]
 
     def _ask(self, purpose: str, prompt: str, files: Mapping[str, str], metric: str,
-             limit: int) -> list[tuple[Checked, int]]:
-        """Ask, check, send the failures back once; the proposals that pass, with their call number."""
+             limit: int, memory: ideas_mod.Memory | None = None, named: bool = False,
+             parent_code: str = "") -> list[tuple[Checked, int]]:
+        """Ask, check, send the failures back once; the proposals that pass, with their call number.
+
+        With ``memory``, a proposal repeating a change tried before fails its check, naming the experiment.
+        """
         reply = self._call(purpose, prompt)
         if reply is None:
             return []
@@ -525,11 +700,23 @@ class LLMResearcher(Researcher):
         secrets = self._secrets()
         accepted: list[tuple[Checked, int]] = []
         failed: list[tuple[int, dict[str, Any], str]] = []
+
+        def check(raw: Mapping[str, Any]) -> Checked:
+            checked = check_proposal(raw, files, editable, metric, secrets)
+            if named and isinstance(raw.get("name"), str):
+                checked = Checked(checked.description, checked.hypothesis, checked.patch, raw["name"].strip()[:40])
+            if any(ideas_mod.signature(checked.patch) == ideas_mod.signature(other.patch) for other, _ in accepted):
+                raise ValueError("it makes the same change as an earlier proposal of this wave")
+            tried = memory.repeats_patch(checked.patch, parent_code) if memory is not None else None
+            if tried is not None:
+                raise ValueError(f"it repeats e{tried.experiment} ({tried.name!r}"
+                                 + (f", wave {tried.wave}" if tried.wave else "")
+                                 + "): the same change up to whitespace, comments, numbers' spelling and context")
+            return checked
+
         for i, raw in enumerate(reply.proposals[:limit], 1):
             try:
-                checked = check_proposal(raw, files, editable, metric, secrets)
-                if any(checked.patch == other.patch for other, _ in accepted):
-                    raise ValueError("it makes the same change as an earlier proposal of this wave")
+                checked = check(raw)
                 accepted.append((checked, len(self.calls)))
             except ValueError as exc:
                 failed.append((i, raw, str(exc)))
@@ -546,11 +733,10 @@ class LLMResearcher(Researcher):
             return accepted
         for raw in retry.proposals[: len(failed)]:
             try:
-                checked = check_proposal(raw, files, editable, metric, secrets)
+                checked = check(raw)
             except ValueError:
                 continue  # sent back once already: dropped
-            if all(checked.patch != other.patch for other, _ in accepted):
-                accepted.append((checked, len(self.calls)))
+            accepted.append((checked, len(self.calls)))
         return accepted
 
     def wave_prompt(self, state: SessionState, champion: Experiment, files: Mapping[str, str], n: int) -> str:
@@ -679,6 +865,43 @@ def _first_parent(repo: Path, commit: str) -> str:
         return workspace.resolve(repo, f"{commit}^") if commit else ""
     except LabfleetError:
         return ""
+
+
+def _idea_name(text: str, taken: set[str]) -> str:
+    """A factor name from the model's name or description: UPPER_CASE, unique in the wave."""
+    base = re.sub(r"[^A-Za-z0-9_]+", "_", text.strip()).strip("_").upper()[:32] or "IDEA"
+    if not base[0].isalpha():
+        base = f"I_{base}"[:32]
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def idea_memory_lines(state: SessionState) -> list[str]:
+    """Every idea of every ideas wave, with its measured main effect (in words) when the wave has results."""
+    from labfleet.analysis.effects import idea_wave_effects
+
+    exps = [r.experiment for r in state.history] + list(state.pending)
+    waves: dict[str, Experiment] = {}
+    for e in exps:
+        tag = e.tags.get("wave", "")
+        if ideas_mod.wave_number(tag) is not None and ideas_mod.IDEAS_TAG in e.tags:
+            waves.setdefault(tag, e)
+    if not waves:
+        return ["None yet."]
+    sd = min(state.noise.values()) if state.noise else None
+    lines = []
+    for tag, first in sorted(waves.items(), key=lambda kv: ideas_mod.wave_number(kv[0]) or 0):
+        try:
+            effects = idea_wave_effects(list(state.history), tag, noise_sd=sd)
+            said = effects.describe(state.metric, state.direction)
+        except ValueError:
+            said = ["no results yet"]
+        names = ", ".join(f"{i.name} ({i.description})" for i in ideas_mod.ideas_of(first))
+        lines.append(f"- wave {tag} around e{first.tags.get('centre', '?')} ({first.tags.get('design', '')}): {names}")
+        lines += [f"  - {line}" for line in said]
+    return lines
 
 
 def history_lines(state: SessionState, best: int = 5, recent: int = 12, failures: int = 3) -> list[str]:

@@ -1,6 +1,13 @@
-"""Optuna's TPE over the target's knobs, through its ask/tell interface.
+"""Optuna's samplers over the target's knobs, through its ask/tell interface: TPE (``optuna``) and CMA-ES (``cmaes``).
 
 Optuna is imported when an ``OptunaResearcher`` is made, not when this module is.
+CMA-ES is Optuna's ``CmaEsSampler`` (it needs the ``cmaes`` package); it models
+the numeric knobs only, and Optuna samples the choice knobs independently
+(uniformly at random) beside it.
+
+The hybrid researcher runs one of these around each structural keep: ``parent``
+(the version every proposal starts from; default the baseline) and ``scope`` (which
+experiments the study learns from; default all) say where.
 
 How results reach the in-memory study (each finished experiment exactly once):
 
@@ -27,10 +34,11 @@ from __future__ import annotations
 import math
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from labfleet.records import Proposal, Result, SessionState
+from labfleet.errors import ConfigError
+from labfleet.records import Experiment, Proposal, Result, SessionState
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
 from labfleet.target import Knob, KnobValue
@@ -72,16 +80,57 @@ def _value(result: Result) -> float | None:
     return mean if mean is not None and math.isfinite(mean) else result.run.metric
 
 
+SAMPLERS = ("tpe", "cmaes")
+
+
+def make_sampler(kind: str, seed: int, startup: int | None = None) -> optuna.samplers.BaseSampler:
+    """Optuna's TPE (constant liar, for parallel asks) or CMA-ES sampler, seeded.
+
+    ``startup``: random trials before the model takes over (Optuna's defaults when
+    None). CMA-ES starts from the centre of the space (the hybrid centres its space on
+    the kept values).
+    """
+    import optuna
+
+    if kind == "tpe":
+        with warnings.catch_warnings():  # constant_liar is "experimental" before Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            extra = {} if startup is None else {"n_startup_trials": startup}
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **extra)
+    if kind == "cmaes":
+        try:
+            import cmaes  # noqa: F401 - CmaEsSampler imports it only when it first samples
+        except ImportError:
+            raise ConfigError("the cmaes sampler needs the `cmaes` package (pip install cmaes)") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            extra: dict[str, Any] = {} if startup is None else {"n_startup_trials": startup}
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **extra)
+    raise ConfigError(f"unknown sampler {kind!r} (use {' or '.join(SAMPLERS)})")
+
+
 class OptunaResearcher(Researcher):
-    """TPE (``TPESampler(seed=seed)`` with constant liar) on an in-memory study; parent = baseline."""
+    """An Optuna sampler (TPE with constant liar by default) on an in-memory study; parent = baseline."""
 
     name = "optuna"
+    sampler_kind = "tpe"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, sampler: str | None = None, parent: int | None = None,
+                 scope: Callable[[Experiment], bool] | None = None, tags: Mapping[str, str] | None = None,
+                 label: str | None = None, knobs: Mapping[str, Knob] | None = None,
+                 startup: int | None = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial
         self.seed = seed
+        self.kind = sampler or self.sampler_kind
+        make_sampler(self.kind, seed)  # an unknown sampler or a missing package: an error now, not at the first ask
+        self.parent = parent  # None: the baseline
+        self.scope = scope  # None: every finished experiment teaches the study
+        self.tags = dict(tags or {})
+        self.label = label or ("optuna" if self.kind == "tpe" else self.kind)
+        self.knobs = knobs  # None: the target's knobs and ranges (the hybrid narrows them around a keep)
+        self.startup = startup
         self.study: optuna.Study | None = None
         self.study_id = uuid.uuid4().hex[:8]  # tells this instance's trials from a previous one's
         self.synced: set[int] = set()  # experiment ids already in the study
@@ -93,12 +142,17 @@ class OptunaResearcher(Researcher):
         import optuna
 
         study = self.sync(state)
-        distributions = {name: distribution(knob) for name, knob in state.knobs.items()}
-        seen = space.tried(state)
+        distributions = {name: distribution(knob) for name, knob in self._knobs(state).items()}
+        if self.scope is None:
+            seen = space.tried(state)
+        else:
+            seen = {space.key(e.knobs) for e in [r.experiment for r in state.history] + list(state.pending)
+                    if self.scope(e)}
+        parent = self.parent if self.parent is not None else state.baseline.id
         proposals: list[Proposal] = []
         for _ in range(n * MAX_ASKS):
             trial = study.ask(distributions)
-            knobs = _readable(trial.params, state.knobs)
+            knobs = _readable(trial.params, self._knobs(state))
             if space.key(knobs) in seen:
                 trial.set_user_attr("labfleet", "not run: setting already tried")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -106,10 +160,10 @@ class OptunaResearcher(Researcher):
             seen.add(space.key(knobs))
             self.open.add(trial.number)
             proposals.append(Proposal(
-                description=f"optuna: {space.describe(knobs)}",
+                description=f"{self.label}: {space.describe(knobs)}",
                 knobs=knobs,
-                parent=state.baseline.id,
-                tags={STUDY_TAG: self.study_id, TRIAL_TAG: str(trial.number)},
+                parent=parent,
+                tags={**self.tags, STUDY_TAG: self.study_id, TRIAL_TAG: str(trial.number)},
             ))
             if len(proposals) == n:
                 break
@@ -120,12 +174,10 @@ class OptunaResearcher(Researcher):
         import optuna
 
         if self.study is None:
-            with warnings.catch_warnings():  # constant_liar is "experimental" before Optuna 5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                sampler = optuna.samplers.TPESampler(seed=self.seed, constant_liar=True)
+            sampler = make_sampler(self.kind, self.seed, self.startup)
             self.study = optuna.create_study(direction=state.direction, sampler=sampler)
         study = self.study
-        distributions = {name: distribution(knob) for name, knob in state.knobs.items()}
+        distributions = {name: distribution(knob) for name, knob in self._knobs(state).items()}
         finished: set[int] = set()
         for result in state.history:
             exp = result.experiment
@@ -135,6 +187,8 @@ class OptunaResearcher(Researcher):
             if exp.id in self.synced:
                 continue
             self.synced.add(exp.id)
+            if self.scope is not None and number is None and not self.scope(exp):
+                continue  # outside this study's region (another parent's code)
             value = _value(result)
             if number is not None and number in self.open:
                 self.open.discard(number)
@@ -160,6 +214,9 @@ class OptunaResearcher(Researcher):
             study.tell(number, state=optuna.trial.TrialState.FAIL)
         return study
 
+    def _knobs(self, state: SessionState) -> Mapping[str, Knob]:
+        return self.knobs if self.knobs is not None else state.knobs
+
     def _own_trial(self, tags: Mapping[str, str]) -> int | None:
         """The trial number of an experiment this study asked for, else None."""
         if tags.get(STUDY_TAG) != self.study_id:
@@ -168,3 +225,10 @@ class OptunaResearcher(Researcher):
             return int(tags[TRIAL_TAG])
         except (KeyError, ValueError):
             return None
+
+
+class CmaEsResearcher(OptunaResearcher):
+    """Optuna's CMA-ES (``CmaEsSampler(seed=seed)``) over the numeric knobs; choice knobs sampled independently."""
+
+    name = "cmaes"
+    sampler_kind = "cmaes"
