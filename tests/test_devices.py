@@ -16,7 +16,7 @@ from labfleet import devices
 from labfleet.errors import LabfleetError
 from labfleet.executors.base import ExecutorError, Job
 from labfleet.executors.local import LocalExecutor
-from labfleet.harness import Outcome, RunRequest, run_experiment
+from labfleet.harness import Outcome, RunRequest
 from labfleet.scaffold import bundled_path
 from tests.conftest import run_cli
 

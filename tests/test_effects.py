@@ -319,7 +319,7 @@ def test_idea_effects_match_a_hand_computation():
     half = Z95 * 2 * 0.01 / math.sqrt(8)  # se of a difference of two means of 4
     assert eff["RMS×WIDE"].half_width == pytest.approx(half)
     said = eff.describe("val_bpb")
-    assert said[0] == f"RMS lowers val_bpb by 0.140 ± 0.014 (95% CI): better"
+    assert said[0] == "RMS lowers val_bpb by 0.140 ± 0.014 (95% CI): better"
     inter = next(line for line in said if line.startswith("RMS×WIDE"))
     assert inter == ("RMS×WIDE interaction -0.040 ± 0.014 (95% CI): the effect of RMS depends on WIDE "
                      "(RMS lowers val_bpb by 0.18 together with WIDE, lowers val_bpb by 0.1 without it)")
