@@ -314,7 +314,7 @@ def test_cancel_and_close_leave_no_training_process(cluster: Cluster, tmp_path: 
     for job in jobs:
         executor.start(job)
     for job in jobs:
-        _until(lambda: _node_local_processes(job.request.run_dir, training=True), 20, "training to start")
+        _until(lambda: _node_local_processes(job.request.run_dir, training=True), 60, "training to start")  # slow when loaded
     executor.cancel(1)  # returns once the task has ended: its training process is gone already
     assert _node_local_processes(jobs[0].request.run_dir) == []
     assert executor.running() == [2]
