@@ -463,3 +463,26 @@ def test_a_swapped_log_is_suspect_even_unboxed(target_factory, tmp_path, monkeyp
         monkeypatch.delenv(sandbox.BOX_ENV)
         sandbox.support.cache_clear()
     assert result.outcome == Outcome.SUSPECT and "run.log was replaced" in result.reason
+
+
+def test_an_unboxed_session_says_so_once_in_status_and_the_report(tmp_path, monkeypatch):
+    from labfleet.analysis.report import build_report
+
+    monkeypatch.setenv(sandbox.BOX_ENV, "off")  # the harness processes inherit it: no box for them
+    sandbox.support.cache_clear()
+    try:
+        folder = make_target(tmp_path / "lab", budget=1, timeout=40)
+        researcher = Scripted([Proposal("lr up", knobs={"LEARNING_RATE": 3e-3})])
+        ledger, loop = run_session(folder, researcher, workers=2, noise_repeats=0)
+    finally:
+        monkeypatch.delenv(sandbox.BOX_ENV)
+        sandbox.support.cache_clear()
+    said = ledger.events_of(loop.session_id, "runs_unboxed")
+    assert len(said) == 1 and said[0]["warning"].startswith(sandbox.UNBOXED_PREFIX)  # once, not per run
+    status = json.loads(run_cli("status", "-C", str(folder), "--json").stdout)
+    assert status["box"]["runs_unboxed"] is True
+    if sandbox.support().boxed:  # this machine boxes, but the session's runs were not: still said
+        assert status["box"]["warning"].startswith("this session's runs were not all boxed")
+    build_report(ledger, loop.session_id, tmp_path / "report", metric="val_bpb", direction="minimize")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("WARNING: runs are NOT boxed") == 1 and 'class="alarm"' in page

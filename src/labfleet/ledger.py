@@ -462,6 +462,13 @@ class Ledger:
         )
         return {r["decision"]: r["n"] for r in rows}
 
+    def events_of(self, session_id: int, kind: str) -> list[dict[str, Any]]:
+        """The data of a session's events of one kind, oldest first."""
+        rows = self.db.execute(
+            "SELECT data FROM events WHERE session_id = ? AND kind = ? ORDER BY id", (session_id, kind)
+        ).fetchall()
+        return [json.loads(r["data"]) if r["data"] else {} for r in rows]
+
     def event(self, session_id: int | None, kind: str, **data: Any) -> None:
         self.db.execute(
             "INSERT INTO events (session_id, at, kind, data) VALUES (?, ?, ?, ?)",

@@ -38,6 +38,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+UNBOXED_PREFIX = "runs are NOT boxed"  # how every warning about an unboxed run begins
 BOX_ENV = "LABFLEET_BOX"  # "off": never box; "require": fail where the box cannot be built
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
@@ -68,7 +69,7 @@ class Support:
 
     @property
     def warning(self) -> str:
-        return (f"runs are NOT boxed ({self.detail}): only a process group contains them, so a daemon "
+        return (f"{UNBOXED_PREFIX} ({self.detail}): only a process group contains them, so a daemon "
                 "can outlive a run, and a run can write anywhere this user can and reach the network")
 
 

@@ -73,6 +73,7 @@ from labfleet.scheduler import (
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
 from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
+from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.target import Target, Tiers, knob_patch
 
 BRANCH_PREFIX = "labfleet/s"
@@ -245,6 +246,7 @@ class SessionLoop:
         self._proposals: list[Proposal] = []  # answered, not yet materialized (a commit each)
         self._run_seconds = 0.0  # running mean of finished screening runs' durations
         self._finished_runs = 0
+        self._unboxed_said = False
 
     # ----------------------------------------------------------------- the loop
 
@@ -517,6 +519,12 @@ class SessionLoop:
             finished.run_id, RunStatus.from_outcome(result.outcome), metric=_finite(result.metric),
             figures=result.figures, reason=result.reason, ended_at=result.ended_at,
         )
+        unboxed = next((f for f in result.flags if f.startswith(UNBOXED_PREFIX)), None)
+        if unboxed and not self._unboxed_said:  # said once per session, loudly, in status and the report
+            self._unboxed_said = True
+            if not self.ledger.events_of(self.session_id, "runs_unboxed"):
+                self.ledger.event(self.session_id, "runs_unboxed", run=finished.run_id, warning=unboxed)
+                self.on_event(Event("warning", f"WARNING: {unboxed}"))
         row = self.ledger.run_row(finished.run_id)
         if row is not None:
             run = run_record(row)

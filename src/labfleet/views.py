@@ -25,12 +25,18 @@ def _session(ledger: Ledger, session_id: int | None) -> Any:
     return session
 
 
-def _box_view() -> dict[str, Any]:
-    """Whether runs started from this machine are boxed (``labfleet doctor`` has the details)."""
+def _box_view(ledger: Ledger, session_id: int) -> dict[str, Any]:
+    """Whether runs are boxed: on this machine (``labfleet doctor`` has the details), and as the
+    session's runs reported it (runs on other hosts, or an earlier orchestrator's)."""
     from labfleet import sandbox
 
     support = sandbox.support()
-    return {"boxed": support.boxed, "detail": support.detail, "warning": "" if support.boxed else support.warning}
+    said = ledger.events_of(session_id, "runs_unboxed")
+    warning = "" if support.boxed else support.warning
+    if said and not warning:
+        warning = f"this session's runs were not all boxed: {said[0].get('warning', '')}"
+    return {"boxed": support.boxed, "detail": support.detail, "warning": warning,
+            "runs_unboxed": bool(said)}
 
 
 def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) -> dict[str, Any]:
@@ -80,7 +86,7 @@ def status_view(ledger: Ledger, state_dir: Path, session_id: int | None = None) 
         "cost_usd": round(fleet_usd(ledger, sid, now), 4),
         "llm": llm_view(ledger, sid),
         "best": dict(best) if best and best["metric"] is not None else None,
-        "box": _box_view(),
+        "box": _box_view(ledger, sid),
         "running": [
             {"run": r["id"], "experiment": r["experiment_id"], "worker": r["worker"],
              "seconds": round(now - (r["started_at"] or now), 1), "description": r["description"]}

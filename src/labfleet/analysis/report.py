@@ -237,6 +237,7 @@ class Headline:
     usd: float
     priced: bool
     llm: dict[str, Any] = field(default_factory=dict)  # the LLM researcher's calls, tokens, dollars
+    unboxed: str = ""  # the warning of the session's first run that was not boxed (sandbox), if any
 
 
 def headline(ledger: Ledger, data: ReportData) -> Headline:
@@ -256,6 +257,7 @@ def headline(ledger: Ledger, data: ReportData) -> Headline:
         per_hour=(done + failed) / hours if hours > 0 else 0.0, utilization=utilization(data),
         usd=fleet_usd(ledger, data.sid, data.end), priced=any(p > 0 for _, p in data.workers.values()),
         llm=llm_view(ledger, data.sid),
+        unboxed=next((e.get("warning", "") for e in ledger.events_of(data.sid, "runs_unboxed")), ""),
     )
 
 
@@ -961,6 +963,7 @@ img { max-width: 100%; height: auto; display: block; margin: 8px auto; }
 .caption { color: #555; font-size: 14px; } ul { margin: 6px 0; } .note { color: #777; font-style: italic; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #eee; } th { background: #fafafa; }
+.alarm { background: #fdecea; border: 2px solid #c62828; color: #8e0000; padding: 10px 14px; margin: 12px 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 """
 
@@ -977,6 +980,11 @@ def render_html(data: ReportData, head: Headline, sections: Sequence[Section], t
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(heading)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>{esc(heading)}</h1>", f'<div class="sub">{esc(sub)}</div>',
+    ]
+    if head.unboxed:  # said once, loudly: these results were measured without the run box
+        parts.append(f'<div class="alarm"><b>WARNING: {esc(head.unboxed)}.</b> '
+                     "See <code>labfleet doctor</code>.</div>")
+    parts += [
         _cards(data, head),
     ]
     for section in sections:
