@@ -23,7 +23,7 @@ from labfleet import scaffold, workspace
 from labfleet.analysis import cost
 from labfleet.analysis.phases import points_from_ledger, progress
 from labfleet.errors import ConfigError
-from labfleet.executors.simulated import SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
+from labfleet.executors.simulated import RunSurrogate, SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
 from labfleet.ledger import Ledger
 from labfleet.researchers import make_researcher
 from labfleet.session import SessionConfig, SessionLoop, start_session
@@ -52,7 +52,7 @@ class Simulation:
     cost_by_class: Mapping[str, float] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     stop_reason: str = ""
-    model: Surrogate | None = None  # the objective it ran against (benchmarks read its noise-free values)
+    model: RunSurrogate | None = None  # the objective it ran against (benchmarks read its noise-free values)
 
     def time_to(self, metric: float, minimize: bool = True) -> float | None:
         """Virtual hours until the champion first reached ``metric`` (None: never)."""
@@ -101,10 +101,16 @@ def clone_target(source: Path | None, keep: Path | None = None) -> Iterator[Path
 def simulate(
     folder: Path, fleet: str, *, researcher: str = "waves", hours: float | None = 8.0, seed: int = 0,
     budget_seconds: float | None = None, screen: list[str] | None = None, validate: list[str] | None = None,
-    validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | None = None,
-    researcher_options: Mapping[str, Any] | None = None, **config: Any,
+    validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | str | RunSurrogate | None = None,
+    researcher_options: Mapping[str, Any] | None = None, from_ledger: Path | None = None, **config: Any,
 ) -> Simulation:
-    """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock."""
+    """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock.
+
+    ``surrogate``: overrides for the hand-made bowl (a mapping), ``"measured"`` (fitted
+    to the shipped table of real tinygpt runs; the bowl's setup and overhead), or a
+    model object. ``from_ledger``: fit the model to the runs in that ledger (or target
+    folder) instead. Which one ran is recorded as a ``surrogate`` event in the ledger.
+    """
     if screen or validate:
         path = folder / CONFIG_FILE
         path.write_text(_fleet_tiers(path.read_text(), screen or [], validate or [], validate_repeats, promote))
@@ -115,16 +121,33 @@ def simulate(
     except ValueError as exc:
         raise ConfigError(f"--fleet: {exc}") from None
     budget = budget_seconds or target.spec.budget_seconds
-    model = Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
-                                 reference_budget_seconds=budget, direction=target.spec.direction,
-                                 metric_name=target.spec.metric, **(surrogate or {}))
+    model: RunSurrogate
+    if from_ledger is not None:
+        from labfleet import planning
+
+        model = planning.from_ledger(from_ledger, target, seed=seed)
+    elif surrogate == "measured":
+        from labfleet import planning
+
+        bowl = Surrogate()
+        model = planning.measured(target, seed=seed, budget_seconds=budget,
+                                  timing={"setup_seconds": bowl.setup_seconds, "overhead_seconds": bowl.overhead_seconds})
+    elif isinstance(surrogate, str):
+        raise ConfigError(f"unknown surrogate {surrogate!r}: use hand-made or measured")
+    elif surrogate is None or isinstance(surrogate, Mapping):
+        model = Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
+                                     reference_budget_seconds=budget, direction=target.spec.direction,
+                                     metric_name=target.spec.metric, **(surrogate or {}))
+    else:
+        model = surrogate
     clock = VirtualClock()
     ledger = Ledger.for_target(target.state_dir)
     ledger.clock = clock
     cfg = SessionConfig(researcher=researcher, workers=len(workers), budget_seconds=budget_seconds, seed=seed,
                         hours=hours, **config)
     sid = start_session(target, ledger, cfg)
-    loop = SessionLoop(target, ledger, SimulatedExecutor(workers, model, clock=clock),
+    ledger.event(sid, "surrogate", source=model.source)
+    loop = SessionLoop(target, ledger, SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None)),
                        make_researcher(researcher, seed=seed, **(researcher_options or {})), sid, cfg,
                        target.state_dir, clock=clock, tick=math.inf)
     reason = loop.run()
