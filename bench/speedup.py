@@ -17,7 +17,10 @@ surrogate's expected metric), so neither noise luck nor the H200's speed counts.
 Utilization (busy worker-time over fleet time) is the fleet run's, with a
 zero-latency researcher (proposals cost no virtual time).
 
-Run: .venv/bin/python bench/speedup.py [--seeds 0,1,2] [--seq-hours 72] [--fleet-hours 12]
+--surrogate measured runs the same against the surrogate fitted to real tinygpt runs
+on CPU (labfleet.planning; needs the plan extra) instead of the hand-made bowl.
+
+Run: .venv/bin/python bench/speedup.py [--seeds 0,1,2] [--seq-hours 72] [--fleet-hours 12] [--surrogate measured]
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def main() -> None:
     parser.add_argument("--fleet-hours", type=float, default=12.0)
     parser.add_argument("--fleet", default="H100:13,H200:3")
     parser.add_argument("--fleet-researcher", default="waves")
+    parser.add_argument("--surrogate", choices=("hand-made", "measured"), default="hand-made")
     args = parser.parse_args()
+    model = "measured" if args.surrogate == "measured" else None
 
     variants = {
         "waves + tiers (screen H100, validate H200)": dict(screen=["H100"], validate=["H200"]),
@@ -66,7 +71,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         with clone_target(None) as folder:
             seq = simulate(folder, "H100:1", researcher="greedy", hours=args.seq_hours, seed=seed,
-                           budget_seconds=BUDGET)
+                           budget_seconds=BUDGET, surrogate=model)
         seq_curve = expected_curve(seq)
         goal = min(v for _, v in seq_curve)
         t_seq = first_time(seq_curve, goal)
@@ -75,7 +80,7 @@ def main() -> None:
             started = time.time()
             with clone_target(None) as folder:
                 fleet = simulate(folder, args.fleet, researcher=args.fleet_researcher, hours=args.fleet_hours,
-                                 seed=seed, budget_seconds=BUDGET, **tiers)
+                                 seed=seed, budget_seconds=BUDGET, surrogate=model, **tiers)
             fleet_curve = expected_curve(fleet)
             t_fleet = first_time(fleet_curve, goal)
             speedup = t_seq / t_fleet if t_fleet else None

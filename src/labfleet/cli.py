@@ -815,7 +815,7 @@ def simulate(
     max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop once the fleet has cost this much.", min=0)] = None,
     save: Annotated[Path | None, typer.Option(help="Keep the simulated target and its ledger here (for `labfleet report -C DIR`).")] = None,
     surrogate: Annotated[str, typer.Option(help="hand-made (a seeded bowl) or measured (fitted to real tinygpt runs on CPU shipped with labfleet; needs the plan extra).")] = "hand-made",
-    from_ledger: Annotated[Path | None, typer.Option("--from-ledger", metavar="PATH", help="Fit the surrogate to the runs in this ledger (a ledger.db or a target folder; needs the plan extra).")] = None,
+    from_ledger: Annotated[Path | None, typer.Option("--from-ledger", metavar="PATH", help="Fit the surrogate to the runs in this ledger (a ledger.sqlite or a target folder; needs the plan extra).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Plan a fleet before paying for it: a whole session on a virtual clock, in seconds.

@@ -37,6 +37,7 @@ import json
 import math
 import re
 import statistics
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -386,9 +387,13 @@ def _fit_gp(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
 
     kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(x.shape[1], 0.5), (1e-2, 1e2)) + WhiteKernel(
         0.05, (1e-6, 1.0))
+    from sklearn.exceptions import ConvergenceWarning
+
     gp = gaussian_process.GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
                                                    random_state=seed)
-    gp.fit(x, y)
+    with warnings.catch_warnings():  # a length scale at its bound means "this knob barely matters": fine
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp.fit(x, y)
     return gp
 
 
@@ -562,12 +567,13 @@ def fit(
 
 def from_ledger(path: Path, target: Any, *, seed: int = 0) -> FittedSurrogate:
     """Fit to every run in the ledger at ``path`` (a ledger file or a target folder)."""
-    from labfleet.ledger import Ledger
+    from labfleet.ledger import LEDGER_FILE, Ledger
+    from labfleet.target import load_target
 
     path = Path(path)
     db = path
     if path.is_dir():
-        db = path / ".labfleet" / "ledger.db"
+        db = load_target(path, check_files=False).state_dir / LEDGER_FILE
     if not db.is_file():
         raise ConfigError(f"no ledger at {db}: give a ledger file or a target folder that has run a session")
     ledger = Ledger(db)
