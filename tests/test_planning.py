@@ -214,3 +214,22 @@ def test_from_ledger_errors_are_one_line(tmp_path) -> None:
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     proc = run_cli("simulate", "--from-ledger", str(tmp_path), "--surrogate", "measured")
     assert proc.returncode != 0 and "give one" in proc.stderr
+
+
+def test_simulate_on_the_measured_surrogate() -> None:
+    proc = run_cli("simulate", "--surrogate", "measured", "--fleet", "H100:2", "--hours", "0.5", "--budget", "300",
+                   "--researcher", "random")
+    assert proc.returncode == 0, proc.stderr
+    assert "surrogate: measured:" in proc.stdout and "tinygpt_cpu.csv" in proc.stdout
+    assert "held-out check" in proc.stdout
+
+
+def test_a_missing_plan_extra_is_a_one_line_error(tmp_path) -> None:
+    blocker = tmp_path / "block" / "sklearn"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('scikit-learn is not installed')\n")
+    proc = run_cli("simulate", "--surrogate", "measured", "--hours", "0.1",
+                   env={"PYTHONPATH": str(blocker.parent)})
+    assert proc.returncode != 0
+    assert "pip install 'labfleet[plan]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
