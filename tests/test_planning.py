@@ -171,13 +171,13 @@ KNOB_TOML = textwrap.dedent('''\
 
 def test_round_trip_real_session_to_a_plan(target_factory, tmp_path) -> None:
     folder = target_factory(QUADRATIC_TRAIN, extra_toml=KNOB_TOML, budget=1, timeout=30)
-    real = run_cli("run", "-C", str(folder), "--workers", "2", "--researcher", "random", "--max-experiments", "10",
+    real = run_cli("run", "-C", str(folder), "--workers", "2", "--researcher", "random", "--max-experiments", "8",
                    "--seed", "3")
     assert real.returncode == 0, real.stderr
     ledger = folder / ".labfleet" / "ledger.sqlite"
     with sqlite3.connect(ledger) as db:
         done = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
-    assert done >= 10
+    assert done >= 8
 
     saved = tmp_path / "plan"
     proc = run_cli("simulate", "--from-ledger", str(folder), "--fleet", "cpu:4", "--hours", "0.05",
