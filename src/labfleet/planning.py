@@ -186,7 +186,6 @@ def observations_from_ledger(ledger: Any, knobs: Mapping[str, Knob], session_id:
             code_of[experiment_id] = code(parent) if knob_only(patch, knobs) else f"experiment {experiment_id}"
         return code_of[experiment_id]
 
-    seen_setup: set[str] = set()
     out = []
     for row in rows:
         figures = json.loads(row["figures"] or "{}")
@@ -202,7 +201,6 @@ def observations_from_ledger(ledger: Any, knobs: Mapping[str, Knob], session_id:
             training_seconds=training, wall_seconds=wall, setup_seconds=setup,
             tokens_per_second=_float(figures.get("tokens_per_second")), patch_key=code(row["experiment_id"]),
         ))
-        seen_setup.add(row["hardware"] or "cpu")
     return out
 
 
@@ -272,8 +270,7 @@ class FittedSurrogate:
             low, high = self.region[name]
             if unit is None:
                 unit = (low + high) / 2
-            span = SLACK * 1.0
-            outside = unit < low - span or unit > high + span
+            outside = unit < low - SLACK or unit > high + SLACK
             if knob.choices is not None and len(knob.choices) > 1:
                 index = round(unit * (len(knob.choices) - 1))
                 outside = outside or index not in self.choices_seen.get(name, frozenset())
