@@ -23,7 +23,10 @@ validated first, winners the champion has passed are dropped before they cost a
 run, the rest are confirmed cheaply on the screen class while they wait, and the
 H200s screen whenever no validation needs them (backfill).
 
-Run: .venv/bin/python bench/speedup.py [--seeds 0,1,2,3,4] [--seq-hours 72] [--fleet-hours 12]
+--surrogate measured runs the same against the surrogate fitted to real tinygpt runs
+on CPU (labfleet.planning; needs the plan extra) instead of the hand-made bowl.
+
+Run: .venv/bin/python bench/speedup.py [--seeds 0,1,2,3,4] [--seq-hours 72] [--fleet-hours 12] [--surrogate measured]
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ def main() -> None:
     parser.add_argument("--fleet-hours", type=float, default=12.0)
     parser.add_argument("--fleet", default="H100:13,H200:3")
     parser.add_argument("--fleet-researcher", default="waves")
+    parser.add_argument("--surrogate", choices=("hand-made", "measured"), default="hand-made")
     args = parser.parse_args()
+    model = "measured" if args.surrogate == "measured" else None
 
     variants = {
         "waves + tiers (screen H100, validate H200)": dict(screen=["H100"], validate=["H200"]),
@@ -72,7 +77,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         with clone_target(None) as folder:
             seq = simulate(folder, "H100:1", researcher="greedy", hours=args.seq_hours, seed=seed,
-                           budget_seconds=BUDGET)
+                           budget_seconds=BUDGET, surrogate=model)
         seq_curve = expected_curve(seq)
         goal = min(v for _, v in seq_curve)
         t_seq = first_time(seq_curve, goal)
@@ -81,7 +86,7 @@ def main() -> None:
             started = time.time()
             with clone_target(None) as folder:
                 fleet = simulate(folder, args.fleet, researcher=args.fleet_researcher, hours=args.fleet_hours,
-                                 seed=seed, budget_seconds=BUDGET, **tiers)
+                                 seed=seed, budget_seconds=BUDGET, surrogate=model, **tiers)
             fleet_curve = expected_curve(fleet)
             t_fleet = first_time(fleet_curve, goal)
             speedup = t_seq / t_fleet if t_fleet else None

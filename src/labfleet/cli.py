@@ -897,6 +897,8 @@ def simulate(
     max_usd: Annotated[float | None, typer.Option("--max-usd", help="Stop once the fleet has cost this much.", min=0)] = None,
     save: Annotated[Path | None, typer.Option(help="Keep the simulated target and its ledger here (for `labfleet report -C DIR`).")] = None,
     researcher_latency: Annotated[str | None, typer.Option("--researcher-latency", help="Virtual seconds per researcher call: SECONDS or MEAN:SD (e.g. 90 or 60:30); each call is also priced as a long-prompt model call.")] = None,
+    surrogate: Annotated[str, typer.Option(help="hand-made (a seeded bowl) or measured (fitted to real tinygpt runs on CPU shipped with labfleet; needs the plan extra).")] = "hand-made",
+    from_ledger: Annotated[Path | None, typer.Option("--from-ledger", metavar="PATH", help="Fit the surrogate to the runs in this ledger (a ledger.sqlite or a target folder; needs the plan extra).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Plan a fleet before paying for it: a whole session on a virtual clock, in seconds.
@@ -905,27 +907,46 @@ def simulate(
     training is replaced by a surrogate objective of the knobs (a smooth bowl with
     interactions, seed noise, per-class speed: an H200 runs 9% more steps than an
     H100; crashes, hangs, setup). Prints experiments, utilization, time to reach the
-    best, and cost.
+    best, and cost. With --from-ledger or --surrogate measured the objective is
+    fitted to real runs instead (see the README's planning section): it prints how
+    well the fit predicts runs it did not see, and says when the plan went outside
+    the measured region.
     """
     from labfleet.simulate import clone_target
     from labfleet.simulate import simulate as run_simulation
 
+    if surrogate not in ("hand-made", "measured"):
+        raise LabfleetError(f"--surrogate {surrogate!r}: use hand-made or measured")
+    if from_ledger is not None and surrogate != "hand-made":
+        raise LabfleetError("--from-ledger and --surrogate measured are two different fits: give one")
+    if from_ledger is not None and not from_ledger.exists():
+        raise LabfleetError(f"--from-ledger: {from_ledger} does not exist")
+    if target is None and from_ledger is not None:
+        owner = from_ledger if from_ledger.is_dir() else from_ledger.resolve().parent.parent
+        if (owner / "labfleet.toml").is_file():
+            target = owner
     if target is None and (Path.cwd() / "labfleet.toml").is_file():
         target = Path.cwd()
+    model_choice: Any = dict(noise_sd=noise, crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds)
+    if surrogate == "measured":
+        model_choice = "measured"
     limits = {k: v for k, v in dict(until=until, patience=patience, max_usd=max_usd).items() if v is not None}
     classes = [c.strip() for c in (screen or "").split(",") if c.strip()], [c.strip() for c in (validate or "").split(",") if c.strip()]
     try:
         with clone_target(target.resolve() if target else None, keep=save) as folder:
             sim = run_simulation(
                 folder, fleet, researcher=researcher, hours=hours, seed=seed, budget_seconds=budget,
-                screen=classes[0], validate=classes[1],
-                surrogate=dict(noise_sd=noise, crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds),
+                screen=classes[0], validate=classes[1], surrogate=model_choice,
+                from_ledger=from_ledger.resolve() if from_ledger else None,
                 researcher_latency=researcher_latency, **limits,
             )
     except ValueError as exc:
         raise LabfleetError(str(exc)) from None
     gain = sim.baseline - sim.best
     reach = {f"{f:.0%}": sim.time_to(sim.baseline - f * gain) for f in (0.5, 0.9, 1.0)} if gain > 0 else {}
+    fitted_lines = sim.model.describe() if sim.model is not None and hasattr(sim.model, "describe") else []
+    model_warnings = sim.model.warnings() if sim.model is not None and hasattr(sim.model, "warnings") else []
+    holdout = getattr(sim.model, "holdout", None)
     if as_json:
         print(json.dumps({
             "fleet": sim.fleet, "workers": sim.workers, "researcher": sim.researcher, "hours": sim.hours,
@@ -935,8 +956,13 @@ def simulate(
             "findings": sim.findings, "stop_reason": sim.stop_reason, "saved": str(save) if save else None,
             "researcher_latency": list(sim.researcher_latency), "llm_calls": sim.llm_calls, "llm_usd": sim.llm_usd,
             "calls_per_experiment": sim.calls_per_experiment,
+            "surrogate": sim.model.source if sim.model is not None else None,
+            "holdout": None if holdout is None else {k: getattr(holdout, k) for k in ("runs", "configs", "mae", "rmse", "noise_sd", "r2")},
+            "warnings": model_warnings,
         }, indent=2))
         return
+    for line in fitted_lines or [f"surrogate: {sim.model.source}" if sim.model is not None else ""]:
+        _say(line)
     d = sim.decisions
     _say(f"simulated {sim.hours:.1f} h on {sim.workers} workers ({sim.fleet}), {sim.researcher} researcher, seed {seed}"
          f"; stopped: {sim.stop_reason}")
@@ -954,6 +980,8 @@ def simulate(
              f"{mean:g}{f'±{sd:g}' if sd else ''} s each, LLM ${sim.llm_usd:,.2f}")
     for line in sim.findings:
         _say(f"  {line}")
+    for line in model_warnings:
+        _say(f"warning: {line}")
     if save:
         _say(f"saved to {save}: `labfleet report -C {save}` draws it")
 

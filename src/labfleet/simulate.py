@@ -23,7 +23,7 @@ from labfleet import scaffold, workspace
 from labfleet.analysis import cost
 from labfleet.analysis.phases import points_from_ledger, progress
 from labfleet.errors import ConfigError
-from labfleet.executors.simulated import SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
+from labfleet.executors.simulated import RunSurrogate, SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
 from labfleet.ledger import Ledger
 from labfleet.researchers import make_researcher
 from labfleet.scheduler.proposing import TokenModel, VirtualProposer, parse_latency
@@ -53,7 +53,7 @@ class Simulation:
     cost_by_class: Mapping[str, float] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     stop_reason: str = ""
-    model: Surrogate | None = None  # the objective it ran against (benchmarks read its noise-free values)
+    model: RunSurrogate | None = None  # the objective it ran against (benchmarks read its noise-free values)
     researcher_latency: tuple[float, float] = (0.0, 0.0)  # virtual seconds per propose call: mean, sd
     llm_calls: int = 0  # propose calls that made a (simulated or real) model call
     llm_usd: float = 0.0  # their dollars (the token model's, or the researcher's own records)
@@ -107,22 +107,48 @@ def clone_target(source: Path | None, keep: Path | None = None) -> Iterator[Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def make_surrogate(target: Target, seed: int, budget: float, options: Mapping[str, Any] | None = None) -> Surrogate:
-    """The objective a simulation runs against: the one place a surrogate is made (plug another in here)."""
-    return Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
-                                reference_budget_seconds=budget, direction=target.spec.direction,
-                                metric_name=target.spec.metric, **(options or {}))
+def make_surrogate(
+    target: Target, seed: int, budget: float, choice: Mapping[str, Any] | str | RunSurrogate | None = None,
+    from_ledger: Path | None = None,
+) -> RunSurrogate:
+    """The objective a simulation runs against: the one place a surrogate is made.
+
+    ``choice``: overrides for the hand-made bowl (a mapping or None), ``"measured"``
+    (fitted to the shipped table of real runs), or a model object; ``from_ledger``
+    fits one to a real ledger instead.
+    """
+    if from_ledger is not None:
+        from labfleet import planning
+
+        return planning.from_ledger(from_ledger, target, seed=seed)
+    if choice == "measured":
+        from labfleet import planning
+
+        bowl = Surrogate()
+        return planning.measured(target, seed=seed, budget_seconds=budget,
+                                 timing={"setup_seconds": bowl.setup_seconds, "overhead_seconds": bowl.overhead_seconds})
+    if isinstance(choice, str):
+        raise ConfigError(f"unknown surrogate {choice!r}: use hand-made or measured")
+    if choice is None or isinstance(choice, Mapping):
+        return Surrogate.for_target(target.knobs, seed=seed, start=target.read_knobs(),
+                                    reference_budget_seconds=budget, direction=target.spec.direction,
+                                    metric_name=target.spec.metric, **(choice or {}))
+    return choice
 
 
 def simulate(
     folder: Path, fleet: str, *, researcher: str = "waves", hours: float | None = 8.0, seed: int = 0,
     budget_seconds: float | None = None, screen: list[str] | None = None, validate: list[str] | None = None,
-    validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | None = None,
+    validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | str | RunSurrogate | None = None,
     researcher_options: Mapping[str, Any] | None = None, researcher_latency: str | float | None = None,
-    tokens: TokenModel | None = None, **config: Any,
+    tokens: TokenModel | None = None, from_ledger: Path | None = None, **config: Any,
 ) -> Simulation:
     """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock.
 
+    ``surrogate``: overrides for the hand-made bowl (a mapping), ``"measured"`` (fitted
+    to the shipped table of real tinygpt runs; the bowl's setup and overhead), or a
+    model object. ``from_ledger``: fit the model to the runs in that ledger (or target
+    folder) instead. Which one ran is recorded as a ``surrogate`` event in the ledger.
     ``researcher_latency``: virtual seconds per propose call (``90``, or ``"60:30"`` for a
     seeded normal of mean 60 and sd 30); ``tokens``: each call's tokens and dollars
     (default: a long-prompt call at Sonnet prices whenever a latency is given).
@@ -138,19 +164,21 @@ def simulate(
     except ValueError as exc:
         raise ConfigError(f"--fleet: {exc}") from None
     budget = budget_seconds or target.spec.budget_seconds
-    model = make_surrogate(target, seed, budget, surrogate)
+    model = make_surrogate(target, seed, budget, surrogate, from_ledger)
     clock = VirtualClock()
     ledger = Ledger.for_target(target.state_dir)
     ledger.clock = clock
     cfg = SessionConfig(researcher=researcher, workers=len(workers), budget_seconds=budget_seconds, seed=seed,
                         hours=hours, **config)
     sid = start_session(target, ledger, cfg)
+    ledger.event(sid, "surrogate", source=model.source)
     chosen = make_researcher(researcher, seed=seed, **(researcher_options or {}))
     if tokens is None and latency[0] > 0:
         tokens = TokenModel()
     proposer = VirtualProposer(chosen, clock, latency=latency[0], sd=latency[1], seed=seed, tokens=tokens,
                                calls=cfg.researcher_calls)
-    loop = SessionLoop(target, ledger, SimulatedExecutor(workers, model, clock=clock), chosen, sid, cfg,
+    executor = SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None))
+    loop = SessionLoop(target, ledger, executor, chosen, sid, cfg,
                        target.state_dir, clock=clock, tick=math.inf, proposer=proposer)
     reason = loop.run()
     return replace(summarize(target, ledger, sid, fleet, len(workers), reason), model=model,

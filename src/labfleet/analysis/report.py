@@ -238,6 +238,13 @@ class Headline:
     priced: bool
     llm: dict[str, Any] = field(default_factory=dict)  # the LLM researcher's calls, tokens, dollars
     unboxed: str = ""  # the warning of the session's first run that was not boxed (sandbox), if any
+    surrogate: str | None = None  # a simulated session: the model of training it ran against
+
+
+def surrogate_source(ledger: Ledger, sid: int) -> str | None:
+    """Where a simulated session's surrogate came from (its ``surrogate`` event); None: a real session."""
+    said = ledger.events_of(sid, "surrogate")
+    return said[-1].get("source") if said else None
 
 
 def headline(ledger: Ledger, data: ReportData) -> Headline:
@@ -256,7 +263,7 @@ def headline(ledger: Ledger, data: ReportData) -> Headline:
         runs=sum(1 for r in data.runs if r.status.final), hours=hours,
         per_hour=(done + failed) / hours if hours > 0 else 0.0, utilization=utilization(data),
         usd=fleet_usd(ledger, data.sid, data.end), priced=any(p > 0 for _, p in data.workers.values()),
-        llm=llm_view(ledger, data.sid),
+        llm=llm_view(ledger, data.sid), surrogate=surrogate_source(ledger, data.sid),
         unboxed=next((e.get("warning", "") for e in ledger.events_of(data.sid, "runs_unboxed")), ""),
     )
 
@@ -1012,6 +1019,8 @@ def _cards(data: ReportData, head: Headline) -> str:
     if head.llm["calls"]:
         cards.append((f"${head.llm['usd']:,.2f}", f"LLM cost ({head.llm['calls']} calls, "
                       f"{head.llm['input_tokens'] + head.llm['output_tokens']:,} tokens)"))
+    if head.surrogate:
+        cards.insert(0, ("simulated", f"against the surrogate {head.surrogate}"))
     body = "".join(f'<div class="card"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>'
                    for v, k in cards)
     return f'<div class="cards">{body}</div>'

@@ -40,7 +40,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -202,6 +202,23 @@ def knob_value(knob: Knob, unit: float) -> KnobValue:
 Pair = tuple[str, str]
 
 
+class RunSurrogate(Protocol):
+    """What the simulated executor asks of a model of training (``Surrogate``, or one
+    fitted to real runs: ``labfleet.planning.FittedSurrogate``)."""
+
+    source: str  # one line: where the model comes from (reports say it)
+    setup_seconds: float
+    overhead_seconds: float
+    metric_name: str
+
+    def expected(self, knobs: Mapping[str, KnobValue], hardware_speed: float = 1.0,
+                 budget_seconds: float | None = None) -> float: ...
+
+    def evaluate(self, knobs: Mapping[str, KnobValue], hardware_speed: float, seed: int, run_id: int,
+                 budget_seconds: float, hardware: str | None = None
+                 ) -> tuple[Outcome, float | None, dict[str, float | str], float, str]: ...
+
+
 @dataclass(frozen=True)
 class Surrogate:
     """A smooth, seeded stand-in for training: the metric as a function of the knobs.
@@ -246,6 +263,7 @@ class Surrogate:
     resolved_optimum: Mapping[str, float] = field(init=False, repr=False, compare=False)
     resolved_weights: Mapping[str, float] = field(init=False, repr=False, compare=False)
     resolved_interactions: Mapping[Pair, float] = field(init=False, repr=False, compare=False)
+    source = "hand-made: a seeded quadratic bowl with interactions (no measured runs)"
 
     @classmethod
     def for_target(cls, knobs: Mapping[str, Knob], seed: int = 0, **overrides: Any) -> Surrogate:
@@ -352,12 +370,14 @@ class Surrogate:
         return factor
 
     def evaluate(
-        self, knobs: Mapping[str, KnobValue], hardware_speed: float, seed: int, run_id: int, budget_seconds: float
+        self, knobs: Mapping[str, KnobValue], hardware_speed: float, seed: int, run_id: int, budget_seconds: float,
+        hardware: str | None = None,
     ) -> tuple[Outcome, float | None, dict[str, float | str], float, str]:
         """One run: (outcome, metric, figures, duration seconds, log text).
 
         The duration covers overhead and training, not setup; a hang's is infinite
-        (whoever runs it stops it at the hard timeout).
+        (whoever runs it stops it at the hard timeout). ``hardware`` (the class name)
+        is unused here: the bowl's classes differ by speed alone.
         """
         rng = _rng(self.seed, "run", seed, run_id)
         noise, fate, fraction = float(rng.normal(0.0, 1.0)), float(rng.random()), float(rng.random())
@@ -487,7 +507,7 @@ class SimulatedExecutor(Executor):
     def __init__(
         self,
         workers: Sequence[Worker] | str,
-        surrogate: Surrogate | None = None,
+        surrogate: RunSurrogate | None = None,
         clock: VirtualClock | None = None,
         speeds: Mapping[str, float] | None = None,
         world: SimulatedWorld | None = None,
@@ -508,7 +528,7 @@ class SimulatedExecutor(Executor):
             raise ExecutorError("the world has its own clock: pass the world's clock or none")
         self.world = world or SimulatedWorld(clock)
         self.clock = self.world.clock
-        self.surrogate = surrogate or Surrogate()
+        self.surrogate: RunSurrogate = surrogate or Surrogate()
         self.model: RunModel = model or self.surrogate_model
         self._by_id = {w.id: w for w in self._workers}
         self._following: dict[int, tuple[str, Job]] = {}  # run id -> (handle, job)
@@ -542,7 +562,7 @@ class SimulatedExecutor(Executor):
         """The default model: the surrogate at the job's knobs on the worker's class."""
         budget, _ = self.limits(job)
         outcome, metric, figures, duration, log = self.surrogate.evaluate(
-            job.knobs, self.speed(worker.hardware), job.request.seed, job.run_id, budget
+            job.knobs, self.speed(worker.hardware), job.request.seed, job.run_id, budget, hardware=worker.hardware
         )
         return SimOutcome(outcome, metric, figures, duration, log)
 
