@@ -197,14 +197,19 @@ def submit_factors(
     }
 
 
-def effects(ledger: Ledger, target: Target, wave: str | None = None, last: int = 3) -> dict[str, Any]:
-    """The latest waves' effects (knob waves and idea waves) in words and numbers, with the noise sd used."""
+def wave_effects(
+    ledger: Ledger, wave: str | None = None, last: int = 3, session: int | None = None,
+) -> tuple[int, float | None, dict[str, Any]]:
+    """(session, noise sd used, wave tag -> Effects) for the latest ``last`` waves, or one ``wave``.
+
+    Knob waves and idea waves alike; the noise sd is the class most of the waves ran on.
+    """
     from collections import Counter
 
     from labfleet.analysis.effects import session_effects
     from labfleet.views import _session, noise_view
 
-    sid = _session(ledger, None)["id"]
+    sid = _session(ledger, session)["id"]
     history, _ = ledger.history(sid)
     noise = noise_view(ledger, sid)
     classes = Counter(r.run.hardware for r in history
@@ -214,9 +219,13 @@ def effects(ledger: Ledger, target: Target, wave: str | None = None, last: int =
     if wave is not None:
         if wave not in found:
             raise AgentError(f"no effects for wave {wave} (waves with results: {', '.join(found) or 'none'})")
-        found = {wave: found[wave]}
-    else:
-        found = dict(list(found.items())[-last:])
+        return sid, sd, {wave: found[wave]}
+    return sid, sd, dict(list(found.items())[-last:])
+
+
+def effects(ledger: Ledger, target: Target, wave: str | None = None, last: int = 3) -> dict[str, Any]:
+    """The latest waves' effects (knob waves and idea waves) in words and numbers, with the noise sd used."""
+    sid, sd, found = wave_effects(ledger, wave, last)
     spec = target.spec
     return {"session": sid, "noise_sd": sd, "waves": {
         tag: {**eff.to_json(), "said": eff.describe(spec.metric, spec.direction)} for tag, eff in found.items()}}

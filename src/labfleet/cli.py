@@ -815,26 +815,12 @@ def effects(
     as_json: JsonOption = False,
 ) -> None:
     """Main effects and interactions, with confidence intervals, from factorial waves: knob waves and idea waves."""
-    from collections import Counter
-
-    from labfleet.analysis.effects import session_effects
+    from labfleet.agents import wave_effects
     from labfleet.target import load_target
-    from labfleet.views import _session, noise_view
 
     root, ledger = _open_ledger(target)
     spec = load_target(root, check_files=False).spec
-    sid = _session(ledger, session)["id"]
-    history, _ = ledger.history(sid)
-    noise = noise_view(ledger, sid)
-    classes = Counter(r.run.hardware for r in history if r.ok and ("wave" in r.experiment.tags or r.experiment.parent_id is None))
-    sd = noise.get(classes.most_common(1)[0][0] or "") if classes else None
-    found = session_effects(history, noise_sd=sd)
-    if wave is not None:
-        if wave not in found:
-            raise LabfleetError(f"no effects for wave {wave} (waves with results: {', '.join(found) or 'none'})")
-        found = {wave: found[wave]}
-    else:
-        found = dict(list(found.items())[-last:])
+    sid, sd, found = wave_effects(ledger, wave, last, session)
     if as_json:
         print(json.dumps({"session": sid, "noise_sd": sd, "waves": {k: v.to_json() for k, v in found.items()}}, indent=2))
         return

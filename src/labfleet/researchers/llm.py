@@ -657,7 +657,8 @@ class LLMResearcher(Researcher):
             return []
         return ideas_mod.cell_proposals(wave, number, champion, state.metric, {"llm_ideas": str(len(self.calls))})
 
-    def ideas_prompt(self, state: SessionState, champion: Experiment, files: Mapping[str, str], k: int) -> str:
+    def _prompt_head(self, state: SessionState, champion: Experiment, files: Mapping[str, str]) -> list[str]:
+        """What every prompt starts with: the brief, the target, the champion's files, the history."""
         spec = self.target.spec
         parts = ["# Research brief", self._brief(champion.commit), "", "# The target",
                  f"Metric: {spec.metric} ({'lower' if spec.direction == 'minimize' else 'higher'} is better), "
@@ -666,6 +667,10 @@ class LLMResearcher(Researcher):
                  "", f"# The current best version (experiment e{champion.id}, {spec.metric} = {_fmt(champion.metric)})"]
         parts += _file_blocks(files)
         parts += ["", "# What has been tried", *history_lines(state)]
+        return parts
+
+    def ideas_prompt(self, state: SessionState, champion: Experiment, files: Mapping[str, str], k: int) -> str:
+        parts = self._prompt_head(state, champion, files)
         parts += ["", "# Ideas tried and their measured effects (do not propose them again, under any name)",
                   *idea_memory_lines(state)]
         parts += ["", "# Your task",
@@ -740,14 +745,7 @@ class LLMResearcher(Researcher):
         return accepted
 
     def wave_prompt(self, state: SessionState, champion: Experiment, files: Mapping[str, str], n: int) -> str:
-        spec = self.target.spec
-        parts = ["# Research brief", self._brief(champion.commit), "", "# The target",
-                 f"Metric: {spec.metric} ({'lower' if spec.direction == 'minimize' else 'higher'} is better), "
-                 f"measured after a fixed training budget of {champion.budget_seconds:g} s per run.",
-                 f"Editable files: {', '.join(spec.editable)}. Frozen (never change): {', '.join(spec.frozen) or 'none'}.",
-                 "", f"# The current best version (experiment e{champion.id}, {spec.metric} = {_fmt(champion.metric)})"]
-        parts += _file_blocks(files)
-        parts += ["", "# What has been tried", *history_lines(state)]
+        parts = self._prompt_head(state, champion, files)
         parts += ["", "# Your task",
                   f"Propose {n} experiment{'s' * (n != 1)} (n = {n}), each one idea, as different from each other "
                   f"and from what was tried as makes sense, against the files above. Call {TOOL_NAME} once with "
