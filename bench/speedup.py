@@ -12,6 +12,11 @@ setup, crashes and hangs):
   on H100 and validating winners on H200 (tiers), and keeping on the screening
   result alone (no tiers); t_fleet is when its champion first reached the target.
 
+With tiers, a screened winner that beats the lead beyond the screen noise leads
+provisionally (the researcher proposes around it at once) while the H200s validate
+it; only a *confirmed* champion counts here (a keep, recorded when its validation
+decides it), so the tiered variant's t_fleet is the time to a trustworthy best.
+
 "Reached" compares noise-free values of the champion's knobs on an H100 (the
 surrogate's expected metric), so neither noise luck nor the H200's speed counts.
 Utilization (busy worker-time over fleet time) is the fleet run's, with a

@@ -26,13 +26,16 @@ from labfleet.scheduler import (
     Snapshot,
     Validate,
     Wait,
+    becomes_lead,
     decide,
     decide_baseline,
     place,
     plan_calibration,
     plan_champion_calibration,
     probability_better,
+    lead_snapshot,
     rank_winners,
+    still_leads,
     stop_reason,
 )
 from labfleet.scheduler.base import VALIDATION_SEED_OFFSET
@@ -130,6 +133,43 @@ def test_with_tiers_a_screened_winner_waits_for_validation_and_validated_runs_de
                   NOISE)
     assert isinstance(more, Repeat) and more.role == "validate" and more.place_on == "H200"
     assert more.seed == 3 + VALIDATION_SEED_OFFSET + 2
+
+
+def test_a_winner_beyond_the_screen_noise_leads_and_later_screens_are_judged_against_it():
+    s = snap(TIERS)
+    clear = decide(s, exp(2), [run(2, 0.96)], NOISE)  # gain 0.04 > 0.0283: beyond the noise
+    assert isinstance(clear, Validate) and becomes_lead(s, clear)
+    unsure = decide(s, exp(3), [run(3, 0.99)], NOISE)
+    assert isinstance(unsure, Validate) and not becomes_lead(s, unsure)  # validated, but leads nothing
+    assert not becomes_lead(snap(), decide(snap(), exp(4), [run(4, 0.96)], NOISE))  # no tiers: a plain keep
+    lead = lead_snapshot(s, exp(2), 0.96)
+    assert lead.champion.id == 2 and s.champion.id == 1  # the snapshot given is left as it was
+    assert lead_snapshot(s, None, None) is s
+    lead = lead_snapshot(Snapshot("minimize", s.champion, 1.0, {**s.samples, (2, "H100", 300.0): [0.96]},
+                                  s.unbiased, classes=s.classes, tiers=TIERS), exp(2), 0.96)
+    # 0.98 beats the champion's 1.00 but not the lead's 0.96: discarded before it costs a validation run
+    assert isinstance(decide(lead, exp(5), [run(5, 0.98)], NOISE), Discard)
+    assert becomes_lead(lead, decide(lead, exp(6), [run(6, 0.92)], NOISE))  # beats the lead beyond the noise
+
+
+def test_a_lead_does_not_wait_for_its_calibration_run_and_validation_still_decides():
+    s = snap(TIERS)
+    runs = [run(2, 0.96), run(2, 0.91, "H200", "validate"), run(2, 0.90, "H200", "validate"),
+            run(2, None, role="calibrate", status=RunStatus.QUEUED)]
+    kept = decide(s, exp(2), runs, NOISE)
+    assert isinstance(kept, Keep) and kept.metric == pytest.approx(0.905)  # against the champion's H200 0.95
+    pending = runs[:2] + [run(2, None, "H200", "validate", status=RunStatus.RUNNING)] + runs[3:]
+    assert isinstance(decide(s, exp(2), pending, NOISE), Wait)  # a validation still running: wait for it
+    lucky = [run(2, 0.96), run(2, 0.96, "H200", "validate"), run(2, 0.96, "H200", "validate"), runs[3]]
+    assert isinstance(decide(s, exp(2), lucky, NOISE), Discard)  # not confirmed: the lead reverts
+
+
+def test_a_lead_stays_only_while_it_still_beats_a_newly_kept_champion():
+    lead_runs = [run(2, 0.90), run(2, 0.91, "H200", "validate", status=RunStatus.RUNNING)]
+    assert still_leads(snap(TIERS), lead_runs, NOISE)  # 0.90 vs 1.00 on H100: still ahead
+    passed = snap(TIERS, {"H100": [0.91], "H200": [0.86]})  # the new champion's H100 run: 0.91
+    assert not still_leads(passed, lead_runs, NOISE)
+    assert not still_leads(snap(TIERS), [run(2, None, status=RunStatus.CRASHED)], NOISE)
 
 
 def test_baseline_decisions():

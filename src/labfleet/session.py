@@ -59,16 +59,20 @@ from labfleet.scheduler import (
     Snapshot,
     Validate,
     Wait,
+    becomes_lead,
     champion_metrics,
+    compared,
     decide,
     decide_baseline,
     hardware_offset,
     judge_on,
+    lead_snapshot,
     place,
     plan_calibration,
     plan_champion_calibration,
     rank_winners,
     role_allows,
+    still_leads,
     stop_reason,
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
@@ -124,6 +128,9 @@ class SessionConfig:
     # with [tiers]: validate-class workers screen when no validation needs them, and
     # waiting winners get a cheap confirmation on the screen class
     backfill: bool = True
+    # with [tiers]: a screened winner beyond the screen noise leads at once (the researcher
+    # proposes around it) while its validation decides whether it is kept
+    provisional: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +221,9 @@ class SessionLoop:
     # runtime state, rebuilt from the ledger on start
     busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
     champion: _Champion = field(default_factory=_Champion)
+    # with [tiers]: the provisional lead, a screened winner still under validation (never kept
+    # until validated; the researcher proposes around it and screens are judged against it)
+    lead: _Champion = field(default_factory=_Champion)
     # The researcher had nothing to propose: ask again only after a new result (a new
     # champion may open new ideas); with nothing left running, the session ends.
     researcher_idle: bool = False
@@ -546,7 +556,10 @@ class SessionLoop:
         if exp.parent_id is None:
             self._decide_baseline(exp, runs)
             return
-        decision = decide(self.snapshot(), exp, runs, self.noise())
+        snap = self.snapshot()
+        if not any(r.role == "validate" and r.status == RunStatus.DONE for r in runs):
+            snap = lead_snapshot(snap, self.lead.experiment, self.lead.metric)  # screens: against the lead
+        decision = decide(snap, exp, runs, self.noise())
         if isinstance(decision, Wait):
             return
         if isinstance(decision, Fail):
@@ -556,6 +569,8 @@ class SessionLoop:
             self.tell(Result(self.ledger.experiment(exp_id), run))
             return
         if isinstance(decision, Validate):
+            if self.config.provisional and becomes_lead(snap, decision):
+                self.take_lead(exp)
             self.await_validation(exp, decision.verdict)
             return
         if isinstance(decision, Repeat):
@@ -580,6 +595,11 @@ class SessionLoop:
 
     def discard(self, exp: Experiment, decision: Discard) -> None:
         self.ledger.decide(exp.id, Decision.DISCARDED, decision.metric)
+        if self.lead.experiment is not None and self.lead.experiment.id == exp.id:
+            self.lead = _Champion()  # validation did not confirm it: back to the confirmed champion
+            self.ledger.event(self.session_id, "lead_reverted", experiment=exp.id,
+                              champion=self.champion.experiment.id if self.champion.experiment else None)
+            self.on_event(Event("reverted", f"e{exp.id} not confirmed: the lead goes back to the champion", exp))
         gain = decision.verdict.improvement
         why = decision.reason or f"{-gain if self._minimize else gain:+.4f}"
         self.on_event(Event("discarded", f"e{exp.id} {self._fmt(decision.metric)} discarded ({why})"
@@ -626,6 +646,10 @@ class SessionLoop:
         )
         self.champion = _Champion(exp, metric)
         self.calibrate_champion(exp)
+        lead = self.lead.experiment
+        if lead is not None and (lead.id == exp.id
+                                 or not still_leads(self.snapshot(), self.ledger.runs_of(lead.id), self.noise())):
+            self.lead = _Champion()  # confirmed, or the new champion has passed it
         self.ledger.event(self.session_id, "kept", experiment=exp.id, metric=metric, previous=previous,
                           gain=verdict.improvement, threshold=verdict.threshold, se=verdict.se)
         self.on_event(Event("kept", f"e{exp.id} {self._fmt(metric)} KEPT"
@@ -644,6 +668,20 @@ class SessionLoop:
         """A screened winner: validate it now if a validation slot is free, else it waits."""
         self.ledger.event(self.session_id, "screen_winner", experiment=exp.id, gain=verdict.improvement)
         self.promote_waiting()
+
+    def take_lead(self, exp: Experiment) -> None:
+        """A screened winner beyond the screen noise leads now (proposals around it, screens judged
+        against it); it is validated first, and only validation keeps it."""
+        runs = [r for r in self.ledger.runs_of(exp.id) if r.status == RunStatus.DONE and r.metric is not None]
+        _, _, metrics = compared(runs)
+        self.lead = _Champion(exp, _avg(metrics))
+        self.ledger.event(self.session_id, "lead", experiment=exp.id, metric=self.lead.metric)
+        self.on_event(Event("lead", f"e{exp.id} {self._fmt(self.lead.metric)} leads until validated"
+                            f"  [{exp.description}]", exp))
+        self.promote(exp.id, "provisional lead")
+        budgets = {role: self.run_budget(exp, role) for role in ("calibrate", "validate")}
+        screen = [w.hardware for w in self.workers.values() if self._role_allows("screen", w.hardware)]
+        self.apply_queue(plan_champion_calibration(exp, screen, self.tiers, self.unbiased, budgets))
 
     def promote(self, exp_id: int, reason: str = "screened winner") -> None:
         exp = queue_validation(self.ledger, self.target, exp_id, reason)
@@ -779,7 +817,8 @@ class SessionLoop:
         baseline = self.baseline()
         return SessionState(
             session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
-            knobs=self.target.knobs, baseline=baseline, champion=self.champion.experiment or baseline,
+            knobs=self.target.knobs, baseline=baseline,
+            champion=self.lead.experiment or self.champion.experiment or baseline,
             history=tuple(history), pending=tuple(pending), free_workers=len(self.free_workers()),
             seed=self.config.seed, noise=dict(self.noise()),
             since_keep=self.ledger.decided_since_keep(self.session_id),
@@ -804,7 +843,7 @@ class SessionLoop:
 
     def materialize(self, proposal: Proposal) -> int:
         """Record a proposal as an experiment: a commit under refs/labfleet/, and a queued run."""
-        champion = self.champion.experiment or self.baseline()
+        champion = self.lead.experiment or self.champion.experiment or self.baseline()
         parent = self.ledger.experiment(proposal.parent) if proposal.parent is not None else champion
         assert parent is not None
         exp_id, error = materialize(self.target, self.ledger, self.session_id, proposal, parent, self.config)

@@ -29,16 +29,19 @@ from labfleet.scheduler.base import (
     Wait,
 )
 from labfleet.scheduler.deciding import (
+    becomes_lead,
     champion_metrics,
     compared,
     decide,
     decide_baseline,
     hardware_offset,
     judge_on,
+    lead_snapshot,
     plan_calibration,
     plan_champion_calibration,
     probability_better,
     rank_winners,
+    still_leads,
 )
 from labfleet.scheduler.placing import place, role_allows
 from labfleet.scheduler.stopping import stop_reason
@@ -55,17 +58,20 @@ __all__ = [
     "Snapshot",
     "Validate",
     "Wait",
+    "becomes_lead",
     "champion_metrics",
     "compared",
     "decide",
     "decide_baseline",
     "hardware_offset",
     "judge_on",
+    "lead_snapshot",
     "place",
     "plan_calibration",
     "plan_champion_calibration",
     "probability_better",
     "rank_winners",
     "role_allows",
+    "still_leads",
     "stop_reason",
 ]

@@ -10,10 +10,18 @@ best to validation first, drops the ones the champion has since passed before th
 cost a run, and confirms the rest cheaply on the screen class while the validate
 class is the bottleneck (a confirmation either drops a lucky winner or raises its
 rank). Validated runs decide alone: keep, discard, or one more validation seed.
+
+Provisional keeps: a screened winner that beats the lead beyond the screen class's
+noise becomes the *lead* at once (``becomes_lead``): the researcher proposes around
+it and later screens are judged against it (``lead_snapshot``), as without tiers,
+while its validation decides whether it is kept (confirmed) or discarded (the lead
+falls back to the confirmed champion). The confirmed champion alone is what
+validation runs are judged against, what the branch holds, and what counts as kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -105,8 +113,10 @@ def _done(runs: Iterable[Run]) -> list[Run]:
 
 def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[str, float]) -> object:
     """Keep | Discard | Fail | Repeat | Validate | Wait for a proposed experiment once its runs are final."""
-    if exp.decision != Decision.PENDING or not runs or any(not r.status.final for r in runs):
+    # a provisional lead's calibration run measures it for later screens: its decision does not wait for it
+    if exp.decision != Decision.PENDING or not runs or any(not r.status.final and r.role != "calibrate" for r in runs):
         return Wait("runs still active" if runs else "no runs")
+    runs = [r for r in runs if r.status.final]
     if snap.champion_metric is None:
         return Wait("the baseline is not known yet")
     done = _done(runs)
@@ -231,3 +241,24 @@ def plan_champion_calibration(
             continue
         out.append(Queue(exp.id, exp.seed + VALIDATION_SEED_OFFSET // 2 + k, role, hw))
     return out
+
+
+def lead_snapshot(snap: Snapshot, lead: Experiment | None, lead_metric: float | None) -> Snapshot:
+    """The snapshot screens are judged against: the provisional lead in the champion's place, if any."""
+    if lead is None or lead_metric is None:
+        return snap
+    return dataclasses.replace(snap, champion=lead, champion_metric=lead_metric)
+
+
+def becomes_lead(snap: Snapshot, decision: object) -> bool:
+    """A screened winner (``Validate``) that beats the lead beyond the screen noise leads provisionally."""
+    return snap.tiers is not None and isinstance(decision, Validate) and decision.verdict.outcome == "better"
+
+
+def still_leads(snap: Snapshot, runs: Sequence[Run], noise: Mapping[str, float]) -> bool:
+    """After a keep: whether a provisional lead's screening runs still beat the (new) confirmed champion."""
+    done = [r for r in _done(runs) if r.role != "validate"]
+    if not done or snap.champion_metric is None:
+        return False
+    hardware, budget, metrics = compared(done)
+    return judge_on(snap, metrics, hardware, budget, noise).outcome == "better"
