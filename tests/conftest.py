@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# Tests stop daemons and sessions as a person would, with Ctrl-C (SIGINT). A test run started
+# where SIGINT is ignored (a background job of a shell without job control) would hand that to
+# every process it starts, and none of them would stop: give the children the default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 
