@@ -27,11 +27,11 @@ from typing import Any
 from labfleet.analysis.cost import cost_over_time, fleet_usd
 from labfleet.analysis.hardware import HardwareReport, hardware_report
 from labfleet.analysis.noise import NoiseFloor, noise_floors, samples_from_runs
-from labfleet.analysis.phases import DIMINISHING, Point, Progress, points_from_ledger, progress
+from labfleet.analysis.phases import DIMINISHING, Point, Progress, points_from_snapshot, progress
 from labfleet.errors import LabfleetError
-from labfleet.ledger import Ledger
+from labfleet.ledger import Ledger, Snapshot
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
-from labfleet.views import llm_view
+from labfleet.views import llm_json
 
 FIGSIZE = (10.0, 5.0)  # inches; at DPI this is 1200 x 600 px
 DPI = 120
@@ -96,6 +96,7 @@ class ReportData:
     noise: dict[str, NoiseFloor]
     hardware: HardwareReport
     decided_at: dict[int, float] = field(default_factory=dict)
+    snapshot: Snapshot | None = None  # what it was computed from: costs, model calls, events
 
     @property
     def sid(self) -> int:
@@ -138,32 +139,33 @@ class ReportData:
 
 def load(ledger: Ledger, session_id: int | None, metric: str, direction: str,
          groups: Mapping[str, str]) -> ReportData:
-    session = ledger.session(session_id)
-    if session is None:
-        raise LabfleetError("no session in this ledger yet: start one with `labfleet run`")
-    sid = int(session["id"])
-    runs = ledger.runs(sid)
-    experiments = {e.id: e for e in ledger.experiments(sid)}
-    workers = {r["id"]: (r["hardware"], float(r["price_per_hour"] or 0.0)) for r in ledger.db.execute(
-        "SELECT id, hardware, price_per_hour FROM workers WHERE session_id = ? ORDER BY id", (sid,))}
-    decided_at = {r["id"]: r["decided_at"] for r in ledger.db.execute(
-        "SELECT id, decided_at FROM experiments WHERE session_id = ? AND decided_at IS NOT NULL", (sid,))}
-    points = points_from_ledger(ledger, sid, groups)
+    """The one read: a ``Snapshot`` of the session (the latest when ``session_id`` is None)."""
+    return from_snapshot(ledger.snapshot(session_id), metric, direction, groups)
+
+
+def from_snapshot(snapshot: Snapshot, metric: str, direction: str, groups: Mapping[str, str]) -> ReportData:
+    """The report's data, computed from one frozen ``Snapshot`` of the session."""
+    session = snapshot.session
+    runs = list(snapshot.runs)
+    experiments = {e.id: e for e in snapshot.experiments}
+    workers = {w.id: (w.hardware, float(w.price_per_hour or 0.0)) for w in snapshot.workers}
+    decided_at = dict(snapshot.decided_at)
+    points = points_from_snapshot(snapshot, groups)
     prices = {hw: price for hw, price in workers.values()}
     return ReportData(
-        session=dict(session), metric=metric, direction=direction, start=float(session["created_at"]),
-        end=_session_end(ledger, session, runs, decided_at.values()), experiments=experiments, runs=runs,
+        session=dict(session), metric=metric, direction=direction, start=float(session.created_at),
+        end=_session_end(snapshot, runs, decided_at.values()), experiments=experiments, runs=runs,
         workers=workers, points=points, progress=progress(points, direction, metric),
         noise=noise_floors(samples_from_runs(runs)), hardware=hardware_report(runs, prices, metric),
-        decided_at=decided_at,
+        decided_at=decided_at, snapshot=snapshot,
     )
 
 
-def _session_end(ledger: Ledger, session: Any, runs: Sequence[Run], decided: Iterable[float]) -> float:
+def _session_end(snapshot: Snapshot, runs: Sequence[Run], decided: Iterable[float]) -> float:
     """Now while runs are running; else the last thing that happened (not when the report was built)."""
     if any(r.status == RunStatus.RUNNING for r in runs):
-        return ledger.clock()
-    times = [float(session["created_at"]), *decided]
+        return snapshot.now
+    times = [float(snapshot.session.created_at), *decided]
     times += [t for r in runs for t in (r.started_at, r.ended_at) if t is not None]
     return max(times)
 
@@ -247,7 +249,14 @@ def surrogate_source(ledger: Ledger, sid: int) -> str | None:
     return said[-1].get("source") if said else None
 
 
-def headline(ledger: Ledger, data: ReportData) -> Headline:
+def _snapshot(data: ReportData) -> Snapshot:
+    assert data.snapshot is not None, "ReportData from from_snapshot() carries its snapshot"
+    return data.snapshot
+
+
+def headline(data: ReportData) -> Headline:
+    snap = _snapshot(data)
+    surrogate = snap.events_of("surrogate")
     base, best = data.baseline, data.best
     decisions = [e.decision for e in data.experiments.values() if e.parent_id is not None]
     done = sum(d in (Decision.KEPT, Decision.DISCARDED) for d in decisions)
@@ -262,9 +271,9 @@ def headline(ledger: Ledger, data: ReportData) -> Headline:
         pending=sum(d == Decision.PENDING for d in decisions),
         runs=sum(1 for r in data.runs if r.status.final), hours=hours,
         per_hour=(done + failed) / hours if hours > 0 else 0.0, utilization=utilization(data),
-        usd=fleet_usd(ledger, data.sid, data.end), priced=any(p > 0 for _, p in data.workers.values()),
-        llm=llm_view(ledger, data.sid), surrogate=surrogate_source(ledger, data.sid),
-        unboxed=next((e.get("warning", "") for e in ledger.events_of(data.sid, "runs_unboxed")), ""),
+        usd=fleet_usd(snap.costs), priced=any(p > 0 for _, p in data.workers.values()),
+        llm=llm_json(snap.llm), surrogate=surrogate[-1].get("source") if surrogate else None,
+        unboxed=next((e.get("warning", "") for e in snap.events_of("runs_unboxed")), ""),
     )
 
 
@@ -827,10 +836,10 @@ def _effects_legend(fig: Any, data: ReportData) -> None:
 # --------------------------------------------------------------------------- 5. cost
 
 
-def draw_cost(ledger: Ledger, data: ReportData, path: Path, priced: bool) -> Path:
+def draw_cost(data: ReportData, path: Path, priced: bool) -> Path:
     """What the fleet cost over time, and what each dollar bought (worker time when no prices are set)."""
     fig, (left, right) = _figure(ncols=2)
-    spend = _spend(ledger, data, priced)
+    spend = _spend(data, priced)
     unit = "GPU dollars" if priced else f"worker-{data.units.name}"
     note = "" if priced else f" (no prices set: $0; worker-{data.units.name} instead)"
     fig.suptitle(f"Cost (session {data.sid}){note}", fontsize=12, x=0.01, ha="left")
@@ -853,10 +862,10 @@ def draw_cost(ledger: Ledger, data: ReportData, path: Path, priced: bool) -> Pat
     return _save(fig, path)
 
 
-def _spend(ledger: Ledger, data: ReportData, priced: bool) -> list[tuple[float, float]]:
+def _spend(data: ReportData, priced: bool) -> list[tuple[float, float]]:
     """(time, cumulative spend) at each finished run's end: dollars, or busy time without prices."""
     if priced:
-        return cost_over_time(ledger, data.sid)
+        return cost_over_time(_snapshot(data))
     total, points = 0.0, []
     for run in sorted((r for r in data.runs if r.started_at is not None and r.ended_at is not None),
                       key=lambda r: r.ended_at or 0.0):
@@ -910,7 +919,7 @@ def build_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load(ledger, session_id, metric, direction, groups or {})
-    head = headline(ledger, data)
+    head = headline(data)
     (out / "effects.png").unlink(missing_ok=True)  # a stale one from an earlier report would mislead
     effects, effect_findings, effect_note = session_effects(data)
     sections = [
@@ -926,9 +935,9 @@ def build_report(
         Section("Effects", draw_effects(effects, data, out / "effects.png") if effects else None,
                 "Main effects and interactions of the latest waves (bars), with confidence intervals.",
                 effect_findings or ([effect_note] if effect_note else [])),
-        Section("Cost", draw_cost(ledger, data, out / "cost.png", head.priced),
+        Section("Cost", draw_cost(data, out / "cost.png", head.priced),
                 "Cumulative spend over time, and the best metric each dollar (or worker-hour) bought.",
-                cost_findings(ledger, data, head)),
+                cost_findings(data, head)),
     ]
     if holdout:
         sections.append(Section("Holdout", None, "Validation against the holdout metric for each kept version "
@@ -946,7 +955,7 @@ def noise_findings(data: ReportData) -> list[str]:
             for hw, f in sorted(data.noise.items())]
 
 
-def cost_findings(ledger: Ledger, data: ReportData, head: Headline) -> list[str]:
+def cost_findings(data: ReportData, head: Headline) -> list[str]:
     if not head.priced:
         return ["no prices set for this fleet's workers: the cost is $0 (give workers a price to track spend)"]
     lines = [f"the fleet cost ${head.usd:,.2f} in {fmt_duration(head.hours * 3600)}"]

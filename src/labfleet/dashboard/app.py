@@ -23,7 +23,6 @@ import ipaddress
 import json
 import math
 import os
-import sqlite3
 import sys
 import threading
 import time
@@ -39,10 +38,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labfleet.analysis import report
-from labfleet.analysis.cost import worker_costs
 from labfleet.dashboard import TOKEN_ENV
 from labfleet.errors import LabfleetError
-from labfleet.ledger import LEDGER_FILE, Ledger
+from labfleet import ledger as ledgers
+from labfleet.ledger import LEDGER_FILE, Ledger, LedgerError
 from labfleet.target import STATE_DIR
 from labfleet.views import results_view, status_view
 
@@ -63,18 +62,11 @@ class NoLedger(LabfleetError):
 # --------------------------------------------------------------------------- reading the ledger
 
 
-class ReadOnlyLedger(Ledger):
-    """A ``Ledger`` over a ``mode=ro`` connection: the dashboard cannot write, even by mistake."""
-
-    def __init__(self, path: Path) -> None:  # no super().__init__: that creates tables and migrates
-        self.path = Path(path)
-        self.clock = time.time
-        if not self.path.is_file():
-            raise NoLedger(f"no ledger at {self.path} yet: start a session with `labfleet run`")
-        self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10,
-                                  isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA query_only=ON")
+def read_only(path: Path) -> Ledger:
+    """The ledger over a ``mode=ro`` connection: the dashboard cannot write, even by mistake."""
+    if not path.is_file():
+        raise NoLedger(f"no ledger at {path} yet: start a session with `labfleet run`")
+    return ledgers.open(path, readonly=True)
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +111,7 @@ class Dashboard:
     @contextmanager
     def ledger(self) -> Iterator[Ledger]:
         """A fresh read-only connection, closed after the request."""
-        ledger = ReadOnlyLedger(self.ledger_path)
+        ledger = read_only(self.ledger_path)
         try:
             if ledger.session() is None:
                 raise NoLedger("the ledger has no session yet: start one with `labfleet run`")
@@ -135,26 +127,12 @@ class Dashboard:
     def fingerprint(self) -> dict[str, Any]:
         """The ledger's latest ids and a hash of what changes without a new id (statuses, decisions)."""
         try:
-            ledger = ReadOnlyLedger(self.ledger_path)
+            ledger = read_only(self.ledger_path)
         except NoLedger:
             return {"event": None, "run": None, "experiment": None, "running": 0, "hash": "none"}
         try:
-            db = ledger.db
-            one = lambda sql, *args: db.execute(sql, args).fetchone()[0]  # noqa: E731
-            session = db.execute("SELECT id, status, updated_at FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
-            sid = session["id"] if session else -1
-            active = db.execute("SELECT id, status FROM runs WHERE session_id = ? AND status IN ('queued', 'running')"
-                                " ORDER BY id", (sid,)).fetchall()
-            pending = db.execute("SELECT id FROM experiments WHERE session_id = ? AND decision = 'pending'"
-                                 " ORDER BY id", (sid,)).fetchall()
-            latest = db.execute("SELECT id, status, metric, ended_at FROM runs ORDER BY id DESC LIMIT ?",
-                                (LATEST_RUNS,)).fetchall()
-            ids = {"event": one("SELECT MAX(id) FROM events"), "run": one("SELECT MAX(id) FROM runs"),
-                   "experiment": one("SELECT MAX(id) FROM experiments"),
-                   "running": sum(1 for r in active if r["status"] == "running")}
-            parts = [tuple(session) if session else None, [tuple(r) for r in active], [r[0] for r in pending],
-                     [tuple(r) for r in latest], ids]
-        except sqlite3.Error as exc:  # e.g. a ledger mid-creation: report it as a change later
+            ids, parts = ledger.fingerprint(LATEST_RUNS)
+        except LedgerError as exc:  # e.g. a ledger mid-creation: report it as a change later
             return {"event": None, "run": None, "experiment": None, "running": 0, "hash": f"error:{exc}"}
         finally:
             ledger.close()
@@ -168,15 +146,10 @@ class Dashboard:
             with self.ledger() as ledger:
                 view = status_view(ledger, self.state_dir)
                 data = self.data(ledger)
-                head = report.headline(ledger, data)
+                head = report.headline(data)
                 sid = view["session"]
-                running = ledger.db.execute(
-                    "SELECT COUNT(DISTINCT experiment_id) FROM runs WHERE session_id = ? AND status = 'running'",
-                    (sid,)).fetchone()[0]
-                queued = ledger.db.execute(
-                    "SELECT COUNT(*) FROM experiments e WHERE e.session_id = ? AND e.decision = 'pending' AND NOT"
-                    " EXISTS (SELECT 1 FROM runs r WHERE r.experiment_id = e.id AND r.status = 'running')",
-                    (sid,)).fetchone()[0]
+                running = ledger.running_experiments(sid)
+                queued = ledger.pending_experiments(sid, running=False)
         except NoLedger as exc:
             return {"session": None, "message": str(exc), "target": self.name, "metric": self.metric,
                     "direction": self.direction, "now": time.time()}
@@ -246,13 +219,7 @@ class Dashboard:
     def experiments(self, last: int | None) -> dict[str, Any]:
         with self.ledger() as ledger:
             rows = results_view(ledger, None, last=last)
-            sid = ledger.session()["id"]
-            roles: dict[int, list[str]] = {}
-            for r in ledger.db.execute("SELECT experiment_id, role FROM runs WHERE session_id = ? ORDER BY id",
-                                       (sid,)):
-                have = roles.setdefault(r["experiment_id"], [])
-                if r["role"] not in have:
-                    have.append(r["role"])
+            roles = ledger.run_roles(ledger.session().id)
         out = []
         for row in rows:
             exp_roles = roles.get(row["experiment"], [])
@@ -282,9 +249,9 @@ class Dashboard:
     def analysis(self) -> dict[str, Any]:
         with self.ledger() as ledger:
             data = self.data(ledger)
-            head = report.headline(ledger, data)
-            costs = worker_costs(ledger, data.sid, time.time())
-            cost_lines = report.cost_findings(ledger, data, head)
+            head = report.headline(data)
+            costs = ledger.worker_costs(data.sid, time.time())
+            cost_lines = report.cost_findings(data, head)
         bars, effect_lines, note = report.session_effects(data)
         return clean({
             "metric": self.metric, "direction": self.direction,
