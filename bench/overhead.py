@@ -11,12 +11,12 @@
    synthetic runs (16 priced workers, 1,000 model-call events), and the view functions
    alone. Goal: status --json on 100k runs <= 200 ms.
 
-With ``--before TREE`` (a source tree of an earlier commit, e.g.
-``git archive 2fb60fb | tar -x -C /tmp/before``), every figure is measured for that
-tree (its own ``PYTHONPATH``, its own freshly built ledgers) and for this one, in
-alternating rounds, and printed side by side (medians over the rounds).
+Every figure is measured for an earlier commit (``--before REF``, default 2fb60fb, the
+commit before the ledger/ package; its ``src`` from ``git archive``, on ``PYTHONPATH``,
+with its own freshly built ledgers) and for this tree, in alternating rounds, and
+printed side by side (medians over the rounds). ``--before none``: this tree only.
 
-Run: .venv/bin/python bench/overhead.py [--experiments 60] [--runs 100000] [--before /tmp/before] [--rounds 2]
+Run: .venv/bin/python bench/overhead.py [--experiments 60] [--runs 100000] [--before 2fb60fb] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -170,12 +170,12 @@ def measure(experiments: int, runs: int) -> dict[str, float]:
     return out
 
 
-def child(tree: Path, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+def child(src: Path, args: argparse.Namespace) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run([sys.executable, __file__, "--measure", "--experiments", str(args.experiments),
                            "--runs", str(args.runs)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"measuring {tree} failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"measuring {src} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", type=int, default=60)
     parser.add_argument("--runs", type=int, default=100_000)
-    parser.add_argument("--before", type=Path, help="a source tree to compare with (its src/ goes on PYTHONPATH)")
+    parser.add_argument("--before", default="2fb60fb", help="the commit to compare with ('none': this tree only)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree (with --before)")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # the child's mode: JSON out
     args = parser.parse_args()
@@ -191,17 +191,25 @@ def main() -> None:
         print(json.dumps(measure(args.experiments, args.runs)))
         return
     here = Path(__file__).resolve().parents[1]
-    trees = {"before": args.before, "after": here} if args.before else {"now": here}
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    for _ in range(args.rounds if args.before else 1):
-        for name, tree in trees.items():
-            results[name].append(child(tree, args))
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"this tree": here / "src"}
+        if args.before != "none":
+            old = Path(tmp) / "before"
+            old.mkdir()
+            archive = subprocess.run(["git", "-C", str(here), "archive", args.before, "src"], capture_output=True,
+                                     check=True)
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+            trees = {f"{args.before}": old / "src", **trees}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        for _ in range(args.rounds):
+            for name, src in trees.items():
+                results[name].append(child(src, args))
     medians = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}
     names = list(trees)
     print(f"labfleet overhead, ms (median of {len(results[names[0]])} round(s); whole commands are new processes;"
           f" dispatch: {args.experiments} experiments on 2 local workers)")
     header = f"  {'what':<40}" + "".join(f"{n:>10}" for n in names) + ("     ratio" if len(names) == 2 else "")
-    print(header)
+    print(header + ("" if len(names) < 2 else "  (after / before)"))
     for key in medians[names[0]]:
         values = [medians[n][key] for n in names]
         ratio = f"{values[1] / values[0]:>9.2f}x" if len(values) == 2 and values[0] else ""

@@ -221,12 +221,12 @@ class Queries:
 
     def running_runs(self, session_id: int) -> list[RunningRun]:
         """What each worker runs now, by worker."""
-        rows = self.db.execute(
+        rows = self.db.execute(  # sorted here: an ORDER BY would tempt SQLite into walking every run by worker
             "SELECT r.id, e.id, r.worker, r.started_at, e.description FROM runs r"
             " JOIN experiments e ON e.id = r.experiment_id WHERE r.session_id = ? AND r.status = 'running'"
-            " ORDER BY r.worker", (session_id,),
+            " ORDER BY r.id", (session_id,),
         )
-        return [RunningRun(*r) for r in rows]
+        return sorted((RunningRun(*r) for r in rows), key=lambda r: (r.worker is not None, r.worker or ""))
 
     def running_experiments(self, session_id: int) -> int:
         """Experiments with a run running now."""
@@ -370,7 +370,9 @@ class Queries:
 
     def snapshot(self, session_id: int | None = None, events: Iterable[str] = SNAPSHOT_EVENTS) -> Snapshot:
         """One session, read in one transaction: a frozen ``Snapshot``."""
-        self.db.execute("BEGIN")  # a read transaction: every table as of one moment
+        own = not self.db.in_transaction
+        if own:
+            self.db.execute("BEGIN")  # a read transaction: every table as of one moment
         try:
             session = self._session_or_fail(session_id)
             sid, now = session.id, self.clock()
@@ -382,7 +384,8 @@ class Queries:
                 now=now,
             )
         finally:
-            self.db.execute("COMMIT")
+            if own:
+                self.db.execute("COMMIT")
 
     def fingerprint(self, latest_runs: int) -> tuple[dict[str, Any], list[Any]]:
         """The ledger's latest ids, and what changes without a new id (statuses, decisions), for change polling."""
