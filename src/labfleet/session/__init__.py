@@ -1,17 +1,20 @@
 """The session: the only place where stages meet (see DESIGN.md).
 
 ``loop`` is the controller loop (researcher -> scheduler -> executor -> ledger);
-the names below are its public surface, re-exported so ``labfleet.session.X``
-keeps working.
+``config`` the session's settings, split by concern; ``wiring.open_session`` the
+one function that makes the stages and hands them to the loop (``labfleet run``,
+``serve``, ``simulate`` and the benchmarks all come through it). The names below
+are the public surface, re-exported so ``labfleet.session.X`` keeps working.
 """
 
+from labfleet.scheduler.base import Limits
+from labfleet.session.config import FleetSettings, KeepRule, ResearcherSettings, SessionConfig
 from labfleet.session.loop import (
     BRANCH_PREFIX,
     ROLE_PRIORITY,
     TICK_SECONDS,
     VALIDATION_SEED_OFFSET,
     Event,
-    SessionConfig,
     SessionError,
     SessionLoop,
     _Champion,
@@ -26,6 +29,10 @@ __all__ = [
     "TICK_SECONDS",
     "VALIDATION_SEED_OFFSET",
     "Event",
+    "FleetSettings",
+    "KeepRule",
+    "Limits",
+    "ResearcherSettings",
     "SessionConfig",
     "SessionError",
     "SessionLoop",
