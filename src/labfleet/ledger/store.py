@@ -198,6 +198,10 @@ class Ledger:
             "UPDATE sessions SET status = ?, updated_at = ? WHERE id = ?", (status, self.clock(), session_id)
         )
 
+    def set_session_config(self, session_id: int, config: Mapping[str, Any]) -> None:
+        """Replace a session's settings (a resume with new options)."""
+        self.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(dict(config)), session_id))
+
     def set_workers(self, session_id: int, workers: Iterable[Any]) -> None:
         with self.transaction() as db:
             for w in workers:
@@ -284,6 +288,20 @@ class Ledger:
     def runs_of(self, exp_id: int) -> list[Run]:
         rows = self.db.execute("SELECT * FROM runs WHERE experiment_id = ? ORDER BY id", (exp_id,))
         return [run_record(r) for r in rows]
+
+    def active_runs_of(self, exp_id: int) -> int:
+        """An experiment's runs that are queued or running."""
+        row = self.db.execute(
+            "SELECT COUNT(*) AS n FROM runs WHERE experiment_id = ? AND status IN ('queued', 'running')", (exp_id,)
+        ).fetchone()
+        return int(row["n"])
+
+    def queued_runs_of(self, exp_id: int) -> int:
+        """An experiment's runs waiting in the queue."""
+        row = self.db.execute(
+            "SELECT COUNT(*) AS n FROM runs WHERE experiment_id = ? AND status = 'queued'", (exp_id,)
+        ).fetchone()
+        return int(row["n"])
 
     def add_final_run(self, session_id: int, exp_id: int, status: RunStatus, reason: str) -> int:
         """A run that ended before it started (e.g. a patch rejected while materializing)."""
@@ -380,6 +398,17 @@ class Ledger:
         if row is None:
             raise LedgerError(f"no experiment {exp_id}")
         return experiment_record(row)
+
+    def has_experiment(self, exp_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM experiments WHERE id = ?", (exp_id,)).fetchone() is not None
+
+    def latest_kept(self, session_id: int) -> Experiment | None:
+        """The most recently kept experiment of a session (None before the first keep)."""
+        row = self.db.execute(
+            "SELECT * FROM experiments WHERE session_id = ? AND decision = 'kept' ORDER BY decided_at DESC, id DESC"
+            " LIMIT 1", (session_id,),
+        ).fetchone()
+        return experiment_record(row) if row else None
 
     def experiments(self, session_id: int) -> list[Experiment]:
         rows = self.db.execute("SELECT * FROM experiments WHERE session_id = ? ORDER BY id", (session_id,))
