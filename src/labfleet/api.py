@@ -104,6 +104,8 @@ def run(
     """
     from labfleet.session.wiring import open_session
 
+    if resume and new:
+        raise LabfleetError("--resume and --new exclude each other")
     loaded = _target(target, check_files=True)
     with open_session(loaded, options=options, researcher_options=researcher_options, resume=resume, new=new,
                       on_event=on_event, on_warning=on_warning) as wired:
@@ -287,7 +289,6 @@ def promote(target: Path, experiment: int, reason: str = "promoted by hand") -> 
     session is reopened so that `labfleet run` (or `serve`) resumes it and decides.
     """
     from labfleet.ledger import LedgerError, lock_holder
-    from labfleet.records import RunStatus
     from labfleet.session import queue_validation
 
     with ledger_of(target) as ledger:
@@ -299,14 +300,13 @@ def promote(target: Path, experiment: int, reason: str = "promoted by hand") -> 
         if exp.parent_id is None or exp.decision in ("kept", "failed"):
             what = {"kept": "is already kept", "failed": "has no result to validate"}.get(exp.decision, "is the baseline")
             raise LabfleetError(f"e{experiment} {what}")
-        if any(r.status in (RunStatus.QUEUED, RunStatus.RUNNING) for r in ledger.runs_of(experiment)):
+        if ledger.active_runs_of(experiment):
             raise LabfleetError(f"e{experiment} still has runs queued or running: wait for them first")
         queue_validation(ledger, loaded, experiment, reason)
         session = ledger.session(exp.session_id)
         if session is not None and session["status"] == "finished":
             ledger.set_session_status(exp.session_id, "stopped")  # `labfleet run` resumes it
-        queued = sum(1 for r in ledger.runs_of(experiment) if r.status == RunStatus.QUEUED)
-        return {"experiment": experiment, "queued_runs": queued, "session_running": lock_holder(state_dir(target)) is not None}
+        return {"experiment": experiment, "queued_runs": ledger.queued_runs_of(experiment), "session_running": lock_holder(state_dir(target)) is not None}
 
 
 def cancel(target: Path, experiment: int) -> dict[str, Any]:

@@ -238,6 +238,7 @@ def _open_ledger(target: Path, must_exist: bool = True) -> tuple[Path, Any]:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     target: TargetOption = Path("."),
     workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. (default 1)", min=1)] = None,
     researcher: Annotated[str | None, typer.Option(help="greedy, waves, random, grid, optuna (TPE), cmaes, llm or hybrid (ideas from the model, knobs re-tuned by Optuna after each structural keep). (default greedy)")] = None,
@@ -276,25 +277,15 @@ def run(
     including one whose orchestrator was killed: finished runs are collected, lost
     ones retried. Options given on a resume override the recorded ones.
     """
-    if resume and new:
-        raise LabfleetError("--resume and --new exclude each other")
     if keep is not None and keep not in ("noise", "margin"):
         raise LabfleetError(f"--keep {keep!r}: use noise or margin")
-    given = {k: v for k, v in dict(
-        researcher=researcher, workers=workers, max_experiments=max_experiments, hours=hours, until=until,
-        budget_seconds=budget, seed=seed, margin=margin, threads=threads, device=device, keep=keep,
-        noise_repeats=noise_repeats, patience=patience, max_usd=max_usd, price=price, hardware=hardware,
-        executor=executor, ray_address=ray_address, fleet=str(Path(fleet).resolve()) if fleet else None,
-        labfleet_spec=labfleet_spec,
-    ).items() if v is not None}
-    llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
-                                 max_usd=max_llm_usd, ideas=ideas, sampler=sampler,
-                                 tune_experiments=tune_experiments).items() if v is not None}
-    _run_session(target, {**given, "serve": False}, llm, resume=resume, new=new)
+    options, researcher_options = _settings(ctx.params)
+    _run_session(target, {**options, "serve": False}, researcher_options, resume=resume, new=new)
 
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     target: TargetOption = Path("."),
     workers: Annotated[int | None, typer.Option(help="Parallel worker slots on this machine. (default 1)", min=1)] = None,
     budget: Annotated[float | None, typer.Option(help="Training budget per run in seconds (default: the target's).", min=0.1)] = None,
@@ -311,99 +302,61 @@ def serve(
     itself, keeps every worker busy with the queue, and decides each experiment as
     `labfleet run` does. `labfleet status` says whether a daemon is running.
     """
-    given = {k: v for k, v in dict(
-        workers=workers, budget_seconds=budget, hours=hours, threads=threads, device=device, hardware=hardware,
-        price=price, max_usd=max_usd,
-    ).items() if v is not None}
-    _run_session(target, {**given, "researcher": "external", "serve": True}, {}, resume=False, new=False)
+    options, _ = _settings(ctx.params)
+    _run_session(target, {**options, "researcher": "external", "serve": True}, {}, resume=False, new=False)
 
 
-def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, resume: bool, new: bool) -> None:
+# `run` / `serve` options that are no session setting, and those named differently in SessionConfig
+_NOT_SETTINGS = {"target", "resume", "new"}
+_RENAMED = {"budget": "budget_seconds"}
+# options that go to the researcher (SessionConfig.researcher_options), by the name the researcher takes
+_RESEARCHER_OPTIONS = {"provider": "provider", "model": "model", "base_url": "base_url", "api_key_env": "api_key_env",
+                       "max_llm_usd": "max_usd", "ideas": "ideas", "sampler": "sampler",
+                       "tune_experiments": "tune_experiments"}
+
+
+def _settings(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options given on the command line (not None) as session settings and researcher options."""
+    options: dict[str, Any] = {}
+    researcher_options: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None or name in _NOT_SETTINGS:
+            continue
+        if name in _RESEARCHER_OPTIONS:
+            researcher_options[_RESEARCHER_OPTIONS[name]] = value
+        else:
+            options[_RENAMED.get(name, name)] = str(Path(value).resolve()) if name == "fleet" else value
+    return options, researcher_options
+
+
+def _run_session(target: Path, options: dict[str, Any], researcher_options: dict[str, Any], *, resume: bool,
+                 new: bool) -> None:
     """Start or resume the session and run it to its end (``run`` and ``serve``)."""
-    from dataclasses import replace
+    from labfleet import api
 
-    from labfleet.ledger import SessionLock
-    from labfleet.researchers import make_researcher
-    from labfleet.session import SessionConfig, SessionLoop, start_session
+    def started(wired: Any) -> None:
+        config = wired.config
+        serving = "; serving the queue until Ctrl-C" if config.serve else ""
+        if wired.resumed:
+            console.print(f"resuming session {wired.session_id} ({config.researcher}, {config.workers} workers){serving}")
+        else:
+            console.print(f"session {wired.session_id}: {config.researcher} on {len(wired.executor.workers())} worker(s), "
+                          f"budget {config.budget_seconds or wired.target.spec.budget_seconds:g} s per run{serving}")
+
+    def warn(text: str) -> None:
+        err_console.print(f"[bold red]WARNING[/]: {text}; see `labfleet doctor`")
+
+    try:
+        out = api.run(target, options=options, researcher_options=researcher_options, resume=resume, new=new,
+                      on_event=_print_event, on_start=started, on_warning=warn)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: running experiments were stopped and queued again; "
+                          "`labfleet run --resume` continues")
+        raise typer.Exit(130) from None
+    console.print(f"session {out['session']} finished: {out['stop_reason']}")
     from labfleet.target import load_target
 
-    loaded = load_target(target)
-    root = loaded.root
-    state_dir = _state_dir(root)
-    lock = SessionLock(state_dir)
-    lock.acquire()
-    _, ledger = _open_ledger(root, must_exist=False)
-    try:
-        latest = ledger.session()
-        resuming = not new and latest is not None and latest["status"] != "finished"
-        if resuming:
-            config = SessionConfig.from_json(json.loads(latest["config"]))
-            config = replace(config, **given, researcher_options={**config.researcher_options, **llm})
-        elif resume:
-            raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
-        else:
-            config = SessionConfig(**given, researcher_options=llm)
-        if config.device not in ("cpu", "cuda", "mps"):
-            raise LabfleetError(f"--device {config.device!r}: use cpu, cuda or mps")
-        from labfleet import frozen, sandbox
-
-        # changed frozen files refuse before anything runs (a new session checks in start_session)
-        if resuming:
-            frozen.check(loaded, json.loads(latest["frozen_hashes"]), latest["id"])
-        if not sandbox.support().boxed:
-            err_console.print(f"[bold red]WARNING[/]: {sandbox.support().warning}; see `labfleet doctor`")
-        # an unknown researcher or option, a missing API key, an unreachable cluster:
-        # all fail before anything is recorded
-        researcher = make_researcher(config.researcher, seed=config.seed, target=loaded, **config.researcher_options)
-        executor = _make_executor(config, root)
-        serving = "; serving the queue until Ctrl-C" if config.serve else ""
-        if resuming:
-            session_id = latest["id"]
-            ledger.set_session_config(session_id, config.to_json())
-            console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers){serving}")
-        else:
-            session_id = start_session(loaded, ledger, config)
-            console.print(f"session {session_id}: {config.researcher} on {len(executor.workers())} worker(s), "
-                          f"budget {config.budget_seconds or loaded.spec.budget_seconds:g} s per run{serving}")
-        loop = SessionLoop(
-            target=loaded, ledger=ledger, executor=executor, researcher=researcher,
-            session_id=session_id, config=config, state_dir=state_dir, on_event=_print_event,
-        )
-        try:
-            reason = loop.run()
-        except KeyboardInterrupt:
-            err_console.print("interrupted: running experiments were stopped and queued again; "
-                              "`labfleet run --resume` continues")
-            raise typer.Exit(130) from None
-        console.print(f"session {session_id} finished: {reason}")
-        _print_best(root, ledger, session_id, loaded.spec.metric)
-    finally:
-        ledger.close()
-        lock.release()
-
-
-def _make_executor(config: Any, root: Path) -> Any:
-    """The fleet the session runs on: local processes (default), a Ray cluster, or SkyPilot clusters."""
-    if config.executor == "ray":
-        from labfleet.executors.ray import RayExecutor
-
-        return RayExecutor(config.ray_address or "auto", threads=config.threads, price_per_hour=config.price)
-    if config.executor == "skypilot":
-        from labfleet.executors.skypilot import SkyPilotExecutor
-        from labfleet.fleet import load_fleet
-
-        if not config.fleet:
-            raise LabfleetError("--executor skypilot needs --fleet fleet.toml (see `labfleet fleet check --help`)")
-        return SkyPilotExecutor(load_fleet(root / config.fleet), labfleet_spec=config.labfleet_spec)
-    if config.executor != "local":
-        raise LabfleetError(f"--executor {config.executor!r}: use local, ray or skypilot")
-    from labfleet.executors.local import LocalExecutor
-
-    from labfleet.devices import local_devices
-
-    devices = local_devices(config.device, config.workers)
-    return LocalExecutor(config.workers, threads=config.threads, devices=devices,
-                         hardware=config.hardware, price_per_hour=config.price)
+    _print_best(api.best(target, out["session"]), load_target(target, check_files=False).spec.metric)
 
 
 def _print_event(event: Any) -> None:
@@ -434,10 +387,9 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Where the session stands: running or not, counts, best so far, what each worker runs."""
-    from labfleet.views import status_view
+    from labfleet import api
 
-    root, ledger = _open_ledger(target)
-    view = status_view(ledger, _state_dir(root), session)
+    view = api.status(target, session)
     if as_json:
         print(json.dumps(view, indent=2))
         return
@@ -476,14 +428,12 @@ def results(
     tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv format (every experiment).")] = False,
 ) -> None:
     """Every experiment with its latest run: status, metric, decision, commit."""
-    from labfleet.target import load_target
-    from labfleet.views import results_tsv, results_view
+    from labfleet import api
 
-    root, ledger = _open_ledger(target)
     if tsv:
-        sys.stdout.write(results_tsv(ledger, load_target(root, check_files=False).spec.metric, session))
+        sys.stdout.write(api.export(target, session))
         return
-    rows = results_view(ledger, session, None if all_ else last)
+    rows = api.results(target, session, None if all_ else last)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -512,41 +462,23 @@ def best(
     holdout: Annotated[bool, typer.Option("--holdout", help="Also show validation against the holdout metric for the lineage (for people: never give it to a researcher).")] = False,
 ) -> None:
     """The best version found: its metric against the baseline, its commit, and its diff."""
+    from labfleet import api
     from labfleet.target import load_target
 
-    root, ledger = _open_ledger(target)
     if holdout:
-        _print_holdout(root, ledger, session)
+        for line in api.holdout(target, session):
+            _say(line)
         return
+    view = api.best(target, session)
     if as_json:
-        from labfleet.views import best_view
-
-        print(json.dumps(best_view(ledger, root, session), indent=2))
+        print(json.dumps(view, indent=2))
         return
-    _print_best(root, ledger, session, load_target(root, check_files=False).spec.metric)
+    _print_best(view, load_target(target, check_files=False).spec.metric)
 
 
-def _print_holdout(root: Path, ledger: Any, session: int | None) -> None:
-    from labfleet import integrity
-    from labfleet.errors import ConfigError
-    from labfleet.target import load_target
-    from labfleet.views import _session
-
-    loaded = load_target(root, check_files=False)
-    spec = loaded.config.holdout
-    if spec is None:
-        raise ConfigError("this target has no [holdout] in labfleet.toml")
-    view = integrity.lineage_holdout(ledger, _session(ledger, session)["id"], spec.direction or loaded.spec.direction)
-    for line in integrity.holdout_lines(view, loaded.spec.metric, spec.metric):
-        _say(line)
-
-
-def _print_best(root: Path, ledger: Any, session: int | None, metric: str) -> None:
+def _print_best(view: dict[str, Any], metric: str) -> None:
     from rich.syntax import Syntax
 
-    from labfleet.views import best_view
-
-    view = best_view(ledger, root, session)
     if view["experiment"] is None or not view["keeps"]:
         console.print(f"best: the baseline, {metric} {view['baseline_metric']:.6f} (no change beat it)")
         return
@@ -569,40 +501,15 @@ def promote(
     its validation runs beat the best beyond the noise; otherwise `labfleet run`
     picks them up when it resumes.
     """
-    from labfleet.ledger import LedgerError, lock_holder
-    from labfleet.session import queue_validation
-    from labfleet.target import load_target
+    from labfleet import api
 
-    root, ledger = _open_ledger(target)
-    loaded = load_target(root, check_files=False)
-    try:
-        exp = ledger.experiment(experiment)
-    except LedgerError:
-        raise LabfleetError(f"no experiment {experiment} (see `labfleet results`)") from None
-    if exp.parent_id is None or exp.decision in ("kept", "failed"):
-        what = {"kept": "is already kept", "failed": "has no result to validate"}.get(exp.decision, "is the baseline")
-        raise LabfleetError(f"e{experiment} {what}")
-    if ledger.active_runs_of(experiment):
-        raise LabfleetError(f"e{experiment} still has runs queued or running: wait for them first")
-    queue_validation(ledger, loaded, experiment, "promoted by hand")
-    session = ledger.session(exp.session_id)
-    if session is not None and session["status"] == "finished":
-        ledger.set_session_status(exp.session_id, "stopped")  # `labfleet run` resumes it
-    running = lock_holder(_state_dir(root)) is not None
-    runs = ledger.queued_runs_of(experiment)
+    out = api.promote(target, experiment)
+    running, runs = out["session_running"], out["queued_runs"]
     if as_json:
-        print(json.dumps({"experiment": experiment, "queued_runs": runs, "session_running": running}))
+        print(json.dumps(out))
         return
     where = "the running session places them first" if running else "`labfleet run` runs them when it resumes"
     console.print(f"e{experiment}: {runs} validation run(s) queued; {where}")
-
-
-def _target_and_ledger(target: Path) -> tuple[Any, Any]:
-    from labfleet.target import load_target
-
-    loaded = load_target(target, check_files=False)
-    _, ledger = _open_ledger(loaded.root, must_exist=False)
-    return loaded, ledger
 
 
 @app.command()
@@ -625,9 +532,8 @@ def submit(
     combination of the patches (applied in the order given) is queued as one cell
     of a factorial design, and `labfleet effects` reports each idea's effect.
     """
-    from labfleet import agents
+    from labfleet import api
 
-    loaded, ledger = _target_and_ledger(target)
     paths = list(patches or [])
     if factor:
         if len(paths) != len(factor) or set_:
@@ -637,8 +543,8 @@ def submit(
             if not path.is_file():
                 raise LabfleetError(f"{path}: no such patch file")
             texts.append(path.read_text())
-        wave = agents.submit_factors(loaded, ledger, list(zip(factor, texts, strict=True)), description=description,
-                                     hypothesis=hypothesis, runs=runs, parent=parent)
+        wave = api.submit_factors(target, list(zip(factor, texts, strict=True)), description=description,
+                                  hypothesis=hypothesis, runs=runs, parent=parent)
         if as_json:
             print(json.dumps(wave))
             return
@@ -656,7 +562,6 @@ def submit(
     if len(paths) > 1:
         raise LabfleetError("one patch or folder per experiment (several: give each a --factor NAME)")
     patch = paths[0] if paths else None
-    knobs = agents.parse_settings(loaded, set_ or [])
     folder = text = None
     if patch is not None:
         if patch.is_dir():
@@ -665,8 +570,8 @@ def submit(
             text = patch.read_text()
         else:
             raise LabfleetError(f"{patch}: no such patch file or folder")
-    out = agents.submit(loaded, ledger, description=description or (patch.name if patch else ", ".join(set_ or [])),
-                        hypothesis=hypothesis, patch=text or "", knobs=knobs, folder=folder, parent=parent)
+    out = api.submit(target, description=description or (patch.name if patch else ", ".join(set_ or [])),
+                     hypothesis=hypothesis, patch=text or "", settings=set_ or [], folder=folder, parent=parent)
     if as_json:
         print(json.dumps(out))
     elif out["status"] == "rejected":
@@ -684,10 +589,9 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """One experiment: its diff, decision, every run's figures, and the latest log tail."""
-    from labfleet import agents
+    from labfleet import api
 
-    _, ledger = _open_ledger(target)
-    view = agents.show(ledger, experiment)
+    view = api.show(target, experiment)
     if as_json:
         print(json.dumps(view, indent=2))
         return
@@ -714,10 +618,9 @@ def wait(
     as_json: JsonOption = False,
 ) -> None:
     """Block until every given experiment is decided; print their decisions."""
-    from labfleet import agents
+    from labfleet import api
 
-    _, ledger = _open_ledger(target)
-    done = agents.wait(ledger, experiments, timeout)
+    done = api.wait(target, experiments, timeout)
     if as_json:
         print(json.dumps(done))
         return
@@ -733,10 +636,9 @@ def cancel(
     as_json: JsonOption = False,
 ) -> None:
     """Cancel an experiment: its queued runs at once, its running ones through the orchestrator."""
-    from labfleet import agents
+    from labfleet import api
 
-    _, ledger = _open_ledger(target)
-    out = agents.cancel(ledger, experiment)
+    out = api.cancel(target, experiment)
     if as_json:
         print(json.dumps(out))
         return
@@ -813,23 +715,22 @@ def effects(
     as_json: JsonOption = False,
 ) -> None:
     """Main effects and interactions, with confidence intervals, from factorial waves: knob waves and idea waves."""
-    from labfleet.agents import wave_effects
-    from labfleet.target import load_target
+    from labfleet import api
 
-    root, ledger = _open_ledger(target)
-    spec = load_target(root, check_files=False).spec
-    sid, sd, found = wave_effects(ledger, wave, last, session)
+    view = api.effects(target, wave, last, session)
+    sd, found = view["noise_sd"], view["waves"]
     if as_json:
-        print(json.dumps({"session": sid, "noise_sd": sd, "waves": {k: v.to_json() for k, v in found.items()}}, indent=2))
+        print(json.dumps({**view, "waves": {k: {kk: vv for kk, vv in v.items() if kk != "said"}
+                                            for k, v in found.items()}}, indent=2))
         return
     if not found:
         _say("no waves with results yet (`labfleet run --researcher waves`, or a wave of ideas: `labfleet submit --factor NAME PATCH ...`)")
         return
     for tag, eff in found.items():
-        factors = ", ".join(eff.levels) or "-"
+        factors = ", ".join(eff["levels"]) or "-"
         what = "the ideas " if tag.startswith("i") else ""
-        _say(f"wave {tag}: {eff.n} results over {what}{factors}" + (f", noise sd {sd:.4g}" if sd else ""))
-        for line in eff.describe(spec.metric, spec.direction):
+        _say(f"wave {tag}: {eff['n']} results over {what}{factors}" + (f", noise sd {sd:.4g}" if sd else ""))
+        for line in eff["said"]:
             _say(f"  {line}")
 
 
@@ -896,36 +797,15 @@ def simulate(
     well the fit predicts runs it did not see, and says when the plan went outside
     the measured region.
     """
-    from labfleet.simulate import clone_target
-    from labfleet.simulate import simulate as run_simulation
+    from labfleet import api
 
-    if surrogate not in ("hand-made", "measured"):
-        raise LabfleetError(f"--surrogate {surrogate!r}: use hand-made or measured")
-    if from_ledger is not None and surrogate != "hand-made":
-        raise LabfleetError("--from-ledger and --surrogate measured are two different fits: give one")
-    if from_ledger is not None and not from_ledger.exists():
-        raise LabfleetError(f"--from-ledger: {from_ledger} does not exist")
-    if target is None and from_ledger is not None:
-        owner = from_ledger if from_ledger.is_dir() else from_ledger.resolve().parent.parent
-        if (owner / "labfleet.toml").is_file():
-            target = owner
-    if target is None and (Path.cwd() / "labfleet.toml").is_file():
-        target = Path.cwd()
-    model_choice: Any = dict(noise_sd=noise, crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds)
-    if surrogate == "measured":
-        model_choice = "measured"
-    limits = {k: v for k, v in dict(until=until, patience=patience, max_usd=max_usd).items() if v is not None}
-    classes = [c.strip() for c in (screen or "").split(",") if c.strip()], [c.strip() for c in (validate or "").split(",") if c.strip()]
-    try:
-        with clone_target(target.resolve() if target else None, keep=save) as folder:
-            sim = run_simulation(
-                folder, fleet, researcher=researcher, hours=hours, seed=seed, budget_seconds=budget,
-                screen=classes[0], validate=classes[1], surrogate=model_choice,
-                from_ledger=from_ledger.resolve() if from_ledger else None,
-                researcher_latency=researcher_latency, **limits,
-            )
-    except ValueError as exc:
-        raise LabfleetError(str(exc)) from None
+    sim = api.simulate(
+        target, fleet=fleet, hours=hours, researcher=researcher, budget=budget,
+        screen=[c.strip() for c in (screen or "").split(",") if c.strip()],
+        validate=[c.strip() for c in (validate or "").split(",") if c.strip()], surrogate=surrogate, noise=noise,
+        crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds, seed=seed, until=until,
+        patience=patience, max_usd=max_usd, save=save, researcher_latency=researcher_latency, from_ledger=from_ledger,
+    )
     gain = sim.baseline - sim.best
     reach = {f"{f:.0%}": sim.time_to(sim.baseline - f * gain) for f in (0.5, 0.9, 1.0)} if gain > 0 else {}
     fitted_lines = sim.model.describe() if sim.model is not None and hasattr(sim.model, "describe") else []
@@ -978,11 +858,9 @@ def export(
     tsv: Annotated[bool, typer.Option("--tsv", help="autoresearch's results.tsv columns (the only format).")] = True,
 ) -> None:
     """Write autoresearch's results.tsv (commit, metric, memory_gb, status, description)."""
-    from labfleet.target import load_target
-    from labfleet.views import results_tsv
+    from labfleet import api
 
-    root, ledger = _open_ledger(target)
-    text = results_tsv(ledger, load_target(root, check_files=False).spec.metric, session)
+    text = api.export(target, session)
     if str(output) == "-":
         sys.stdout.write(text)
         return

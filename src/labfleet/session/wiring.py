@@ -83,8 +83,6 @@ def open_session(
     clock: idle waits then jump instead of sleeping). ``on_warning`` hears that runs
     will not be boxed on this machine.
     """
-    if resume and new:
-        raise LabfleetError("--resume and --new exclude each other")
     root = target.root
     lock = SessionLock(target.state_dir)
     lock.acquire()
@@ -128,8 +126,7 @@ def open_session(
             executor = make_executor(settings.fleet_settings, root)
         if resuming:
             session_id = int(latest["id"])
-            ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?",
-                              (json.dumps(settings.to_json()), session_id))
+            ledger.set_session_config(session_id, settings.to_json())
         else:
             session_id = start_session(target, ledger, settings)
         extra: dict[str, Any] = {}
