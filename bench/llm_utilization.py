@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labfleet import harness, scaffold  # noqa: E402
+from labfleet.ledger import Ledger  # noqa: E402
 from labfleet.session import SessionConfig  # noqa: E402
 from labfleet.session.wiring import open_session  # noqa: E402
 from labfleet.target import load_target  # noqa: E402

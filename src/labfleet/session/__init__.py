@@ -17,7 +17,7 @@ from labfleet.session.loop import (
     Event,
     SessionError,
     SessionLoop,
-    _Champion,
+    _Champion,  # noqa: F401 - tests reach the loop's champion record
     materialize,
     queue_validation,
     start_session,
