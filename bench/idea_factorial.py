@@ -26,10 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scripted_ideas import INTERACTING, ScriptedModel  # noqa: E402
 
 from labfleet import harness, scaffold  # noqa: E402
-from labfleet.executors.local import LocalExecutor  # noqa: E402
 from labfleet.ledger import Ledger  # noqa: E402
-from labfleet.researchers import make_researcher  # noqa: E402
-from labfleet.session import SessionConfig, SessionLoop, start_session  # noqa: E402
+from labfleet.session import SessionConfig  # noqa: E402
+from labfleet.session.wiring import open_session  # noqa: E402
 from labfleet.target import load_target  # noqa: E402
 
 
@@ -47,16 +46,16 @@ def main() -> None:
         scaffold.init_bundled(folder)
         harness.prepare(folder)
         target = load_target(folder)
-        ledger = Ledger.for_target(target.state_dir)
         config = SessionConfig(researcher="llm", workers=args.workers, budget_seconds=args.budget, seed=args.seed,
                                max_experiments=7, keep="margin", noise_repeats=2)
-        sid = start_session(target, ledger, config)
-        researcher = make_researcher("llm", seed=args.seed, target=target, provider="anthropic", model="scripted",
-                                     base_url=model.url, ideas=3, max_retries=0)
+        options = dict(provider="anthropic", model="scripted", base_url=model.url, ideas=3, max_retries=0)
         try:
-            SessionLoop(target, ledger, LocalExecutor(args.workers), researcher, sid, config, target.state_dir).run()
+            with open_session(target, config, new=True, researcher_options=options) as wired:
+                wired.run()
+                sid = wired.session_id
         finally:
             model.close()
+        ledger = Ledger.for_target(target.state_dir)
         runs = ledger.db.execute("SELECT COUNT(*) AS n FROM runs WHERE session_id = ? AND status = 'done'",
                                  (sid,)).fetchone()["n"]
         experiments = ledger.db.execute("SELECT COUNT(*) AS n FROM experiments WHERE session_id = ?",

@@ -25,10 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labfleet import harness, scaffold  # noqa: E402
-from labfleet.executors.local import LocalExecutor  # noqa: E402
 from labfleet.ledger import Ledger  # noqa: E402
-from labfleet.researchers import make_researcher  # noqa: E402
-from labfleet.session import SessionConfig, SessionLoop, start_session  # noqa: E402
+from labfleet.session import SessionConfig  # noqa: E402
+from labfleet.session.wiring import open_session  # noqa: E402
 from labfleet.target import load_target  # noqa: E402
 from tests.fake_llm import FakeLLM, Reply  # noqa: E402
 
@@ -60,16 +59,14 @@ def main() -> None:
         scaffold.init_bundled(folder)
         harness.prepare(folder)
         target = load_target(folder)
-        ledger = Ledger.for_target(target.state_dir)
         options = {"provider": "anthropic", "model": "fake-model", "base_url": fake.url}
         config = SessionConfig(researcher="llm", workers=args.workers, budget_seconds=args.budget,
                                max_experiments=args.experiments, keep="margin", noise_repeats=0,
                                researcher_options=options)
-        sid = start_session(target, ledger, config)
-        researcher = make_researcher("llm", seed=0, target=target, **options)
-        loop = SessionLoop(target, ledger, LocalExecutor(args.workers), researcher, sid, config, target.state_dir)
-        started = time.time()
-        loop.run()
+        with open_session(target, config, new=True) as wired:
+            started = time.time()
+            wired.run()
+        ledger, sid = Ledger.for_target(target.state_dir), wired.session_id
         runs = [r for r in ledger.runs(sid) if r.started_at and r.ended_at]
         first = min(r.started_at for r in runs)  # type: ignore[type-var]
         last = max(r.ended_at for r in runs)  # type: ignore[type-var]

@@ -36,8 +36,8 @@ from labfleet import workspace
 from labfleet.executors.base import Finished, Job
 from labfleet.executors.local import LocalExecutor
 from labfleet.ledger import Ledger
-from labfleet.researchers import make_researcher
-from labfleet.session import SessionConfig, SessionLoop, start_session
+from labfleet.session import SessionConfig
+from labfleet.session.wiring import open_session
 from labfleet.target import load_target
 from labfleet.views import results_view, status_view
 
@@ -88,12 +88,10 @@ def dispatch_latency(experiments: int, workers: int = 2) -> list[float]:
         (folder / "train.py").write_text(NOOP_TRAIN)
         workspace.init_repo(folder, "noop target")
         target = load_target(folder)
-        ledger = Ledger.for_target(target.state_dir)
         config = SessionConfig(researcher="random", workers=workers, max_experiments=experiments)
-        sid = start_session(target, ledger, config)
         executor = TimedExecutor(workers)
-        loop = SessionLoop(target, ledger, executor, make_researcher("random", seed=0), sid, config, target.state_dir)
-        loop.run()
+        with open_session(target, config, new=True, executor=executor) as wired:
+            wired.run()
         return executor.latencies
 
 

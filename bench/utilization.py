@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 from labfleet import harness, scaffold
-from labfleet.executors.local import LocalExecutor
-from labfleet.ledger import Ledger
-from labfleet.researchers import make_researcher
-from labfleet.session import SessionConfig, SessionLoop, start_session
+from labfleet.session import SessionConfig
+from labfleet.session.wiring import open_session
 from labfleet.target import load_target
 
 
@@ -38,15 +36,12 @@ def main() -> None:
         scaffold.init_bundled(folder)
         harness.prepare(folder)  # setup once per host, as in real use (cached)
         target = load_target(folder)
-        ledger = Ledger.for_target(target.state_dir)
         config = SessionConfig(researcher=args.researcher, workers=args.workers, budget_seconds=args.budget,
                                max_experiments=args.experiments)
-        sid = start_session(target, ledger, config)
-        loop = SessionLoop(target, ledger, LocalExecutor(args.workers), make_researcher(args.researcher), sid,
-                           config, target.state_dir)
-        started = time.time()
-        loop.run()
-        runs = [r for r in ledger.runs(sid) if r.started_at and r.ended_at]
+        with open_session(target, config, new=True) as wired:
+            started = time.time()
+            wired.run()
+            runs = [r for r in wired.ledger.runs(wired.session_id) if r.started_at and r.ended_at]
         first = min(r.started_at for r in runs)  # type: ignore[type-var]
         last = max(r.ended_at for r in runs)  # type: ignore[type-var]
         busy = sum(r.ended_at - r.started_at for r in runs)  # type: ignore[operator]

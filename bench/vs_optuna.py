@@ -28,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scripted_ideas import ScriptedModel  # noqa: E402
 
 from labfleet import harness, scaffold
-from labfleet.executors.local import LocalExecutor
 from labfleet.ledger import Ledger
-from labfleet.researchers import make_researcher
-from labfleet.session import SessionConfig, SessionLoop, start_session
+from labfleet.session import SessionConfig
+from labfleet.session.wiring import open_session
 from labfleet.target import load_target
 
 RESEARCHERS = ("random", "optuna", "cmaes", "waves", "hybrid")
@@ -58,10 +57,8 @@ def curve(ledger: Ledger, session_id: int) -> tuple[float, list[float]]:
 
 def run_one(folder: Path, researcher: str, seed: int, args: argparse.Namespace) -> tuple[float, list[float]]:
     target = load_target(folder)
-    ledger = Ledger.for_target(target.state_dir)
     config = SessionConfig(researcher=researcher, workers=args.workers, budget_seconds=args.budget, seed=seed,
                            max_experiments=args.experiments, keep="margin", noise_repeats=0)
-    sid = start_session(target, ledger, config)
     options: dict = {}
     model = None
     if researcher == "hybrid":
@@ -70,12 +67,13 @@ def run_one(folder: Path, researcher: str, seed: int, args: argparse.Namespace) 
         options = dict(provider="anthropic", model="scripted", base_url=model.url, ideas=args.ideas,
                        tune_experiments=args.tune, max_retries=0)
     try:
-        made = make_researcher(researcher, seed=seed, target=target, **options)
-        loop = SessionLoop(target, ledger, LocalExecutor(args.workers), made, sid, config, target.state_dir)
-        loop.run()
+        with open_session(target, config, new=True, researcher_options=options) as wired:
+            wired.run()
+            sid = wired.session_id
     finally:
         if model is not None:
             model.close()
+    ledger = Ledger.for_target(target.state_dir)
     if researcher == "hybrid":
         kept = ledger.db.execute("SELECT description FROM experiments WHERE session_id = ? AND decision = 'kept'",
                                  (sid,)).fetchall()

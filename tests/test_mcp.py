@@ -86,3 +86,32 @@ def test_an_mcp_client_submits_to_the_daemon_and_reads_back_the_best(tmp_path):
     assert out["best"]["experiment"] == out["sub"]["experiment"] and "LEARNING_RATE = 0.01" in out["best"]["diff"]
     assert out["shown"]["hypothesis"] == "1e-2 is the optimum" and out["shown"]["runs"][0]["status"] == "done"
     assert {r["description"] for r in out["results"]} >= {"lr best", "queued before the daemon"}
+
+
+async def promote_all(folder, calls: list[int]) -> list:
+    params = StdioServerParameters(command=sys.executable, args=["-m", "labfleet", "mcp", "-C", str(folder)])
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        return [await session.call_tool("promote", {"experiment": e}) for e in calls]
+
+
+def test_mcp_promote_has_the_cli_guards(tmp_path):
+    """promote through the MCP client refuses what `labfleet promote` refuses, and reopens a finished session."""
+    folder = tmp_path / "plan"
+    proc = run_cli("simulate", "--fleet", "H100:2", "--hours", "0.3", "--budget", "60", "--researcher", "waves",
+                   "--save", str(folder), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(run_cli("results", "-C", str(folder), "--all", "--json").stdout)
+    baseline = next(r["experiment"] for r in rows if r["decision"] == "baseline")
+    kept = next(r["experiment"] for r in rows if r["decision"] == "kept")
+    discarded = next(r["experiment"] for r in rows if r["decision"] == "discarded")
+    assert json.loads(run_cli("status", "-C", str(folder), "--json").stdout)["state"] == "finished"
+    on_base, on_kept, unknown, first, again = asyncio.run(
+        promote_all(folder, [baseline, kept, 99999, discarded, discarded]))
+    assert on_base.is_error and "is the baseline" in on_base.content[0].text
+    assert on_kept.is_error and "is already kept" in on_kept.content[0].text
+    assert unknown.is_error and "no experiment 99999" in unknown.content[0].text
+    assert payload(first) == {"experiment": discarded, "queued_runs": 2, "session_running": False, "queued": True}
+    assert again.is_error and "still has runs queued or running" in again.content[0].text
+    status = json.loads(run_cli("status", "-C", str(folder), "--json").stdout)
+    assert status["runs"]["queued"] == 2 and status["state"] == "stopped"  # `labfleet run` / `serve` resumes it

@@ -1,9 +1,8 @@
-"""The verbs an external agent uses: submit, show, wait, cancel, read a file.
+"""The bookkeeping behind the external agent's verbs: submit, show, wait, cancel, read a file.
 
-Claude Code, Codex or any MCP client drives labfleet through these, by the CLI
-(``labfleet submit`` ...) or the MCP server (``labfleet mcp``); both are thin
-wrappers over this module, and ``status``/``results``/``best`` come from
-``labfleet.views``. Everything goes through the ledger: ``submit`` records the
+Claude Code, Codex or any MCP client drives labfleet through ``labfleet.api``, by
+the CLI (``labfleet submit`` ...) or the MCP server (``labfleet mcp``); the verbs
+there open the ledger and call these functions. Everything goes through the ledger: ``submit`` records the
 experiment and queues its run whether or not a daemon (``labfleet serve``) is
 running; the daemon, or the next ``labfleet run``, places it.
 """
@@ -218,14 +217,6 @@ def wave_effects(
             raise AgentError(f"no effects for wave {wave} (waves with results: {', '.join(found) or 'none'})")
         return sid, sd, {wave: found[wave]}
     return sid, sd, dict(list(found.items())[-last:])
-
-
-def effects(ledger: Ledger, target: Target, wave: str | None = None, last: int = 3) -> dict[str, Any]:
-    """The latest waves' effects (knob waves and idea waves) in words and numbers, with the noise sd used."""
-    sid, sd, found = wave_effects(ledger, wave, last)
-    spec = target.spec
-    return {"session": sid, "noise_sd": sd, "waves": {
-        tag: {**eff.to_json(), "said": eff.describe(spec.metric, spec.direction)} for tag, eff in found.items()}}
 
 
 def _tail(path: str | None, lines: int = LOG_TAIL_LINES) -> str:

@@ -23,9 +23,10 @@ from labfleet.analysis.phases import points, progress
 from labfleet.errors import ConfigError
 from labfleet.executors.simulated import RunSurrogate, SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
 from labfleet.ledger import Ledger
-from labfleet.researchers import make_researcher
+from labfleet.researchers.base import Researcher
 from labfleet.scheduler.proposing import TokenModel, VirtualProposer, parse_latency
-from labfleet.session import SessionConfig, SessionLoop, start_session
+from labfleet.session import SessionConfig
+from labfleet.session.wiring import open_session
 from labfleet.target import CONFIG_FILE, Target, load_target
 
 
@@ -164,23 +165,22 @@ def simulate(
     budget = budget_seconds or target.spec.budget_seconds
     model = make_surrogate(target, seed, budget, surrogate, from_ledger)
     clock = VirtualClock()
-    ledger = Ledger.for_target(target.state_dir)
-    ledger.clock = clock
     cfg = SessionConfig(researcher=researcher, workers=len(workers), budget_seconds=budget_seconds, seed=seed,
                         hours=hours, **config)
-    sid = start_session(target, ledger, cfg)
-    ledger.event(sid, "surrogate", source=model.source)
-    chosen = make_researcher(researcher, seed=seed, **(researcher_options or {}))
     if tokens is None and latency[0] > 0:
         tokens = TokenModel()
-    proposer = VirtualProposer(chosen, clock, latency=latency[0], sd=latency[1], seed=seed, tokens=tokens,
-                               calls=cfg.researcher_calls)
+
+    def proposer(chosen: Researcher, settings: SessionConfig) -> VirtualProposer:
+        return VirtualProposer(chosen, clock, latency=latency[0], sd=latency[1], seed=seed, tokens=tokens,
+                               calls=settings.researcher_calls)
+
     executor = SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None))
-    loop = SessionLoop(target, ledger, executor, chosen, sid, cfg,
-                       target.state_dir, clock=clock, tick=math.inf, proposer=proposer)
-    reason = loop.run()
-    return replace(summarize(target, ledger, sid, fleet, len(workers), reason), model=model,
-                   researcher_latency=latency)
+    with open_session(target, cfg, new=True, researcher_options=researcher_options, executor=executor,
+                      proposer=proposer, clock=clock) as wired:
+        wired.ledger.event(wired.session_id, "surrogate", source=model.source)
+        reason = wired.run()
+        return replace(summarize(target, wired.ledger, wired.session_id, fleet, len(workers), reason), model=model,
+                       researcher_latency=latency)
 
 
 def summarize(target: Target, ledger: Ledger, sid: int, fleet: str, workers: int, reason: str = "") -> Simulation:

@@ -34,14 +34,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labfleet import frozen, workspace
 from labfleet.analysis import cost
-from labfleet.analysis.noise import DEFAULT_Z, UNBIASED_ROLES, Group, Verdict, noise_floors, samples_from_runs
+from labfleet.analysis.noise import UNBIASED_ROLES, Group, Verdict, noise_floors, samples_from_runs
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
@@ -53,7 +53,6 @@ from labfleet.scheduler import (
     Discard,
     Fail,
     Keep,
-    Limits,
     Queue,
     Repeat,
     Snapshot,
@@ -77,6 +76,7 @@ from labfleet.scheduler import (
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
 from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
+from labfleet.session.config import SessionConfig
 from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.target import Target, Tiers, knob_patch
 
@@ -86,59 +86,6 @@ TICK_SECONDS = 0.02
 
 class SessionError(LabfleetError):
     pass
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """A session's settings, recorded in the ledger so a resume uses the same ones."""
-
-    researcher: str = "greedy"
-    workers: int = 1
-    threads: int = 1
-    device: str = "cpu"
-    budget_seconds: float | None = None  # None: the target's
-    seed: int = 0
-    margin: float = 0.0  # a keep must beat the champion by more than this (metric units)
-    # "noise": a keep must beat the champion by z standard errors of the measured noise
-    # (or win a confirmation repeat); "margin": by the fixed margin alone.
-    keep: str = "noise"
-    z: float = DEFAULT_Z
-    noise_repeats: int = 2  # extra seeds of the baseline per hardware class, to measure the noise
-    confirm_repeats: int = 1  # extra seeds for a result better than the champion but within noise
-    max_attempts: int = 3  # runs per experiment lost to infrastructure before giving up
-    # Experiments proposed and materialized ahead of a free worker: dispatch is then a
-    # ledger write and a process start, not a researcher call and a git commit.
-    lookahead: int = 1
-    max_experiments: int | None = None  # not counting the baseline
-    hours: float | None = None
-    until: float | None = None  # stop proposing once the champion reaches this metric
-    # options of the researcher (the LLM's provider, model, base URL, key variable's name: never a key)
-    researcher_options: dict[str, Any] = field(default_factory=dict)
-    patience: int | None = None  # stop proposing after this many decided experiments without a keep
-    max_usd: float | None = None  # stop proposing once the fleet's cost reaches this
-    serve: bool = False  # a daemon: keep running while idle, placing what agents submit
-    executor: str = "local"  # local | ray | skypilot
-    ray_address: str | None = None
-    fleet: str | None = None  # fleet.toml for the SkyPilot executor
-    labfleet_spec: str = "labfleet"  # what SkyPilot clusters pip-install
-    price: float = 0.0  # dollars per worker-hour (local workers; other executors know their own)
-    hardware: str | None = None  # hardware class of local workers (None: cpu, or gpu with cuda)
-    researcher_calls: int = 1  # researcher calls in flight at once (each on its own thread)
-    researcher_timeout: float = 900.0  # seconds a call may take before proposing backs off
-    # with [tiers]: validate-class workers screen when no validation needs them, and
-    # waiting winners get a cheap confirmation on the screen class
-    backfill: bool = True
-    # with [tiers]: a screened winner beyond the screen noise leads at once (the researcher
-    # proposes around it) while its validation decides whether it is kept
-    provisional: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SessionConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -389,7 +336,7 @@ class SessionLoop:
             return False
         assert self.proposer is not None
         pending_call = self.proposer.in_flight > 0 or self.proposer.backing_off(self.clock())
-        limits = Limits(cfg.max_experiments, cfg.hours, cfg.until, cfg.patience, cfg.max_usd, cfg.serve)
+        limits = cfg.limits
         reason = stop_reason(
             limits, direction=self.target.spec.direction, proposed=self.proposed_count(),
             elapsed_seconds=self.clock() - self.session["created_at"], champion_metric=self.champion.metric,
