@@ -27,6 +27,7 @@ from labfleet.views import results_view, status_view
 STATIC = Path(__file__).resolve().parent / "static"
 LIBRARY = STATIC / "vendor" / "echarts.min.js"
 # session config keys the page may show (the config never holds keys, but show only what helps)
+DATA_OPEN = '<script id="labfleet-data" type="application/json">'
 CONFIG_KEYS = ("workers", "budget_seconds", "keep", "executor", "price", "max_experiments", "hours", "patience")
 
 
@@ -205,7 +206,7 @@ def static_page(doc: Mapping[str, Any]) -> str:
     inline = {
         '<link rel="stylesheet" href="static/style.css{{qs}}">': f"<style>\n{style}</style>",
         '<script src="static/vendor/echarts.min.js{{qs}}"></script>':
-            f'<script id="labfleet-data" type="application/json">{data}</script>\n'
+            f"{DATA_OPEN}{data}</script>\n"
             f"<script>\n{_script(LIBRARY)}</script>",
         '<script src="static/app.js{{qs}}"></script>': f"<script>\n{_script(STATIC / 'app.js')}</script>",
     }
@@ -213,6 +214,12 @@ def static_page(doc: Mapping[str, Any]) -> str:
         assert tag in page, f"index.html lost {tag}"
         page = page.replace(tag, body)
     return page
+
+
+def inlined(page: str) -> dict[str, Any]:
+    """The document a static report carries (the inverse of ``static_page``'s data block)."""
+    start = page.index(DATA_OPEN) + len(DATA_OPEN)
+    return json.loads(page[start:page.index("</script>", start)])
 
 
 def _script(path: Path) -> str:

@@ -451,7 +451,7 @@ function drawTimeline() {
   const rows = t.workers;
   const placed = rows.some((w) => w.runs.length);
   const rowH = Math.max(12, Math.min(30, 320 / Math.max(rows.length, 1)));
-  const chart = chartIn("timeline", Math.round(70 + rowH * rows.length), placed ? null : "no run has started yet");
+  const chart = chartIn("timeline", Math.max(220, Math.round(70 + rowH * rows.length)), placed ? null : "no run has started yet");
   if (!chart) return;
   const now = nowServer();
   const end = t.running ? Math.max(now, t.end) : t.end;
@@ -484,7 +484,8 @@ function drawTimeline() {
     tooltip: { trigger: "item", confine: true },
     legend: { ...LEGEND },
     xAxis: { ...AXIS, type: "value", min: 0, max: at(end), name: `${units.long} since the session started`,
-      nameLocation: "middle", nameGap: 24, axisLabel: { ...AXIS.axisLabel, formatter: (v) => `${+v.toFixed(2)} ${units.name}` } },
+      nameLocation: "middle", nameGap: 24,
+      axisLabel: { ...AXIS.axisLabel, showMaxLabel: false, formatter: (v) => `${+v.toFixed(2)} ${units.name}` } },
     yAxis: { ...AXIS, type: "category", inverse: true, data: rows.map((w) => short(`${w.worker} (${w.hardware})`, 22)),
       axisTick: { show: false }, splitLine: { show: false },
       axisLabel: { ...AXIS.axisLabel, fontSize: rows.length > 30 ? 9 : 11 } },
@@ -769,7 +770,6 @@ function renderHardware(a) {
     findings((a.hardware.findings.length ? a.hardware.findings : ["one hardware class: nothing to compare"])));
   const same = a.hardware.same_code || [];
   const chart = chartIn("hardware-chart", 300, classes.length || same.length ? null : "no finished run yet");
-  $("panel-hardware").dataset.empty = chart ? "" : "1";
   if (!chart) return;
   let speed = null;
   for (const [key, label] of [["steps_per_second", "training steps per second"], ["tokens_per_second", "tokens per second"]]) {
@@ -882,7 +882,6 @@ function renderCost(a) {
       [2, 3, 4]) : null,
     findings(cost.findings));
   const chart = chartIn("cost-chart", 300, cost.spend.length ? null : "no run has finished yet");
-  $("panel-cost").dataset.empty = chart ? "" : "1";
   if (!chart) return;
   const span = Math.max(cost.end - cost.start, 1);
   const units = timeUnits(span);
