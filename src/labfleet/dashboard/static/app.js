@@ -57,6 +57,7 @@ function fmtNumber(v, digits = 2) {
   return Math.abs(v) >= 100 ? Math.round(v).toLocaleString("en-US") : v.toFixed(digits);
 }
 
+const fmtTick = (v) => (Math.abs(v) >= 100 ? fmtNumber(v) : String(+v.toPrecision(3)));
 const fmtPct = (v) => (finite(v) ? `${Math.round(v * 100)}%` : "n/a");
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const short = (text, n) => { const t = String(text || "").split(/\s+/).join(" "); return t.length > n ? t.slice(0, n - 1) + "…" : t; };
@@ -333,14 +334,15 @@ function progressRange(p) {
   const sign = p.direction === "maximize" ? -1 : 1;
   const base = finite(p.baseline_metric) ? p.baseline_metric : values[Math.floor(values.length / 2)];
   const best = finite(p.best_metric) ? p.best_metric : (sign > 0 ? Math.min(...values) : Math.max(...values));
-  let span = Math.abs(base - best);
-  if (!(span > 0)) {
+  let span = Math.abs(base - best), worse = 0.55;
+  if (!(span > 0)) {  // nothing kept yet: room for most of the results around the baseline
     const near = values.map((v) => Math.abs(v - base)).filter((d) => d > 0).sort((a, b) => a - b);
-    span = near.length ? near[Math.floor(near.length / 2)] : Math.abs(base) * 0.02 || 1;
+    span = near.length ? near[Math.floor(near.length * 0.8)] : Math.abs(base) * 0.02 || 1;
+    worse = 1.15;
   }
   const low = Math.min(best, base), high = Math.max(best, base);
   // worse results get more room than better ones: they are most of the dots; the labels go on the good side
-  return sign > 0 ? [low - 0.35 * span, high + 0.55 * span] : [low - 0.55 * span, high + 0.35 * span];
+  return sign > 0 ? [low - 0.35 * span, high + worse * span] : [low - worse * span, high + 0.35 * span];
 }
 
 function renderProgress() {
@@ -816,7 +818,7 @@ function renderHardware(a) {
       { ...AXIS, type: "value", gridIndex: 1, min: -0.5, max: Math.max(sameClasses.length - 0.5, 0.5),
         splitLine: { show: false }, axisTick: { customValues: sameClasses.map((_, i) => i) },
         axisLabel: { ...AXIS.axisLabel, customValues: sameClasses.map((_, i) => i), formatter: (v) => sameClasses[v] ?? "" } }],
-    yAxis: [{ ...AXIS, type: "value", gridIndex: 0, axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtNumber(v, 0) } },
+    yAxis: [{ ...AXIS, type: "value", gridIndex: 0, axisLabel: { ...AXIS.axisLabel, formatter: fmtTick } },
       { ...AXIS, type: "value", gridIndex: 1, scale: true, min: values.length ? Math.min(...values) - pad : null,
         max: values.length ? Math.max(...values) + pad : null, axisLine: { ...AXIS.axisLine, onZero: false },
         axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtMetric(v), showMinLabel: false, showMaxLabel: false } }],
@@ -893,6 +895,10 @@ function renderCost(a) {
   const fmtAmount = (v) => (cost.priced ? fmtUsd(v) : `${fmtNumber(v)} ${work.name}`);
   const best = cost.best.map((b) => [amount(b.spend), b.metric]);
   if (best.length) best.push([amount(total), best[best.length - 1][1]]);
+  const bestValues = best.map((b) => b[1]);
+  const bestPad = (Math.max(...bestValues) - Math.min(...bestValues)) * 0.15 || Math.abs(bestValues[0] || 1) * 0.01;
+  const lowBest = bestValues.length ? Math.min(...bestValues) - bestPad : null;
+  const highBest = bestValues.length ? Math.max(...bestValues) + bestPad : null;
   const title = (text, left) => ({ text, left, top: 0, textStyle: { fontSize: 12, fontWeight: "normal", color: "#444" } });
   draw(chart, {
     title: [title(`${cost.priced ? fmtUsd(total) : `${fmtNumber(amount(total))} ${unit}`} on finished runs`
@@ -903,9 +909,10 @@ function renderCost(a) {
     xAxis: [{ ...AXIS, type: "value", gridIndex: 0, min: 0, max: span / units.seconds, name: `${units.long} since the session started`,
       nameLocation: "middle", nameGap: 24, axisLabel: { ...AXIS.axisLabel, formatter: (v) => `${+v.toFixed(2)}` } },
     { ...AXIS, type: "value", gridIndex: 1, min: 0, name: `cumulative ${unit}`, nameLocation: "middle", nameGap: 24 }],
-    yAxis: [{ ...AXIS, type: "value", gridIndex: 0, min: 0, name: `cumulative ${unit}`, nameLocation: "middle", nameGap: 46,
-      axisLabel: { ...AXIS.axisLabel, formatter: (v) => (cost.priced ? "$" + fmtNumber(v) : fmtNumber(v)) } },
-    { ...AXIS, type: "value", gridIndex: 1, scale: true, name: `best ${a.metric} so far`, nameLocation: "middle", nameGap: 54,
+    yAxis: [{ ...AXIS, type: "value", gridIndex: 0, min: 0, name: `cumulative ${unit}`, nameLocation: "middle", nameGap: 56,
+      axisLabel: { ...AXIS.axisLabel, formatter: (v) => (cost.priced ? "$" + fmtTick(v) : fmtTick(v)) } },
+    { ...AXIS, type: "value", gridIndex: 1, scale: true, name: `best ${a.metric} so far`, nameLocation: "middle", nameGap: 58,
+      min: lowBest, max: highBest,
       axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtMetric(v) } }],
     series: [
       { type: "line", name: "spend", xAxisIndex: 0, yAxisIndex: 0, step: "end", symbol: "none",
