@@ -6,17 +6,24 @@
    session loop learned its worker was free (the poll that reported the previous
    run). It includes proposing, materializing the commit, ledger writes and
    spawning the harness. Goal: p95 <= 50 ms.
-2. `labfleet status --json` and `labfleet results --json` on a ledger filled with
-   100,000 synthetic runs: wall time of the whole command (a new Python process)
-   and of the view function alone. Goal: <= 200 ms.
+2. `labfleet --help`, `labfleet status --json` and `labfleet results --json` as whole
+   commands (a new Python process each), on ledgers filled with 100 and 100,000
+   synthetic runs (16 priced workers, 1,000 model-call events), and the view functions
+   alone. Goal: status --json on 100k runs <= 200 ms.
 
-Run: .venv/bin/python bench/overhead.py [--experiments 60] [--runs 100000]
+With ``--before TREE`` (a source tree of an earlier commit, e.g.
+``git archive 2fb60fb | tar -x -C /tmp/before``), every figure is measured for that
+tree (its own ``PYTHONPATH``, its own freshly built ledgers) and for this one, in
+alternating rounds, and printed side by side (medians over the rounds).
+
+Run: .venv/bin/python bench/overhead.py [--experiments 60] [--runs 100000] [--before /tmp/before] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -91,7 +98,8 @@ def dispatch_latency(experiments: int, workers: int = 2) -> list[float]:
 
 
 def fill_ledger(path: Path, runs: int) -> None:
-    """One session with ``runs`` experiments, one finished run each (plus a few running)."""
+    """One session with ``runs`` experiments, one finished run each (plus a few running), 16 priced
+    workers and 1,000 model-call events. Columns are named, so any schema version takes it."""
     ledger = Ledger(path)
     sid = ledger.create_session("synthetic", "random", {"workers": 16}, "labfleet/s", "0" * 40, {})
     rng = random.Random(0)
@@ -105,9 +113,17 @@ def fill_ledger(path: Path, runs: int) -> None:
         status = "running" if i > runs - 16 else "done"
         rows.append((i, i, sid, 1, status, f"w{i % 16}", "H100", None, now + i, now + i, None if status == "running" else now + i + 30,
                      metric, json.dumps({"val_bpb": metric, "peak_memory_mb": 1000}), "", None, None))
+    events = [(sid, now + i, "llm_call", json.dumps({"ok": True, "input_tokens": 900, "output_tokens": 300, "usd": 0.01}))
+              for i in range(1000)]
     with ledger.transaction() as db:
-        db.executemany("INSERT INTO experiments VALUES (" + ",".join("?" * 15) + ")", exps)
-        db.executemany("INSERT INTO runs VALUES (" + ",".join("?" * 16) + ")", rows)
+        db.executemany("INSERT INTO experiments (id, session_id, parent_id, commit_sha, patch, description, hypothesis,"
+                       " knobs, tags, seed, budget_seconds, decision, metric, created_at, decided_at)"
+                       " VALUES (" + ",".join("?" * 15) + ")", exps)
+        db.executemany("INSERT INTO runs (id, experiment_id, session_id, attempt, status, worker, hardware, handle,"
+                       " queued_at, started_at, ended_at, metric, figures, reason, run_dir, log_path)"
+                       " VALUES (" + ",".join("?" * 16) + ")", rows)
+        db.executemany("INSERT INTO workers VALUES (?, ?, 'H100', 'cuda', 1, 2.5)", [(sid, f"w{i}") for i in range(16)])
+        db.executemany("INSERT INTO events (session_id, at, kind, data) VALUES (?, ?, ?, ?)", events)
     ledger.close()
 
 
@@ -120,41 +136,77 @@ def timed(fn, repeat: int = 5) -> float:
     return statistics.median(times)
 
 
+def make_folder(root: Path, runs: int) -> Path:
+    folder = root / f"big{runs}"
+    (folder / ".labfleet").mkdir(parents=True)
+    (folder / "labfleet.toml").write_text(NOOP_TOML)
+    (folder / "train.py").write_text(NOOP_TRAIN)
+    fill_ledger(folder / ".labfleet" / "ledger.sqlite", runs)
+    return folder
+
+
+def command(argv: list[str], repeat: int = 5) -> float:
+    cmd = [sys.executable, "-m", "labfleet", *argv]
+    return timed(lambda: subprocess.run(cmd, capture_output=True, check=True), repeat=repeat)
+
+
+def measure(experiments: int, runs: int) -> dict[str, float]:
+    """Every figure, in ms, for the labfleet this process imports."""
+    out: dict[str, float] = {}
+    lat = sorted(dispatch_latency(experiments))
+    out["dispatch p50"] = statistics.median(lat) * 1000
+    out["dispatch p95"] = lat[int(0.95 * (len(lat) - 1))] * 1000
+    out["dispatch max"] = lat[-1] * 1000
+    out["labfleet --help"] = command(["--help"]) * 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (100, runs):
+            folder = make_folder(Path(tmp), n)
+            ledger = Ledger.for_target(folder / ".labfleet")
+            out[f"status_view() {n:,} runs"] = timed(lambda: status_view(ledger, folder / ".labfleet")) * 1000
+            out[f"results_view(last=50) {n:,} runs"] = timed(lambda: results_view(ledger, last=50)) * 1000
+            ledger.close()
+            out[f"labfleet status --json {n:,} runs"] = command(["status", "--json", "-C", str(folder)]) * 1000
+            out[f"labfleet results --json {n:,} runs"] = command(["results", "--json", "-C", str(folder)], 3) * 1000
+    return out
+
+
+def child(tree: Path, args: argparse.Namespace) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    proc = subprocess.run([sys.executable, __file__, "--measure", "--experiments", str(args.experiments),
+                           "--runs", str(args.runs)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"measuring {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", type=int, default=60)
     parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--before", type=Path, help="a source tree to compare with (its src/ goes on PYTHONPATH)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree (with --before)")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # the child's mode: JSON out
     args = parser.parse_args()
-
-    lat = sorted(dispatch_latency(args.experiments))
-    p50 = statistics.median(lat) * 1000
-    p95 = lat[int(0.95 * (len(lat) - 1))] * 1000
-    print(f"dispatch latency over {len(lat)} runs (2 workers, no-op target)")
-    print(f"  {'p50':<6}{p50:8.1f} ms")
-    print(f"  {'p95':<6}{p95:8.1f} ms   goal <= 50 ms  {'ok' if p95 <= 50 else 'MISSED'}")
-    print(f"  {'max':<6}{lat[-1] * 1000:8.1f} ms")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "big"
-        (folder / ".labfleet").mkdir(parents=True)
-        (folder / "labfleet.toml").write_text(NOOP_TOML)
-        (folder / "train.py").write_text(NOOP_TRAIN)
-        fill_ledger(folder / ".labfleet" / "ledger.sqlite", args.runs)
-        ledger = Ledger.for_target(folder / ".labfleet")
-        print(f"\nread commands on a ledger with {args.runs:,} runs (median of 5)")
-        print(f"  {'what':<38}{'time':>10}")
-        rows = [
-            ("status_view()", timed(lambda: status_view(ledger, folder / ".labfleet"))),
-            ("results_view(last=50)", timed(lambda: results_view(ledger, last=50))),
-            ("results_view(all)", timed(lambda: results_view(ledger, last=None), repeat=2)),
-        ]
-        for label, argv in (("labfleet status --json", ["status"]), ("labfleet results --json", ["results"]),
-                            ("labfleet results --json --all", ["results", "--all"])):
-            cmd = [sys.executable, "-m", "labfleet", *argv, "--json", "-C", str(folder)]
-            rows.append((label + " (process)", timed(lambda cmd=cmd: subprocess.run(cmd, capture_output=True, check=True), repeat=3)))
-        for label, seconds in rows:
-            print(f"  {label:<38}{seconds * 1000:8.1f} ms")
-        print("  goal: status and results --json <= 200 ms")
+    if args.measure:
+        print(json.dumps(measure(args.experiments, args.runs)))
+        return
+    here = Path(__file__).resolve().parents[1]
+    trees = {"before": args.before, "after": here} if args.before else {"now": here}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for _ in range(args.rounds if args.before else 1):
+        for name, tree in trees.items():
+            results[name].append(child(tree, args))
+    medians = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}
+    names = list(trees)
+    print(f"labfleet overhead, ms (median of {len(results[names[0]])} round(s); whole commands are new processes;"
+          f" dispatch: {args.experiments} experiments on 2 local workers)")
+    header = f"  {'what':<40}" + "".join(f"{n:>10}" for n in names) + ("     ratio" if len(names) == 2 else "")
+    print(header)
+    for key in medians[names[0]]:
+        values = [medians[n][key] for n in names]
+        ratio = f"{values[1] / values[0]:>9.2f}x" if len(values) == 2 and values[0] else ""
+        print(f"  {key:<40}" + "".join(f"{v:>10.1f}" for v in values) + ratio)
+    print("  goals: dispatch p95 <= 50 ms; status --json on 100k runs <= 200 ms")
 
 
 if __name__ == "__main__":

@@ -44,12 +44,9 @@ def session_for_submit(target: Target, ledger: Ledger) -> int:
 
 def champion(ledger: Ledger, session_id: int) -> Experiment:
     """The best version so far: the latest kept experiment, else the baseline."""
-    row = ledger.db.execute(
-        "SELECT id FROM experiments WHERE session_id = ? AND decision = 'kept' ORDER BY decided_at DESC, id DESC"
-        " LIMIT 1", (session_id,),
-    ).fetchone()
-    if row is not None:
-        return ledger.experiment(row["id"])
+    kept = ledger.latest_kept(session_id)
+    if kept is not None:
+        return kept
     base = ledger.baseline(session_id)
     if base is None:
         raise AgentError(f"session {session_id} has no baseline")
@@ -286,7 +283,7 @@ def cancel(ledger: Ledger, exp_id: int) -> dict[str, Any]:
 
 
 def _exists(ledger: Ledger, exp_id: int) -> bool:
-    return ledger.db.execute("SELECT 1 FROM experiments WHERE id = ?", (exp_id,)).fetchone() is not None
+    return ledger.has_experiment(exp_id)
 
 
 def read_file(target: Target, ledger: Ledger, path: str, exp_id: int | None = None) -> str:

@@ -359,7 +359,7 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
         serving = "; serving the queue until Ctrl-C" if config.serve else ""
         if resuming:
             session_id = latest["id"]
-            ledger.db.execute("UPDATE sessions SET config = ? WHERE id = ?", (json.dumps(config.to_json()), session_id))
+            ledger.set_session_config(session_id, config.to_json())
             console.print(f"resuming session {session_id} ({config.researcher}, {config.workers} workers){serving}")
         else:
             session_id = start_session(loaded, ledger, config)
@@ -582,16 +582,14 @@ def promote(
     if exp.parent_id is None or exp.decision in ("kept", "failed"):
         what = {"kept": "is already kept", "failed": "has no result to validate"}.get(exp.decision, "is the baseline")
         raise LabfleetError(f"e{experiment} {what}")
-    if ledger.db.execute("SELECT 1 FROM runs WHERE experiment_id = ? AND status IN ('queued', 'running')",
-                         (experiment,)).fetchone():
+    if ledger.active_runs_of(experiment):
         raise LabfleetError(f"e{experiment} still has runs queued or running: wait for them first")
     queue_validation(ledger, loaded, experiment, "promoted by hand")
     session = ledger.session(exp.session_id)
     if session is not None and session["status"] == "finished":
         ledger.set_session_status(exp.session_id, "stopped")  # `labfleet run` resumes it
     running = lock_holder(_state_dir(root)) is not None
-    runs = ledger.db.execute("SELECT COUNT(*) AS n FROM runs WHERE experiment_id = ? AND status = 'queued'",
-                             (experiment,)).fetchone()["n"]
+    runs = ledger.queued_runs_of(experiment)
     if as_json:
         print(json.dumps({"experiment": experiment, "queued_runs": runs, "session_running": running}))
         return

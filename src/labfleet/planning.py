@@ -162,20 +162,9 @@ def knob_only(patch: str, knobs: Iterable[str]) -> bool:
 
 def observations_from_ledger(ledger: Any, knobs: Mapping[str, Knob], session_id: int | None = None) -> list[Observation]:
     """Every final run in the ledger (or one session) as an observation."""
-    query = (
-        "SELECT r.status, r.metric, r.hardware, r.seed AS run_seed, r.started_at, r.ended_at, r.figures,"
-        " r.budget_seconds AS run_budget, e.id AS experiment_id, e.parent_id, e.patch, e.knobs, e.seed,"
-        " e.budget_seconds, e.tags FROM runs r JOIN experiments e ON e.id = r.experiment_id"
-        " WHERE r.status NOT IN ('queued', 'running', 'lost', 'cancelled', 'rejected')"
-    )
-    params: tuple[Any, ...] = ()
-    if session_id is not None:
-        query += " AND r.session_id = ?"
-        params = (session_id,)
-    rows = list(ledger.db.execute(query + " ORDER BY r.id", params))
+    pairs = ledger.final_runs(session_id)
     # An experiment's code: knob-only when its patch (and its ancestors') only set knobs.
-    patches = {row["id"]: (row["parent_id"], row["patch"]) for row in ledger.db.execute(
-        "SELECT id, parent_id, patch FROM experiments")}
+    patches = {e.id: (e.parent_id, e.patch) for e in ledger.experiments(None)}
     code_of: dict[int, str] = {}
 
     def code(experiment_id: int | None) -> str:
@@ -187,19 +176,19 @@ def observations_from_ledger(ledger: Any, knobs: Mapping[str, Knob], session_id:
         return code_of[experiment_id]
 
     out = []
-    for row in rows:
-        figures = json.loads(row["figures"] or "{}")
-        values = json.loads(row["knobs"])
+    for run, exp in pairs:
+        figures = run.figures
+        values = exp.knobs
         training = _float(figures.get("training_seconds")) or _float(figures.get("elapsed_seconds"))
-        budget = row["run_budget"] or row["budget_seconds"] or 0.0
-        wall = (row["ended_at"] - row["started_at"]) if row["ended_at"] and row["started_at"] else None
+        budget = run.budget_seconds or exp.budget_seconds or 0.0
+        wall = (run.ended_at - run.started_at) if run.ended_at and run.started_at else None
         setup = _float(figures.get("setup_seconds"))
         out.append(Observation(
-            knobs={name: values.get(name) for name in knobs}, outcome=row["status"], metric=row["metric"],
-            hardware=row["hardware"] or "cpu", seed=row["run_seed"] if row["run_seed"] is not None else row["seed"],
+            knobs={name: values.get(name) for name in knobs}, outcome=str(run.status), metric=run.metric,
+            hardware=run.hardware or "cpu", seed=run.seed if run.seed is not None else exp.seed,
             budget_seconds=float(budget), steps=_float(figures.get("num_steps")) or _float(figures.get("steps")),
             training_seconds=training, wall_seconds=wall, setup_seconds=setup,
-            tokens_per_second=_float(figures.get("tokens_per_second")), patch_key=code(row["experiment_id"]),
+            tokens_per_second=_float(figures.get("tokens_per_second")), patch_key=code(exp.id),
         ))
     return out
 

@@ -45,7 +45,7 @@ from labfleet.analysis.noise import DEFAULT_Z, UNBIASED_ROLES, Group, Verdict, n
 from labfleet.errors import LabfleetError, PatchError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
-from labfleet.ledger import Ledger, run_record
+from labfleet.ledger import Ledger
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
 from labfleet.scheduler import (
@@ -394,7 +394,7 @@ class SessionLoop:
             limits, direction=self.target.spec.direction, proposed=self.proposed_count(),
             elapsed_seconds=self.clock() - self.session["created_at"], champion_metric=self.champion.metric,
             decided_since_keep=self.ledger.decided_since_keep(self.session_id) if cfg.patience is not None else 0,
-            fleet_usd=cost.fleet_usd(self.ledger, self.session_id, self.clock()) if cfg.max_usd is not None else 0.0,
+            fleet_usd=cost.fleet_usd(self.ledger.worker_costs(self.session_id, self.clock())) if cfg.max_usd is not None else 0.0,
             researcher_done=self.researcher_idle and not pending_call,
             active_runs=len(self.ledger.run_rows(self.session_id, ["queued", "running"])) if self.researcher_idle else 1,
         )
@@ -537,7 +537,7 @@ class SessionLoop:
                 self.on_event(Event("warning", f"WARNING: {unboxed}"))
         row = self.ledger.run_row(finished.run_id)
         if row is not None:
-            run = run_record(row)
+            run = row.record()
             if run.role == "screen" and run.started_at is not None and run.ended_at is not None:
                 self._finished_runs += 1
                 self._run_seconds += (run.ended_at - run.started_at - self._run_seconds) / min(self._finished_runs, 16)
@@ -829,11 +829,12 @@ class SessionLoop:
         """The analysis in sentences: the phase, hardware differences, the latest waves' effects."""
         from labfleet.analysis.effects import session_effects
         from labfleet.analysis.hardware import hardware_report
-        from labfleet.analysis.phases import points_from_ledger, progress
+        from labfleet.analysis.phases import points, progress
 
         spec = self.target.spec
         groups = {name: knob.group for name, knob in self.target.knobs.items() if knob.group}
-        lines = progress(points_from_ledger(self.ledger, self.session_id, groups), spec.direction, spec.metric).findings
+        decided = points(self.ledger.experiments(self.session_id), self.ledger.decided_at(self.session_id), groups)
+        lines = progress(decided, spec.direction, spec.metric).findings
         lines += hardware_report(self.ledger.runs(self.session_id), metric=spec.metric).findings
         floors = noise_floors(self.samples)
         sd = min((f.sd for f in floors.values()), default=None)

@@ -8,7 +8,6 @@ both come here, so what they print is what a real session would have recorded.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import subprocess
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from labfleet import scaffold, workspace
-from labfleet.analysis import cost
-from labfleet.analysis.phases import points_from_ledger, progress
+from labfleet.analysis.phases import points, progress
 from labfleet.errors import ConfigError
 from labfleet.executors.simulated import RunSurrogate, SimulatedExecutor, Surrogate, VirtualClock, parse_fleet
 from labfleet.ledger import Ledger
@@ -186,35 +184,25 @@ def simulate(
 
 
 def summarize(target: Target, ledger: Ledger, sid: int, fleet: str, workers: int, reason: str = "") -> Simulation:
-    row = ledger.db.execute(
-        "SELECT MIN(started_at) AS s, MAX(ended_at) AS e, COUNT(*) AS n FROM runs WHERE session_id = ?"
-        " AND started_at IS NOT NULL", (sid,),
-    ).fetchone()
-    start, end = row["s"] or 0.0, row["e"] or 0.0
+    start, end, started = ledger.run_span(sid)
     span = max(end - start, 1e-9)
-    costs = cost.worker_costs(ledger, sid, end)
+    costs = ledger.worker_costs(sid, end)
     busy = sum(c.busy_seconds for c in costs)
     by_class: dict[str, float] = {}
     for c in costs:
         by_class[c.hardware] = by_class.get(c.hardware, 0.0) + c.usd
-    champions = [
-        ((r["decided_at"] - start) / 3600, r["metric"], json.loads(r["knobs"]))
-        for r in ledger.db.execute(
-            "SELECT decided_at, metric, knobs FROM experiments WHERE session_id = ?"
-            " AND decision IN ('baseline', 'kept') ORDER BY decided_at, id", (sid,))
-    ]
+    decided_at = ledger.decided_at(sid)
+    champions = [((decided_at.get(e.id, start) - start) / 3600, e.metric, dict(e.knobs)) for e in ledger.lineage(sid)]
     groups = {name: knob.group for name, knob in target.knobs.items() if knob.group}
-    prog = progress(points_from_ledger(ledger, sid, groups), target.spec.direction, target.spec.metric)
+    prog = progress(points(ledger.experiments(sid), decided_at, groups), target.spec.direction, target.spec.metric)
     decisions = ledger.decision_counts(sid)
     session = ledger.session(sid)
-    calls = [json.loads(r["data"]) for r in ledger.db.execute(
-        "SELECT data FROM events WHERE session_id = ? AND kind = 'llm_call'", (sid,))]
+    llm = ledger.llm_usage(sid)
     return Simulation(
         folder=target.root, session_id=sid, fleet=fleet, workers=workers, researcher=session["researcher"],
-        hours=span / 3600, experiments=ledger.proposed_count(sid), decisions=decisions, runs=int(row["n"]),
+        hours=span / 3600, experiments=ledger.proposed_count(sid), decisions=decisions, runs=started,
         utilization=busy / (workers * span), baseline=champions[0][1] if champions else math.nan,
         best=champions[-1][1] if champions else math.nan, champions=champions,
         cost_usd=sum(by_class.values()), cost_by_class=by_class, findings=prog.findings, stop_reason=reason,
-        llm_calls=len(calls), llm_usd=sum(float(c.get("usd") or 0.0) for c in calls),
-        llm_tokens=(sum(int(c.get("input_tokens") or 0) for c in calls), sum(int(c.get("output_tokens") or 0) for c in calls)),
+        llm_calls=llm.calls, llm_usd=float(llm.usd), llm_tokens=(int(llm.input_tokens), int(llm.output_tokens)),
     )

@@ -3,55 +3,32 @@
 Busy time is what a run occupied a worker (started to ended, or to now while it
 runs); idle workers on a real cloud cost money too, which the SkyPilot executor's
 autostop keeps short, so this is the figure a user can act on.
+
+Pure over the ledger's records: ``WorkerCost`` rows (``Ledger.worker_costs``, summed
+by an indexed query) and a ``Snapshot``'s runs and workers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
 
-from labfleet.ledger import Ledger
+from labfleet.ledger.rows import Snapshot, WorkerCost
 
-BUSY_SQL = """
-SELECT r.worker AS worker, w.hardware AS hardware, w.price_per_hour AS price,
-       SUM(MAX(0, COALESCE(r.ended_at, :now) - r.started_at)) AS busy
-FROM runs r JOIN workers w ON w.session_id = r.session_id AND w.id = r.worker
-WHERE r.session_id = :sid AND r.started_at IS NOT NULL
-GROUP BY r.worker
-"""
+__all__ = ["WorkerCost", "cost_over_time", "fleet_usd"]
 
 
-@dataclass(frozen=True)
-class WorkerCost:
-    worker: str
-    hardware: str
-    price_per_hour: float
-    busy_seconds: float
-
-    @property
-    def usd(self) -> float:
-        return self.price_per_hour * self.busy_seconds / 3600
+def fleet_usd(costs: Iterable[WorkerCost]) -> float:
+    """GPU dollars spent so far (``Ledger.worker_costs(session, now)`` counts running runs up to ``now``)."""
+    return sum(w.usd for w in costs)
 
 
-def worker_costs(ledger: Ledger, session_id: int, now: float) -> list[WorkerCost]:
-    rows = ledger.db.execute(BUSY_SQL, {"now": now, "sid": session_id})
-    return [WorkerCost(r["worker"], r["hardware"], r["price"], r["busy"] or 0.0) for r in rows]
-
-
-def fleet_usd(ledger: Ledger, session_id: int, now: float) -> float:
-    """GPU dollars spent so far (running runs counted up to ``now``)."""
-    return sum(w.usd for w in worker_costs(ledger, session_id, now))
-
-
-def cost_over_time(ledger: Ledger, session_id: int) -> list[tuple[float, float]]:
+def cost_over_time(snapshot: Snapshot) -> list[tuple[float, float]]:
     """(time, cumulative dollars) at each finished run's end, for the report's cost plot."""
-    rows = ledger.db.execute(
-        "SELECT r.started_at AS s, r.ended_at AS e, w.price_per_hour AS p FROM runs r JOIN workers w"
-        " ON w.session_id = r.session_id AND w.id = r.worker WHERE r.session_id = ? AND r.started_at IS NOT NULL"
-        " AND r.ended_at IS NOT NULL ORDER BY r.ended_at",
-        (session_id,),
-    )
+    prices = {w.id: w.price_per_hour for w in snapshot.workers}
+    ended = [r for r in snapshot.runs
+             if r.started_at is not None and r.ended_at is not None and r.worker in prices]
     total, points = 0.0, []
-    for r in rows:
-        total += r["p"] * max(0.0, r["e"] - r["s"]) / 3600
-        points.append((r["e"], total))
+    for r in sorted(ended, key=lambda r: r.ended_at or 0.0):
+        total += prices[r.worker or ""] * max(0.0, (r.ended_at or 0.0) - (r.started_at or 0.0)) / 3600
+        points.append((r.ended_at or 0.0, total))
     return points

@@ -12,12 +12,12 @@ improvement per experiment and per hour, against the session's own average.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from labfleet.ledger import Ledger
+from labfleet.ledger.rows import Snapshot
+from labfleet.records import Decision, Experiment
 
 DIMINISHING = "diminishing returns"
 WINDOW = 20  # decided experiments in the sliding window
@@ -82,19 +82,21 @@ def change_group(knobs: Mapping[str, Any], parent: Mapping[str, Any] | None, gro
     return ", ".join(named)
 
 
-def points_from_ledger(ledger: Ledger, session_id: int, groups: Mapping[str, str]) -> list[Point]:
-    rows = ledger.db.execute(
-        "SELECT id, parent_id, knobs, decision, metric, decided_at FROM experiments WHERE session_id = ?"
-        " ORDER BY id",
-        (session_id,),
-    ).fetchall()
-    knobs = {r["id"]: json.loads(r["knobs"]) for r in rows}
-    decided = sorted((r for r in rows if r["decision"] != "pending"), key=lambda r: (r["decided_at"] or 0.0, r["id"]))
+def points(experiments: Iterable[Experiment], decided_at: Mapping[int, float], groups: Mapping[str, str]) -> list[Point]:
+    """The decided experiments as points, in decision order (``decided_at``: experiment id -> when)."""
+    exps = list(experiments)
+    knobs = {e.id: e.knobs for e in exps}
+    decided = sorted((e for e in exps if e.decision != Decision.PENDING),
+                     key=lambda e: (decided_at.get(e.id) or 0.0, e.id))
     return [
-        Point(r["id"], r["decided_at"] or 0.0, r["metric"], r["decision"] in ("kept", "baseline"),
-              change_group(knobs[r["id"]], knobs.get(r["parent_id"], {}) if r["parent_id"] else None, groups))
-        for r in decided
+        Point(e.id, decided_at.get(e.id) or 0.0, e.metric, e.decision in (Decision.KEPT, Decision.BASELINE),
+              change_group(knobs[e.id], knobs.get(e.parent_id, {}) if e.parent_id else None, groups))
+        for e in decided
     ]
+
+
+def points_from_snapshot(snapshot: Snapshot, groups: Mapping[str, str]) -> list[Point]:
+    return points(snapshot.experiments, snapshot.decided_at, groups)
 
 
 @dataclass

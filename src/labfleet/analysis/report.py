@@ -24,11 +24,11 @@ from typing import Any
 from labfleet.analysis.cost import cost_over_time, fleet_usd
 from labfleet.analysis.hardware import HardwareReport, hardware_report
 from labfleet.analysis.noise import NoiseFloor, noise_floors, samples_from_runs
-from labfleet.analysis.phases import Point, Progress, points_from_ledger, progress
+from labfleet.analysis.phases import Point, Progress, points_from_snapshot, progress
 from labfleet.errors import LabfleetError
-from labfleet.ledger import Ledger
+from labfleet.ledger import Ledger, Snapshot
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
-from labfleet.views import llm_view
+from labfleet.views import llm_json
 
 LATEST_WAVES = 3  # waves shown on the effects chart
 
@@ -53,6 +53,7 @@ class ReportData:
     noise: dict[str, NoiseFloor]
     hardware: HardwareReport
     decided_at: dict[int, float] = field(default_factory=dict)
+    snapshot: Snapshot | None = None  # what it was computed from: costs, model calls, events
 
     @property
     def sid(self) -> int:
@@ -87,32 +88,33 @@ class ReportData:
 
 def load(ledger: Ledger, session_id: int | None, metric: str, direction: str,
          groups: Mapping[str, str]) -> ReportData:
-    session = ledger.session(session_id)
-    if session is None:
-        raise LabfleetError("no session in this ledger yet: start one with `labfleet run`")
-    sid = int(session["id"])
-    runs = ledger.runs(sid)
-    experiments = {e.id: e for e in ledger.experiments(sid)}
-    workers = {r["id"]: (r["hardware"], float(r["price_per_hour"] or 0.0)) for r in ledger.db.execute(
-        "SELECT id, hardware, price_per_hour FROM workers WHERE session_id = ? ORDER BY id", (sid,))}
-    decided_at = {r["id"]: r["decided_at"] for r in ledger.db.execute(
-        "SELECT id, decided_at FROM experiments WHERE session_id = ? AND decided_at IS NOT NULL", (sid,))}
-    points = points_from_ledger(ledger, sid, groups)
+    """The one read: a ``Snapshot`` of the session (the latest when ``session_id`` is None)."""
+    return from_snapshot(ledger.snapshot(session_id), metric, direction, groups)
+
+
+def from_snapshot(snapshot: Snapshot, metric: str, direction: str, groups: Mapping[str, str]) -> ReportData:
+    """The report's data, computed from one frozen ``Snapshot`` of the session."""
+    session = snapshot.session
+    runs = list(snapshot.runs)
+    experiments = {e.id: e for e in snapshot.experiments}
+    workers = {w.id: (w.hardware, float(w.price_per_hour or 0.0)) for w in snapshot.workers}
+    decided_at = dict(snapshot.decided_at)
+    points = points_from_snapshot(snapshot, groups)
     prices = {hw: price for hw, price in workers.values()}
     return ReportData(
-        session=dict(session), metric=metric, direction=direction, start=float(session["created_at"]),
-        end=_session_end(ledger, session, runs, decided_at.values()), experiments=experiments, runs=runs,
+        session=dict(session), metric=metric, direction=direction, start=float(session.created_at),
+        end=_session_end(snapshot, runs, decided_at.values()), experiments=experiments, runs=runs,
         workers=workers, points=points, progress=progress(points, direction, metric),
         noise=noise_floors(samples_from_runs(runs)), hardware=hardware_report(runs, prices, metric),
-        decided_at=decided_at,
+        decided_at=decided_at, snapshot=snapshot,
     )
 
 
-def _session_end(ledger: Ledger, session: Any, runs: Sequence[Run], decided: Iterable[float]) -> float:
+def _session_end(snapshot: Snapshot, runs: Sequence[Run], decided: Iterable[float]) -> float:
     """Now while runs are running; else the last thing that happened (not when the report was built)."""
     if any(r.status == RunStatus.RUNNING for r in runs):
-        return ledger.clock()
-    times = [float(session["created_at"]), *decided]
+        return snapshot.now
+    times = [float(snapshot.session.created_at), *decided]
     times += [t for r in runs for t in (r.started_at, r.ended_at) if t is not None]
     return max(times)
 
@@ -191,7 +193,14 @@ def surrogate_source(ledger: Ledger, sid: int) -> str | None:
     return said[-1].get("source") if said else None
 
 
-def headline(ledger: Ledger, data: ReportData) -> Headline:
+def _snapshot(data: ReportData) -> Snapshot:
+    assert data.snapshot is not None, "ReportData from from_snapshot() carries its snapshot"
+    return data.snapshot
+
+
+def headline(data: ReportData) -> Headline:
+    snap = _snapshot(data)
+    surrogate = snap.events_of("surrogate")
     base, best = data.baseline, data.best
     decisions = [e.decision for e in data.experiments.values() if e.parent_id is not None]
     done = sum(d in (Decision.KEPT, Decision.DISCARDED) for d in decisions)
@@ -206,9 +215,9 @@ def headline(ledger: Ledger, data: ReportData) -> Headline:
         pending=sum(d == Decision.PENDING for d in decisions),
         runs=sum(1 for r in data.runs if r.status.final), hours=hours,
         per_hour=(done + failed) / hours if hours > 0 else 0.0, utilization=utilization(data),
-        usd=fleet_usd(ledger, data.sid, data.end), priced=any(p > 0 for _, p in data.workers.values()),
-        llm=llm_view(ledger, data.sid), surrogate=surrogate_source(ledger, data.sid),
-        unboxed=next((e.get("warning", "") for e in ledger.events_of(data.sid, "runs_unboxed")), ""),
+        usd=fleet_usd(snap.costs), priced=any(p > 0 for _, p in data.workers.values()),
+        llm=llm_json(snap.llm), surrogate=surrogate[-1].get("source") if surrogate else None,
+        unboxed=next((e.get("warning", "") for e in snap.events_of("runs_unboxed")), ""),
     )
 
 
@@ -343,10 +352,10 @@ def same_code(data: ReportData) -> list[dict[str, Any]]:
     return out
 
 
-def spend(ledger: Ledger, data: ReportData, priced: bool) -> list[tuple[float, float]]:
+def spend(data: ReportData, priced: bool) -> list[tuple[float, float]]:
     """(time, cumulative spend) at each finished run's end: dollars, or busy worker-seconds without prices."""
     if priced:
-        return cost_over_time(ledger, data.sid)
+        return cost_over_time(_snapshot(data))
     total, points = 0.0, []
     for run in sorted((r for r in data.runs if r.started_at is not None and r.ended_at is not None),
                       key=lambda r: r.ended_at or 0.0):
@@ -421,7 +430,7 @@ def noise_findings(data: ReportData) -> list[str]:
             for hw, f in sorted(data.noise.items())]
 
 
-def cost_findings(ledger: Ledger, data: ReportData, head: Headline) -> list[str]:
+def cost_findings(data: ReportData, head: Headline) -> list[str]:
     if not head.priced:
         return ["no prices set for this fleet's workers: the cost is $0 (give workers a price to track spend)"]
     lines = [f"the fleet cost ${head.usd:,.2f} in {fmt_duration(head.hours * 3600)}"]

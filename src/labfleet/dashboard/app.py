@@ -22,7 +22,6 @@ import html
 import ipaddress
 import json
 import os
-import sqlite3
 import sys
 import threading
 import time
@@ -38,10 +37,11 @@ from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from labfleet import ledger as ledgers
 from labfleet.dashboard import TOKEN_ENV
 from labfleet.dashboard.document import STATIC, Views
 from labfleet.errors import LabfleetError
-from labfleet.ledger import LEDGER_FILE, Ledger
+from labfleet.ledger import LEDGER_FILE, Ledger, LedgerError
 from labfleet.target import STATE_DIR
 
 POLL_SECONDS = 0.5  # how often the change stream looks at the ledger
@@ -58,18 +58,11 @@ class NoLedger(LabfleetError):
 # --------------------------------------------------------------------------- reading the ledger
 
 
-class ReadOnlyLedger(Ledger):
-    """A ``Ledger`` over a ``mode=ro`` connection: the dashboard cannot write, even by mistake."""
-
-    def __init__(self, path: Path) -> None:  # no super().__init__: that creates tables and migrates
-        self.path = Path(path)
-        self.clock = time.time
-        if not self.path.is_file():
-            raise NoLedger(f"no ledger at {self.path} yet: start a session with `labfleet run`")
-        self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10,
-                                  isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA query_only=ON")
+def read_only(path: Path) -> Ledger:
+    """The ledger over a ``mode=ro`` connection: the dashboard cannot write, even by mistake."""
+    if not path.is_file():
+        raise NoLedger(f"no ledger at {path} yet: start a session with `labfleet run`")
+    return ledgers.open(path, readonly=True)
 
 
 def is_loopback(host: str) -> bool:
@@ -104,7 +97,7 @@ class Dashboard:
     @contextmanager
     def ledger(self) -> Iterator[Ledger]:
         """A fresh read-only connection, closed after the request."""
-        ledger = ReadOnlyLedger(self.ledger_path)
+        ledger = read_only(self.ledger_path)
         try:
             if ledger.session() is None:
                 raise NoLedger("the ledger has no session yet: start one with `labfleet run`")
@@ -117,26 +110,12 @@ class Dashboard:
     def fingerprint(self) -> dict[str, Any]:
         """The ledger's latest ids and a hash of what changes without a new id (statuses, decisions)."""
         try:
-            ledger = ReadOnlyLedger(self.ledger_path)
+            ledger = read_only(self.ledger_path)
         except NoLedger:
             return {"event": None, "run": None, "experiment": None, "running": 0, "hash": "none"}
         try:
-            db = ledger.db
-            one = lambda sql, *args: db.execute(sql, args).fetchone()[0]  # noqa: E731
-            session = db.execute("SELECT id, status, updated_at FROM sessions ORDER BY id DESC LIMIT 1").fetchone()
-            sid = session["id"] if session else -1
-            active = db.execute("SELECT id, status FROM runs WHERE session_id = ? AND status IN ('queued', 'running')"
-                                " ORDER BY id", (sid,)).fetchall()
-            pending = db.execute("SELECT id FROM experiments WHERE session_id = ? AND decision = 'pending'"
-                                 " ORDER BY id", (sid,)).fetchall()
-            latest = db.execute("SELECT id, status, metric, ended_at FROM runs ORDER BY id DESC LIMIT ?",
-                                (LATEST_RUNS,)).fetchall()
-            ids = {"event": one("SELECT MAX(id) FROM events"), "run": one("SELECT MAX(id) FROM runs"),
-                   "experiment": one("SELECT MAX(id) FROM experiments"),
-                   "running": sum(1 for r in active if r["status"] == "running")}
-            parts = [tuple(session) if session else None, [tuple(r) for r in active], [r[0] for r in pending],
-                     [tuple(r) for r in latest], ids]
-        except sqlite3.Error as exc:  # e.g. a ledger mid-creation: report it as a change later
+            ids, parts = ledger.fingerprint(LATEST_RUNS)
+        except LedgerError as exc:  # e.g. a ledger mid-creation: report it as a change later
             return {"event": None, "run": None, "experiment": None, "running": 0, "hash": f"error:{exc}"}
         finally:
             ledger.close()

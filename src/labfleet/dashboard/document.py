@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from labfleet.analysis import report
-from labfleet.analysis.cost import worker_costs
 from labfleet.ledger import Ledger
 from labfleet.records import RunStatus
 from labfleet.views import results_view, status_view
@@ -58,14 +57,17 @@ class Views:
     def __init__(self, metric: str = "metric", direction: str = "minimize", groups: Mapping[str, str] | None = None,
                  name: str = "") -> None:
         self.metric, self.direction, self.groups, self.name = metric, direction, dict(groups or {}), name
+        self._held: report.ReportData | None = None  # while document() builds every part from one read
 
     def data(self, ledger: Ledger, sid: int | None = None) -> report.ReportData:
+        if self._held is not None and sid in (None, self._held.sid):
+            return self._held
         return report.load(ledger, sid, self.metric, self.direction, self.groups)
 
     def status(self, ledger: Ledger, state_dir: Path | None, sid: int | None = None) -> dict[str, Any]:
         data = self.data(ledger, sid)
         view = status_view(ledger, state_dir or ledger.path.parent, data.sid)
-        head = report.headline(ledger, data)
+        head = report.headline(data)
         running_exps = {r.experiment_id for r in data.runs if r.status == RunStatus.RUNNING}
         queued = sum(1 for e in data.experiments.values()
                      if str(e.decision) == "pending" and e.id not in running_exps)
@@ -159,9 +161,9 @@ class Views:
 
     def analysis(self, ledger: Ledger, sid: int | None = None) -> dict[str, Any]:
         data = self.data(ledger, sid)
-        head = report.headline(ledger, data)
-        costs = worker_costs(ledger, data.sid, data.end if sid is not None else time.time())
-        spent = report.spend(ledger, data, head.priced)
+        head = report.headline(data)
+        costs = ledger.worker_costs(data.sid, time.time())
+        spent = report.spend(data, head.priced)
         bars, effect_lines, note = report.session_effects(data)
         return clean({
             "metric": self.metric, "direction": self.direction,
@@ -173,7 +175,7 @@ class Views:
                 "findings": effect_lines, "note": note,
             },
             "phases": data.progress.to_json(),
-            "cost": {"usd": head.usd, "priced": head.priced, "findings": report.cost_findings(ledger, data, head),
+            "cost": {"usd": head.usd, "priced": head.priced, "findings": report.cost_findings(data, head),
                      "start": data.start, "end": data.end,
                      "spend": [{"at": t, "total": c} for t, c in spent],
                      "best": [{"spend": c, "metric": m} for c, m in report.best_per_spend(data, spent)],
@@ -184,14 +186,18 @@ class Views:
     def document(self, ledger: Ledger, sid: int | None, *, title: str = "", holdout: list[str] | None = None,
                  state_dir: Path | None = None) -> dict[str, Any]:
         """Every part for one session, as ``labfleet report`` inlines it (``report``: what only the file has)."""
-        sid = self.data(ledger, sid).sid
-        status = self.status(ledger, state_dir, sid)
-        return {
-            "status": status, "progress": self.progress(ledger, sid), "timeline": self.timeline(ledger, sid),
-            "experiments": self.experiments(ledger, sid)["experiments"], "analysis": self.analysis(ledger, sid),
-            "report": {"title": title or f"{status['target']}: session {sid}", "holdout": holdout or [],
-                       "built_at": time.time()},
-        }
+        self._held = self.data(ledger, sid)
+        sid = self._held.sid
+        try:
+            status = self.status(ledger, state_dir, sid)
+            return {
+                "status": status, "progress": self.progress(ledger, sid), "timeline": self.timeline(ledger, sid),
+                "experiments": self.experiments(ledger, sid)["experiments"], "analysis": self.analysis(ledger, sid),
+                "report": {"title": title or f"{status['target']}: session {sid}", "holdout": holdout or [],
+                           "built_at": time.time()},
+            }
+        finally:
+            self._held = None
 
 
 def static_page(doc: Mapping[str, Any]) -> str:

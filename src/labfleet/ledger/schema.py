@@ -1,0 +1,139 @@
+"""The ledger's tables, their indexes, and how an older ledger file is brought up to date.
+
+``prepare`` runs on every writable open: it is a no-op (one PRAGMA read) once the file's
+``user_version`` says it is current, so the read commands do not pay for the schema script.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from labfleet.records import RunStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    researcher TEXT NOT NULL,
+    config TEXT NOT NULL,            -- JSON: workers, budget, limits, margin, seed, ...
+    branch TEXT NOT NULL,            -- the lineage branch, labfleet/<id>
+    base_commit TEXT NOT NULL,
+    frozen_hashes TEXT NOT NULL,     -- JSON: path -> sha256, recorded at the start
+    status TEXT NOT NULL,            -- running | stopped | finished
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    parent_id INTEGER REFERENCES experiments(id),
+    commit_sha TEXT NOT NULL,
+    patch TEXT NOT NULL,
+    description TEXT NOT NULL,
+    hypothesis TEXT NOT NULL,
+    knobs TEXT NOT NULL,             -- JSON: every knob's value at this version
+    tags TEXT NOT NULL,              -- JSON
+    seed INTEGER NOT NULL,
+    budget_seconds REAL NOT NULL,
+    decision TEXT NOT NULL,
+    metric REAL,
+    created_at REAL NOT NULL,
+    decided_at REAL
+);
+CREATE INDEX IF NOT EXISTS experiments_session ON experiments(session_id);
+CREATE INDEX IF NOT EXISTS experiments_decision ON experiments(session_id, decision);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    worker TEXT,
+    hardware TEXT,
+    handle TEXT,                     -- executor's handle (a pid for local runs)
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    metric REAL,
+    figures TEXT NOT NULL DEFAULT '{}',
+    reason TEXT NOT NULL DEFAULT '',
+    run_dir TEXT,
+    log_path TEXT,
+    seed INTEGER,                    -- NULL: the experiment's seed
+    role TEXT NOT NULL DEFAULT 'screen',  -- screen | confirm | validate | noise | calibrate
+    place_on TEXT,                   -- a hardware class this run must run on (NULL: any the role allows)
+    budget_seconds REAL,             -- the budget it ran with (set when placed)
+    cancel INTEGER NOT NULL DEFAULT 0  -- 1: `labfleet cancel` asked the orchestrator to stop it
+);
+CREATE INDEX IF NOT EXISTS runs_session_status ON runs(session_id, status);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
+CREATE TABLE IF NOT EXISTS workers (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    id TEXT NOT NULL,
+    hardware TEXT NOT NULL,
+    device TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    price_per_hour REAL NOT NULL,
+    PRIMARY KEY (session_id, id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events(session_id);
+-- The [holdout] metric of kept and validated versions' runs. Kept apart from `runs` on
+-- purpose: no researcher-visible record (records.Run/Result) ever reads this table.
+CREATE TABLE IF NOT EXISTS holdout (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    value REAL NOT NULL,
+    recorded_at REAL NOT NULL
+);
+"""
+
+ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+# Columns added after the first release: an older ledger gets them on open.
+MIGRATIONS = {
+    "runs": {
+        "seed": "INTEGER", "role": "TEXT NOT NULL DEFAULT 'screen'", "place_on": "TEXT", "budget_seconds": "REAL",
+        "cancel": "INTEGER NOT NULL DEFAULT 0",
+    },
+}
+
+
+# Indexes added for the read commands (status, results, the dashboard) on ledgers with
+# hundreds of thousands of runs; created by ``prepare`` on older files too.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_session_done ON runs(session_id, status, experiment_id, hardware);
+CREATE INDEX IF NOT EXISTS runs_session_worker ON runs(session_id, worker, started_at, ended_at);
+CREATE INDEX IF NOT EXISTS events_session_kind ON events(session_id, kind);
+"""
+VERSION = 2  # PRAGMA user_version of a ledger with every table, column and index above
+
+
+def prepare(db: sqlite3.Connection) -> None:
+    """WAL, then the schema, the added columns and the indexes when the file is older than ``VERSION``."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; fine under WAL
+    db.execute("PRAGMA foreign_keys=ON")
+    if db.execute("PRAGMA user_version").fetchone()[0] >= VERSION:
+        return
+    db.executescript(SCHEMA)
+    db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates, the other sees it done
+    try:
+        for table, columns in MIGRATIONS.items():
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        for statement in INDEXES.strip().splitlines():
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
