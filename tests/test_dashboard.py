@@ -10,18 +10,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,6 +27,7 @@ pytest.importorskip("fastapi")
 import httpx2 as httpx  # noqa: E402  (starlette's TestClient uses it too)
 from fastapi.testclient import TestClient  # noqa: E402
 
+from labfleet.dashboard import browser as browser_module  # noqa: E402
 from labfleet.dashboard.app import check_bind, create_app  # noqa: E402
 from labfleet.ledger import Ledger  # noqa: E402
 from labfleet.records import Proposal  # noqa: E402
@@ -185,11 +184,20 @@ def test_page_and_static_files_are_served(client: TestClient) -> None:
     assert page.status_code == 200 and "static/app.js" in page.text and "{{" not in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
-    # no external requests from the page: no http(s) URL in any static file
+    assert client.get("/static/vendor/echarts.min.js").status_code == 200
+    # no external requests from the page: no http(s) URL in our static files; the vendored library's only
+    # URLs are XML namespaces and its licence's address, and its licence ships beside it
     static = Path(__file__).parents[1] / "src" / "labfleet" / "dashboard" / "static"
     for path in static.iterdir():
-        text = path.read_text()
-        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, path
+        if path.is_file():
+            text = path.read_text()
+            assert "http://" not in text and "https://" not in text, path
+    vendored = (static / "vendor" / "echarts.min.js").read_text()
+    assert set(re.findall(r"https?://[^\s\"')]+", vendored)) <= {
+        "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink", "http://www.w3.org/2000/xmlns/",
+        "http://www.w3.org/XML/1998/namespace", "http://www.apache.org/licenses/LICENSE-2.0",
+        "https://github.com/ecomfe/zrender/blob/master/LICENSE"}
+    assert "Apache License" in (static / "vendor" / "LICENSE-echarts.txt").read_text()
 
 
 # --------------------------------------------------------------------------- security
@@ -326,141 +334,27 @@ def chromium() -> str:
     pytest.skip("no headless Chromium (install Debian's `chromium` package to run the browser test)")
 
 
-class CDP:
-    """A minimal Chrome DevTools Protocol client over a stdlib WebSocket (text frames, one page)."""
-
-    def __init__(self, ws_url: str) -> None:
-        parts = urlsplit(ws_url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=20)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {parts.path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
-                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(4096)
-            assert chunk, "DevTools closed the connection during the handshake"
-            head += chunk
-        head, self.buffer = head.split(b"\r\n\r\n", 1)
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
-        self.ids = 0
-
-    def _exact(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            chunk = self.sock.recv(max(65536, n - len(self.buffer)))
-            assert chunk, "DevTools closed the connection"
-            self.buffer += chunk
-        out, self.buffer = self.buffer[:n], self.buffer[n:]
-        return out
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        n = len(payload)
-        head = bytearray([0x80 | opcode])
-        if n < 126:
-            head.append(0x80 | n)
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-        mask = os.urandom(4)
-        self.sock.sendall(bytes(head) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    def _receive(self) -> dict[str, Any]:
-        message = b""
-        while True:
-            b0, b1 = self._exact(2)
-            n = b1 & 0x7F
-            if n == 126:
-                n = int.from_bytes(self._exact(2), "big")
-            elif n == 127:
-                n = int.from_bytes(self._exact(8), "big")
-            payload = self._exact(n)
-            opcode = b0 & 0x0F
-            if opcode == 0x9:
-                self._send(0xA, payload)
-                continue
-            assert opcode != 0x8, "DevTools closed the connection"
-            message += payload
-            if b0 & 0x80 and opcode in (0x0, 0x1):
-                return json.loads(message)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.ids += 1
-        self._send(0x1, json.dumps({"id": self.ids, "method": method, "params": params}).encode())
-        while True:
-            reply = self._receive()
-            if reply.get("id") == self.ids:
-                assert "error" not in reply, reply
-                return reply.get("result", {})
-
-    def js(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        assert "exceptionDetails" not in result, result
-        return result["result"].get("value")
-
-    def until(self, expression: str, seconds: float) -> Any:
-        deadline = time.monotonic() + seconds
-        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"  # mid-navigation
-        while True:
-            value = self.js(guarded)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {seconds} s waiting for: {expression}")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @contextmanager
-def browser(tmp_path: Path) -> Iterator[CDP]:
-    exe = chromium()
-    profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen(
-        [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-         "--disable-extensions", "--disable-background-networking", "--hide-scrollbars", "--mute-audio",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1400,900", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    cdp = None
-    try:
-        deadline = time.monotonic() + 30
-        port_file = profile / "DevToolsActivePort"
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            assert time.monotonic() < deadline and proc.poll() is None, "chromium did not start"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as reply:
-            pages = [t for t in json.load(reply) if t["type"] == "page"]
-        cdp = CDP(pages[0]["webSocketDebuggerUrl"])
-        yield cdp
-    finally:
-        if cdp is not None:
-            cdp.close()
-        os.killpg(proc.pid, 15)  # the chromium we started, with its helpers
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
+def browser(tmp_path: Path) -> Iterator[browser_module.CDP]:
+    chromium()  # installs it when missing (as root), else skips
+    with browser_module.browser(tmp_path / "chromium-profile", width=1400, height=900) as page:
+        yield page
 
 
 def test_browser_shows_a_change_from_another_process_without_reloading(own: Path, tmp_path: Path) -> None:
     folder, token = own, "browser-token"
     with serving(folder, token) as base, browser(tmp_path) as page:
-        page.call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
-        page.call("Page.enable")
-        page.call("Page.addScriptToEvaluateOnNewDocument", source=(
-            "window.__errors = []; addEventListener('error', e => __errors.push(String(e.message)));"
-            "addEventListener('unhandledrejection', e => __errors.push(String(e.reason)));"))
         page.call("Page.navigate", url=f"{base}/?token={token}")  # the page passes the token on by itself
         before = int(page.until("/^\\d+$/.test(document.getElementById('card-decided').textContent)"
                                 " && document.getElementById('live').textContent === 'live'"
                                 " && document.querySelectorAll('#experiments tbody tr').length > 0"
                                 " && document.getElementById('card-decided').textContent", 20))
         assert page.js("document.querySelectorAll('#experiments tbody tr').length") == before + 1  # + the baseline
-        assert page.js("document.querySelectorAll('#progress circle').length") >= before
+        # the progress chart has a dot (or a failure mark) for every decided experiment and the baseline
+        dots = ("labfleet.charts.progress.getOption().series.filter(s => s.type === 'scatter')"
+                ".reduce((n, s) => n + s.data.length, 0)")
+        assert page.js(dots) == before + 1
+        assert page.js("document.querySelector('#progress canvas') !== null")
         page.js("window.__sameDocument = 42")
         write_from_another_process(folder, '<b id="xss">escaped</b> from another process')
         page.until(f"document.getElementById('card-decided').textContent === '{before + 1}'", 5)
@@ -481,7 +375,8 @@ def test_browser_shows_a_change_from_another_process_without_reloading(own: Path
         # a run that starts in another process shows as a bar that grows every second, without a refetch
         write_from_another_process(folder, "still running", "running")
         page.until("document.getElementById('card-decided-sub').textContent.includes('1 running')", 5)
-        width = "parseFloat(document.querySelector('#timeline rect[fill=\"#f2b827\"]').getAttribute('width'))"
+        width = ("(() => { const s = labfleet.charts.timeline.getOption().series.find(s => s.id === 'running');"
+                 " return s && s.data.length ? labfleet.barWidth(s.data[0].run.run) : null; })()")
         first = page.until(width, 3)
         time.sleep(2.2)
         assert page.js(width) > first

@@ -161,8 +161,9 @@ def report(
     target: TargetOption = Path("."),
     session: SessionOption = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder to write (default .labfleet/report/s<session>).")] = None,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Also write each chart as a PNG (needs Chromium).")] = True,
 ) -> None:
-    """Draw the session: progress, worker timeline, hardware, effects and cost as PNGs and one HTML page."""
+    """Draw the session as one self-contained HTML page (the dashboard's, static) and PNGs of its charts."""
     from labfleet.analysis.report import build_report
     from labfleet.target import load_target
     from labfleet.views import _session
@@ -180,9 +181,14 @@ def report(
         view = integrity.lineage_holdout(ledger, sid, spec.direction or loaded.spec.direction)
         holdout_findings = integrity.holdout_lines(view, loaded.spec.metric, spec.metric)
     page = build_report(ledger, sid, out, metric=loaded.spec.metric, direction=loaded.spec.direction,
-                        groups=groups, title=f"{loaded.spec.name}, session {sid}", holdout=holdout_findings)
+                        groups=groups, title=f"{loaded.spec.name}, session {sid}", holdout=holdout_findings, png=png)
     pictures = sorted(p.name for p in out.glob("*.png"))
-    _say(f"wrote {page} ({', '.join(pictures)})")
+    if pictures:
+        _say(f"wrote {page} ({', '.join(pictures)})")
+    elif png:
+        _say(f"wrote {page} (no PNGs: no Chromium found; install Debian's `chromium` or set $LABFLEET_CHROMIUM)")
+    else:
+        _say(f"wrote {page}")
 
 
 @app.command()

@@ -4,8 +4,8 @@ Every request (and every tick of the change stream) opens its own read-only SQLi
 connection: the session writes from another process in WAL mode, so a fresh
 connection always sees its latest commit and never blocks it. The numbers come
 from the same functions as the CLI (``labfleet.views``) and the report
-(``labfleet.analysis.report``), so the page, ``labfleet status`` and the report
-agree.
+(``labfleet.dashboard.document``, over ``labfleet.analysis``), so the page,
+``labfleet status`` and ``labfleet report`` agree; the report is this page, static.
 
 Security: loopback by default; any other address needs a token, and with a token
 every request (page, static files, API, stream) must carry it (``?token=`` or
@@ -21,7 +21,6 @@ import hmac
 import html
 import ipaddress
 import json
-import math
 import os
 import sys
 import threading
@@ -33,26 +32,23 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from labfleet.analysis import report
-from labfleet.dashboard import TOKEN_ENV
-from labfleet.errors import LabfleetError
 from labfleet import ledger as ledgers
+from labfleet.dashboard import TOKEN_ENV
+from labfleet.dashboard.document import STATIC, Views
+from labfleet.errors import LabfleetError
 from labfleet.ledger import LEDGER_FILE, Ledger, LedgerError
 from labfleet.target import STATE_DIR
-from labfleet.views import results_view, status_view
 
-STATIC = Path(__file__).resolve().parent / "static"
 POLL_SECONDS = 0.5  # how often the change stream looks at the ledger
 KEEPALIVE_SECONDS = 15.0  # a comment line, so proxies and browsers keep an idle stream open
 STREAM_SECONDS = 600.0  # a stream ends after this; EventSource reconnects by itself (no stuck shutdowns)
 LATEST_RUNS = 20  # the latest runs whose statuses go into the change fingerprint
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-# session config keys the page may show (the config never holds keys, but show only what helps)
-CONFIG_KEYS = ("workers", "budget_seconds", "keep", "executor", "price", "max_experiments", "hours", "patience")
 
 
 class NoLedger(LabfleetError):
@@ -80,17 +76,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null (the page formats null as n/a)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [clean(v) for v in value]
-    return value
-
-
 class Dashboard:
     """What the routes read: one target folder's ledger and its metric's name and direction."""
 
@@ -98,15 +83,16 @@ class Dashboard:
         self.root = Path(target_dir).resolve()
         self.state_dir = self.root / STATE_DIR
         self.ledger_path = self.state_dir / LEDGER_FILE
-        self.metric, self.direction, self.groups, self.name = "metric", "minimize", {}, self.root.name
+        self.views = Views(name=self.root.name)
         try:
             from labfleet.target import load_target
 
             target = load_target(self.root, check_files=False)
-            self.metric, self.direction, self.name = target.spec.metric, target.spec.direction, target.spec.name
-            self.groups = {name: knob.group for name, knob in target.knobs.items() if knob.group}
+            groups = {name: knob.group for name, knob in target.knobs.items() if knob.group}
+            self.views = Views(target.spec.metric, target.spec.direction, groups, target.spec.name)
         except LabfleetError:
             pass  # a copied ledger without labfleet.toml still shows, with generic names
+        self.metric, self.direction, self.name = self.views.metric, self.views.direction, self.views.name
 
     @contextmanager
     def ledger(self) -> Iterator[Ledger]:
@@ -118,9 +104,6 @@ class Dashboard:
             yield ledger
         finally:
             ledger.close()
-
-    def data(self, ledger: Ledger) -> report.ReportData:
-        return report.load(ledger, None, self.metric, self.direction, self.groups)
 
     # ----------------------------------------------------------------- the change fingerprint
 
@@ -139,104 +122,31 @@ class Dashboard:
         digest = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
         return {**ids, "hash": digest}
 
-    # ----------------------------------------------------------------- the views
+    # ----------------------------------------------------------------- the views (labfleet.dashboard.document)
 
     def status(self) -> dict[str, Any]:
         try:
             with self.ledger() as ledger:
-                view = status_view(ledger, self.state_dir)
-                data = self.data(ledger)
-                head = report.headline(data)
-                sid = view["session"]
-                running = ledger.running_experiments(sid)
-                queued = ledger.pending_experiments(sid, running=False)
+                return self.views.status(ledger, self.state_dir)
         except NoLedger as exc:
             return {"session": None, "message": str(exc), "target": self.name, "metric": self.metric,
                     "direction": self.direction, "now": time.time()}
-        decisions = view["decisions"]
-        return clean({
-            "session": sid, "state": view["state"], "target": self.name, "researcher": view["researcher"],
-            "branch": view["branch"], "metric": self.metric, "direction": self.direction,
-            "config": {k: view["config"][k] for k in CONFIG_KEYS if view["config"].get(k) is not None},
-            "elapsed_seconds": view["elapsed_seconds"], "started_at": data.start, "now": time.time(),
-            "best": view["best"], "baseline_metric": view["baseline_metric"], "gain": head.gain,
-            "gain_se": head.gain_se,
-            "experiments": {
-                "total": view["experiments"], "decided": head.done + head.failed, "done": head.done,
-                "kept": decisions.get("kept", 0), "discarded": decisions.get("discarded", 0),
-                "failed": head.failed, "pending": head.pending, "running": running, "queued": queued,
-            },
-            "decisions": decisions, "runs": view["runs"], "finished_runs": view["finished_runs"],
-            "per_hour": head.per_hour, "utilization": head.utilization, "workers": len(report.worker_rows(data)),
-            "cost_usd": view["cost_usd"], "priced": head.priced, "llm": view["llm"],
-            "phase": data.progress.current, "diminishing": data.progress.diminishing,
-            "since_keep": data.progress.since_keep, "noise": view["noise"], "running": view["running"],
-        })
 
     def progress(self) -> dict[str, Any]:
         with self.ledger() as ledger:
-            data = self.data(ledger)
-        xs = {p.experiment: i for i, p in enumerate(data.points)}
-        best_x, best_y = report.running_best_steps(data, xs)
-        points = []
-        for i, p in enumerate(data.points):
-            exp = data.experiments.get(p.experiment)
-            decision = "baseline" if exp is not None and exp.parent_id is None else str(exp.decision if exp else "")
-            points.append({"x": i, "experiment": p.experiment, "at": p.at, "metric": p.metric, "kept": p.kept,
-                           "decision": decision, "group": p.group,
-                           "description": exp.description if exp else ""})
-        phases = [{**vars(ph), "x0": xs[ph.first] - 0.5, "x1": xs[ph.last] + 0.5}
-                  for ph in data.progress.phases if ph.first in xs and ph.last in xs]
-        base, best = data.baseline, data.best
-        return clean({
-            "metric": self.metric, "direction": self.direction, "points": points,
-            "best": [{"x": x, "metric": y} for x, y in zip(best_x, best_y, strict=True)],
-            "phases": phases, "baseline_metric": base.metric if base else None,
-            "best_metric": best.metric if best else None, "current": data.progress.current,
-        })
+            return self.views.progress(ledger)
 
     def timeline(self) -> dict[str, Any]:
         with self.ledger() as ledger:
-            data = self.data(ledger)
-        rows: dict[str, list[dict[str, Any]]] = {w: [] for w, _ in report.worker_rows(data)}
-        for run in data.runs:
-            if run.started_at is None or not run.worker:
-                continue
-            exp = data.experiments.get(run.experiment_id)
-            rows.setdefault(run.worker, []).append({
-                "run": run.id, "experiment": run.experiment_id, "start": run.started_at, "end": run.ended_at,
-                "status": str(run.status), "outcome": report.run_outcome(run, exp), "role": run.role,
-                "metric": run.metric, "description": exp.description if exp else "",
-            })
-        hardware = dict(report.worker_rows(data))
-        return clean({
-            "start": data.start, "end": data.end, "now": time.time(),
-            "running": any(r["end"] is None for runs in rows.values() for r in runs),
-            "utilization": report.utilization(data), "busy_seconds": report.busy_seconds(data),
-            "workers": [{"worker": w, "hardware": hardware.get(w, "?"), "runs": rows[w]} for w in rows],
-        })
+            return self.views.timeline(ledger)
 
     def experiments(self, last: int | None) -> dict[str, Any]:
         with self.ledger() as ledger:
-            rows = results_view(ledger, None, last=last)
-            roles = ledger.run_roles(ledger.session().id)
-        out = []
-        for row in rows:
-            exp_roles = roles.get(row["experiment"], [])
-            tags = row["tags"]
-            out.append({
-                "id": row["experiment"], "parent": row["parent"], "status": row["status"] or "none",
-                "decision": row["decision"], "role": _role(row["parent"], exp_roles),
-                "roles": exp_roles, "tier": "validate" if "validate" in exp_roles else "screen",
-                "wave": tags.get("wave", ""), "metric": row["metric"], "uncertainty": row["uncertainty"],
-                "runs_done": row["runs_done"], "worker": row["worker"], "hardware": row["hardware"],
-                "description": row["description"], "reason": row["reason"], "commit": row["commit"],
-                "started_at": row["started_at"], "ended_at": row["ended_at"],
-            })
-        return clean({"metric": self.metric, "direction": self.direction, "experiments": out})
+            return self.views.experiments(ledger, None, last)
 
     def experiment(self, exp_id: int) -> dict[str, Any]:
         from labfleet.agents import AgentError, show
+        from labfleet.dashboard.document import clean
 
         with self.ledger() as ledger:
             try:
@@ -248,35 +158,7 @@ class Dashboard:
 
     def analysis(self) -> dict[str, Any]:
         with self.ledger() as ledger:
-            data = self.data(ledger)
-            head = report.headline(data)
-            costs = ledger.worker_costs(data.sid, time.time())
-            cost_lines = report.cost_findings(data, head)
-        bars, effect_lines, note = report.session_effects(data)
-        return clean({
-            "metric": self.metric, "direction": self.direction,
-            "hardware": data.hardware.to_json(),
-            "noise": [{**floor.to_json()} for _, floor in sorted(data.noise.items())],
-            "noise_findings": report.noise_findings(data),
-            "effects": {
-                "bars": [{**vars(b), "significant": b.significant} for b in bars],
-                "findings": effect_lines, "note": note,
-            },
-            "phases": data.progress.to_json(),
-            "cost": {"usd": head.usd, "priced": head.priced, "findings": cost_lines,
-                     "workers": [{"worker": c.worker, "hardware": c.hardware, "price_per_hour": c.price_per_hour,
-                                  "busy_seconds": c.busy_seconds, "usd": c.usd} for c in costs]},
-        })
-
-
-def _role(parent: int | None, roles: list[str]) -> str:
-    """One word for the table: how far the experiment went (validated, confirmed, or its first run's role)."""
-    if parent is None:
-        return "baseline"
-    for role in ("validate", "confirm"):
-        if role in roles:
-            return role
-    return roles[0] if roles else ""
+            return self.views.analysis(ledger)
 
 
 # --------------------------------------------------------------------------- the token and host guard
@@ -395,27 +277,24 @@ def create_app(target_dir: Path, token: str | None) -> FastAPI:
         return board.analysis()
 
     @app.get("/api/stream")
-    async def api_stream(request: Request) -> StreamingResponse:
+    async def api_stream(request: Request) -> EventSourceResponse:
         """Server-sent events: ``hello`` on connect, then ``changed`` whenever the ledger changed."""
 
-        async def events() -> AsyncIterator[str]:
+        async def events() -> AsyncIterator[ServerSentEvent]:
             last = await asyncio.to_thread(board.fingerprint)
-            yield f"retry: 1000\nevent: hello\ndata: {json.dumps(last)}\n\n"
-            started = sent = time.monotonic()
+            yield ServerSentEvent(json.dumps(last), event="hello", retry=1000)
+            started = time.monotonic()
             while time.monotonic() - started < STREAM_SECONDS and not stopping.is_set():
                 await asyncio.sleep(POLL_SECONDS)
                 if stopping.is_set() or await request.is_disconnected():
                     return
                 now = await asyncio.to_thread(board.fingerprint)
                 if now != last:
-                    last, sent = now, time.monotonic()
-                    yield f"event: changed\ndata: {json.dumps(now)}\n\n"
-                elif time.monotonic() - sent > KEEPALIVE_SECONDS:
-                    sent = time.monotonic()
-                    yield ": keep-alive\n\n"
+                    last = now
+                    yield ServerSentEvent(json.dumps(now), event="changed")
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"X-Accel-Buffering": "no"})
+        # the library sends the keep-alive comments and ends the stream when the client goes
+        return EventSourceResponse(events(), ping=int(KEEPALIVE_SECONDS), headers={"X-Accel-Buffering": "no"})
 
     @app.exception_handler(NoLedger)
     async def no_ledger(request: Request, exc: NoLedger) -> JSONResponse:

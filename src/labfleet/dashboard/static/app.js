@@ -1,20 +1,76 @@
-// labfleet dashboard: fetches the read-only JSON API, draws inline SVG, and refetches when the
-// server's event stream says the ledger changed. Ledger text only ever goes into textContent.
+// labfleet's page, live or static: the dashboard fetches the read-only JSON API and refetches when the
+// server's event stream says the ledger changed; `labfleet report` inlines the same document (the
+// #labfleet-data block) and this page draws it once. Charts are Apache ECharts (static/vendor). Colours,
+// labels, time units and number formats live here and nowhere else. Ledger text only ever goes into
+// textContent, or through esc() into a chart's tooltip.
 "use strict";
 
+const DOC = (() => {
+  const block = document.getElementById("labfleet-data");
+  return block ? JSON.parse(block.textContent) : null;
+})();
+const STATIC = DOC !== null;
 const TOKEN = new URLSearchParams(location.search).get("token");
+
+// --------------------------------------------------------------------------- one palette, one set of formats
+
 const COLOURS = {
   baseline: "#1f5fa8", kept: "#2a9d3c", discarded: "#a9a9a9", pending: "#9ec5e8", running: "#f2b827",
   crashed: "#d62728", timeout: "#f07f1a", lost: "#8e5cc2", cancelled: "#cfcfcf", best: "#145a24",
-  failed: "#d62728",
+  failed: "#d62728", neutral: "#b8c2cc", spend: "#4c78a8", offRange: "#bbbbbb",
 };
 const OUTCOME_LABELS = {
   baseline: "baseline", kept: "kept", discarded: "discarded", pending: "awaiting decision", running: "running",
   crashed: "failed / crashed", timeout: "timeout", lost: "lost (retried)", cancelled: "cancelled",
 };
-const BANDS = ["#eef3fa", "#faf5ea"];
-const SVGNS = "http://www.w3.org/2000/svg";
+const SPECIAL_RUNS = "validate / confirm / noise / calibrate run";
+const BANDS = ["#eef3fa", "#faf5ea"];  // alternating phase backgrounds
+const DIMINISHING = { name: "diminishing returns", colour: "#fbeaea" };
 const MAX_ROWS = 500;
+const LABEL_CHARS = 26;  // kept experiments' labels on the progress chart
+const FONT = '-apple-system, "Segoe UI", "Helvetica Neue", Arial, "DejaVu Sans", sans-serif';
+
+const $ = (id) => document.getElementById(id);
+const finite = (v) => typeof v === "number" && Number.isFinite(v);
+
+function fmtMetric(v) {
+  if (!finite(v)) return "n/a";
+  return Math.abs(v) < 1000 ? v.toFixed(4) : v.toLocaleString("en-US", { maximumFractionDigits: 1 });
+}
+
+function fmtSigned(v) { return finite(v) ? (v > 0 ? "+" : v < 0 ? "−" : "") + fmtMetric(Math.abs(v)) : "n/a"; }
+
+function fmtDuration(s) {
+  if (!finite(s)) return "n/a";
+  if (s < 120) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  if (s < 7200) return `${(s / 60).toFixed(1)} min`;
+  return `${(s / 3600).toFixed(2)} h`;
+}
+
+function fmtUsd(v) {
+  if (!finite(v)) return "n/a";
+  return "$" + v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: v < 1 && v > 0 ? 4 : 2 });
+}
+
+function fmtNumber(v, digits = 2) {
+  if (!finite(v)) return "–";
+  return Math.abs(v) >= 100 ? Math.round(v).toLocaleString("en-US") : v.toFixed(digits);
+}
+
+const fmtTick = (v) => (Math.abs(v) >= 100 ? fmtNumber(v) : String(+v.toPrecision(3)));
+const fmtPct = (v) => (finite(v) ? `${Math.round(v * 100)}%` : "n/a");
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const short = (text, n) => { const t = String(text || "").split(/\s+/).join(" "); return t.length > n ? t.slice(0, n - 1) + "…" : t; };
+const esc = (text) => echarts.format.encodeHTML(String(text ?? ""));
+
+// The time axis: hours for a long session, minutes or seconds for a short one.
+function timeUnits(span) {
+  if (span >= 3 * 3600) return { name: "h", long: "hours", seconds: 3600 };
+  if (span >= 180) return { name: "min", long: "minutes", seconds: 60 };
+  return { name: "s", long: "seconds", seconds: 1 };
+}
+
+// --------------------------------------------------------------------------- state, fetching
 
 const state = {
   status: null, progress: null, timeline: null, experiments: [], analysis: null,
@@ -22,10 +78,12 @@ const state = {
   sort: { key: "id", asc: false },
   detail: null,          // the open experiment's id
   lastUpdate: 0, refreshing: false, dirty: false, timer: null,
-  bars: [],              // timeline bars to stretch every second
 };
+const charts = {};
+// what tests and the PNG export read: whether every chart is drawn, and the chart instances
+window.labfleet = { rendered: false, charts, state };
 
-// --------------------------------------------------------------------------- helpers
+const nowServer = () => (STATIC ? state.timeline.end : Date.now() / 1000 + state.offset);
 
 function url(path) {
   if (!TOKEN) return path;
@@ -58,78 +116,15 @@ function el(tag, props, ...children) {
   return node;
 }
 
-function svg(tag, attrs, parent) {
-  const node = document.createElementNS(SVGNS, tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (key === "text") node.textContent = value;
-    else if (value !== undefined && value !== null) node.setAttribute(key, value);
-  }
-  if (parent) parent.append(node);
-  return node;
-}
-
-function tip(node, text) { svg("title", { text }, node); return node; }
-
-const $ = (id) => document.getElementById(id);
-const nowServer = () => Date.now() / 1000 + state.offset;
-const finite = (v) => typeof v === "number" && Number.isFinite(v);
-
-function fmtMetric(v) {
-  if (!finite(v)) return "n/a";
-  return Math.abs(v) < 1000 ? v.toFixed(4) : v.toLocaleString("en-US", { maximumFractionDigits: 1 });
-}
-
-function fmtSigned(v) { return finite(v) ? (v > 0 ? "+" : v < 0 ? "−" : "") + fmtMetric(Math.abs(v)) : "n/a"; }
-
-function fmtDuration(s) {
-  if (!finite(s)) return "n/a";
-  if (s < 120) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-  if (s < 7200) return `${(s / 60).toFixed(1)} min`;
-  return `${(s / 3600).toFixed(2)} h`;
-}
-
-function fmtUsd(v) {
-  if (!finite(v)) return "n/a";
-  return "$" + v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: v < 1 && v > 0 ? 4 : 2 });
-}
-
-function fmtNumber(v, digits = 2) {
-  if (!finite(v)) return "–";
-  return Math.abs(v) >= 100 ? Math.round(v).toLocaleString("en-US") : v.toFixed(digits);
-}
-
-const fmtPct = (v) => (finite(v) ? `${Math.round(v * 100)}%` : "n/a");
-const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-
-function niceTicks(lo, hi, count = 5) {
-  const span = hi - lo;
-  if (!(span > 0)) return [lo];
-  const raw = span / count;
-  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || 10 * mag;
-  const out = [];
-  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(+t.toPrecision(12));
-  return out;
-}
-
-function timeUnits(span) {
-  if (span >= 3 * 3600) return { name: "h", seconds: 3600 };
-  if (span >= 180) return { name: "min", seconds: 60 };
-  return { name: "s", seconds: 1 };
-}
-
-function emptyChart(container, height, message) {
-  const root = svg("svg", { viewBox: `0 0 600 ${height}`, height });
-  svg("text", { x: 300, y: height / 2, "text-anchor": "middle", class: "empty", text: message }, root);
-  container.replaceChildren(root);
-}
-
-// --------------------------------------------------------------------------- refresh cycle
-
 function scheduleRefresh(delay = 120) {
   if (state.refreshing) { state.dirty = true; return; }
   if (state.timer) return;
   state.timer = setTimeout(() => { state.timer = null; refresh(); }, delay);
+}
+
+function renderAll() {
+  renderStatus(); renderProgress(); renderTimeline(); renderTable(); renderAnalysis();
+  window.labfleet.rendered = true;
 }
 
 async function refresh() {
@@ -139,8 +134,8 @@ async function refresh() {
     const status = await api("api/status");
     state.offset = status.now - Date.now() / 1000;
     state.status = status;
-    renderStatus();
     if (status.session === null || status.session === undefined) {
+      renderStatus();
       showBanner(status.message || "waiting for a session", false);
     } else {
       hideBanner();
@@ -149,7 +144,7 @@ async function refresh() {
       ]);
       state.progress = progress; state.timeline = timeline;
       state.experiments = experiments.experiments; state.analysis = analysis;
-      renderProgress(); renderTimeline(); renderTable(); renderAnalysis();
+      renderAll();
       if (state.detail !== null) openDetail(state.detail, true);
     }
     state.lastUpdate = Date.now();
@@ -160,6 +155,22 @@ async function refresh() {
     state.refreshing = false;
     if (state.dirty) scheduleRefresh(50);
   }
+}
+
+function showStatic() {
+  state.status = DOC.status; state.progress = DOC.progress; state.timeline = DOC.timeline;
+  state.experiments = DOC.experiments; state.analysis = DOC.analysis;
+  const live = $("live");
+  live.textContent = "static report"; live.className = "live";
+  $("updated").textContent = "built " + new Date(DOC.report.built_at * 1000).toISOString().slice(0, 16).replace("T", " ")
+    + " UTC";
+  $("target").textContent = DOC.report.title;
+  const holdout = DOC.report.holdout || [];
+  if (holdout.length) {
+    $("panel-holdout").hidden = false;
+    $("holdout").replaceChildren(findings(holdout));
+  }
+  renderAll();
 }
 
 function showBanner(text, error) {
@@ -183,7 +194,7 @@ function tick() {
     const ago = Math.round((Date.now() - state.lastUpdate) / 1000);
     $("updated").textContent = ago < 2 ? "updated just now" : ago < 120 ? `updated ${ago} s ago` : `updated ${fmtDuration(ago)} ago`;
   }
-  stretchBars();
+  if (state.timeline && state.timeline.running) drawTimeline();  // running bars grow without a refetch
   tickRunning();
   // a lost stream must not freeze the page: poll slowly while it reconnects
   if ($("live").classList.contains("off") && Date.now() - state.lastUpdate > 10000) scheduleRefresh();
@@ -194,8 +205,12 @@ function tick() {
 function renderStatus() {
   const s = state.status;
   $("target").textContent = s.target || "";
-  document.title = `labfleet · ${s.target || ""}`;
+  document.title = STATIC ? DOC.report.title : `labfleet · ${s.target || ""}`;
+  if (STATIC) $("target").textContent = DOC.report.title;
   const stateEl = $("state");
+  const alarm = $("alarm");
+  alarm.textContent = s.alarm || "";
+  alarm.hidden = !s.alarm;
   if (s.session === null || s.session === undefined) {
     stateEl.textContent = "no session"; stateEl.className = "pill";
     $("session-line").textContent = "";
@@ -203,8 +218,9 @@ function renderStatus() {
   }
   stateEl.textContent = s.state; stateEl.className = `pill ${s.state}`;
   const budget = s.config && s.config.budget_seconds ? ` · ${s.config.budget_seconds} s budget` : "";
-  $("session-line").textContent = `session ${s.session} · ${s.researcher} researcher · ${plural(s.workers, "worker")}`
-    + `${budget} · ${fmtDuration(s.elapsed_seconds)}`;
+  const simulated = s.surrogate ? ` · simulated against the surrogate ${s.surrogate}` : "";
+  $("session-line").textContent = `session ${s.session} · ${s.researcher} researcher · branch ${s.branch} · `
+    + `${plural(s.workers, "worker")}${budget} · ${fmtDuration(s.elapsed_seconds)}${simulated}`;
   const better = s.direction === "maximize" ? "higher" : "lower";
   $("card-best-label").textContent = `best ${s.metric}` + (s.best ? ` · e${s.best.id}` : "");
   $("card-best-label").title = `${better} is better`;
@@ -222,7 +238,8 @@ function renderStatus() {
   }
   const e = s.experiments;
   $("card-decided").textContent = String(e.decided);
-  $("card-decided-sub").textContent = `${e.kept} kept · ${e.running} running · ${e.queued} queued`;
+  $("card-decided-sub").textContent = `${e.done} done / ${e.failed} failed · ${e.kept} kept · ${e.running} running`
+    + ` · ${e.queued} queued`;
   $("card-decided-sub").title = `${e.kept} kept, ${e.discarded} discarded, ${e.failed} failed; ${e.running} running,`
     + ` ${e.queued} queued`;
   $("card-rate").textContent = fmtNumber(s.per_hour, 1);
@@ -242,157 +259,272 @@ function renderStatus() {
   renderRunning();
 }
 
-// --------------------------------------------------------------------------- progress chart
+// --------------------------------------------------------------------------- charts (Apache ECharts)
 
+const AXIS = { axisLine: { lineStyle: { color: "#c9cdd3" } }, axisLabel: { color: "#555", fontSize: 11 },
+  splitLine: { lineStyle: { color: "#eef0f2" } }, nameTextStyle: { color: "#555", fontSize: 11 } };
+const LEGEND = { bottom: 0, icon: "roundRect", itemWidth: 12, itemHeight: 9, textStyle: { color: "#6b7280", fontSize: 12 } };
+
+// One chart per container, created once and redrawn in place; none at all when there is nothing to draw.
+function chartIn(id, height, message) {
+  const box = $(id);
+  box.style.height = `${height}px`;
+  if (message) {
+    if (charts[id]) { charts[id].dispose(); delete charts[id]; }
+    box.replaceChildren(el("p", { class: "empty", text: message }));
+    return null;
+  }
+  if (!charts[id]) {
+    box.replaceChildren();
+    charts[id] = echarts.init(box, null, { renderer: "canvas" });
+    charts[id].on("click", (params) => {
+      const exp = params.data && params.data.experiment;
+      if (exp !== undefined && exp !== null) openDetail(exp);
+    });
+  }
+  return charts[id];
+}
+
+function draw(chart, option) {
+  chart.setOption({ animation: false, textStyle: { fontFamily: FONT }, ...option }, { notMerge: true });
+}
+
+// A diagonal hatch over a colour: repeats (validate, confirm, noise, calibrate) and interactions.
+const hatches = {};
+function hatch(colour) {
+  if (!hatches[colour]) {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 8;
+    const g = canvas.getContext("2d");
+    g.fillStyle = colour; g.fillRect(0, 0, 8, 8);
+    g.strokeStyle = "rgba(0,0,0,0.45)"; g.lineWidth = 1.4;
+    g.beginPath(); g.moveTo(0, 8); g.lineTo(8, 0); g.moveTo(-2, 2); g.lineTo(2, -2); g.moveTo(6, 10); g.lineTo(10, 6);
+    g.stroke();
+    hatches[colour] = { image: canvas, repeat: "repeat" };
+  }
+  return hatches[colour];
+}
+
+// Error bars: a custom series over [x, low, high] (vertical) or [y, low, high] (horizontal) items.
+function errorBars(name, data, horizontal, colour = "#222") {
+  return {
+    type: "custom", name, data, z: 5, silent: true, tooltip: { show: false }, encode: horizontal ? { x: [1, 2], y: 0 } : { x: 0, y: [1, 2] },
+    renderItem(params, api) {
+      const at = api.value(0), lo = api.value(1), hi = api.value(2);
+      const a = api.coord(horizontal ? [lo, at] : [at, lo]), b = api.coord(horizontal ? [hi, at] : [at, hi]);
+      const cap = 5;
+      const style = { stroke: colour, lineWidth: 1.3, fill: null };
+      const line = (x1, y1, x2, y2) => ({ type: "line", shape: { x1, y1, x2, y2 }, style });
+      return { type: "group", children: horizontal
+        ? [line(a[0], a[1], b[0], b[1]), line(a[0], a[1] - cap, a[0], a[1] + cap), line(b[0], b[1] - cap, b[0], b[1] + cap)]
+        : [line(a[0], a[1], b[0], b[1]), line(a[0] - cap, a[1], a[0] + cap, a[1]), line(b[0] - cap, b[1], b[0] + cap, b[1])] };
+    },
+  };
+}
+
+function metricLabel(metric, direction) {
+  return `${metric} (${direction === "maximize" ? "higher" : "lower"} is better)`;
+}
+
+// --------------------------------------------------------------------------- 1. progress
+
+// From just past the best to a bit past the baseline: crashes and outliers must not squash it.
 function progressRange(p) {
   const values = p.points.map((q) => q.metric).filter(finite);
   const sign = p.direction === "maximize" ? -1 : 1;
-  let base = finite(p.baseline_metric) ? p.baseline_metric : values[Math.floor(values.length / 2)];
-  let best = finite(p.best_metric) ? p.best_metric : (sign > 0 ? Math.min(...values) : Math.max(...values));
-  let span = Math.abs(base - best);
-  if (!(span > 0)) {
+  const base = finite(p.baseline_metric) ? p.baseline_metric : values[Math.floor(values.length / 2)];
+  const best = finite(p.best_metric) ? p.best_metric : (sign > 0 ? Math.min(...values) : Math.max(...values));
+  let span = Math.abs(base - best), worse = 0.55;
+  if (!(span > 0)) {  // nothing kept yet: room for most of the results around the baseline
     const near = values.map((v) => Math.abs(v - base)).filter((d) => d > 0).sort((a, b) => a - b);
-    span = near.length ? near[Math.floor(near.length / 2)] : Math.abs(base) * 0.02 || 1;
+    span = near.length ? near[Math.floor(near.length * 0.8)] : Math.abs(base) * 0.02 || 1;
+    worse = 1.15;
   }
   const low = Math.min(best, base), high = Math.max(best, base);
-  // worse results get more room than better ones: they are most of the dots
-  return sign > 0 ? [low - 0.25 * span, high + 0.6 * span] : [low - 0.6 * span, high + 0.25 * span];
+  // worse results get more room than better ones: they are most of the dots; the labels go on the good side
+  return sign > 0 ? [low - 0.35 * span, high + worse * span] : [low - worse * span, high + 0.35 * span];
 }
 
 function renderProgress() {
   const p = state.progress;
-  const box = $("progress");
-  const height = 320;
   const valued = p.points.filter((q) => finite(q.metric));
   $("progress-note").textContent = p.points.length
     ? `${p.metric}, ${plural(p.points.length, "decided experiment")} in decision order` : "";
-  if (!valued.length) { emptyChart(box, height, "no finished experiment with a metric yet"); return; }
-  const width = Math.max(box.clientWidth, 320);
-  const m = { l: 58, r: 12, t: 18, b: 30 };
+  $("progress-findings").replaceChildren(findings(p.findings && p.findings.length ? p.findings
+    : ["no phases yet: no experiment has been kept"]));
+  renderKeeps(p);
+  const chart = chartIn("progress", 380, valued.length ? null : "no finished experiment with a metric yet");
+  if (!chart) return;
   const [lo, hi] = progressRange(p);
-  const x0 = -0.6, x1 = Math.max(p.points.length - 0.4, 1.4);
-  const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (width - m.l - m.r);
-  const Y = (y) => m.t + (1 - (y - lo) / (hi - lo)) * (height - m.t - m.b);
   const minimize = p.direction !== "maximize";
-  const badEdge = minimize ? m.t + 4 : height - m.b - 4;
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, height, role: "img", "aria-label": "progress" });
-
-  // phases
-  const bands = svg("g", {}, root);
-  p.phases.forEach((ph, i) => {
-    const diminishing = ph.name === "diminishing returns";
-    const left = X(ph.x0), right = X(ph.x1);
-    tip(svg("rect", { x: left, y: m.t, width: Math.max(right - left, 1), height: height - m.t - m.b,
-      fill: diminishing ? "#fbeaea" : BANDS[i % 2] }, bands),
-      `${ph.name}: e${ph.first}–e${ph.last}, ${plural(ph.keeps, "keep")}, gain ${fmtMetric(ph.gain)}`);
-    const chars = Math.floor((right - left - 6) / 6.2);
-    if (chars >= Math.min(ph.name.length, 6)) {
-      const name = ph.name.length > chars ? ph.name.slice(0, chars - 1) + "…" : ph.name;
-      svg("text", { x: left + 4, y: minimize ? height - m.b - 6 : m.t + 12, class: "phase-name", text: name }, bands);
-    }
+  const x0 = -0.6, x1 = Math.max(p.points.length - 0.4, 1.4);
+  const grid = { left: 64, right: 16, top: 14, bottom: 62 };
+  const plotWidth = Math.max(chart.getWidth() - grid.left - grid.right, 100);
+  const badEdge = minimize ? hi - (hi - lo) * 0.03 : lo + (hi - lo) * 0.03;
+  const kinds = { baseline: [], kept: [], discarded: [], pending: [], failed: [], off: [] };
+  for (const q of p.points) {
+    const item = { experiment: q.experiment, q };
+    if (!finite(q.metric) || q.decision === "failed") kinds.failed.push({ ...item, value: [q.x, badEdge] });
+    else if (q.metric < lo || q.metric > hi) kinds.off.push({ ...item, value: [q.x, q.metric > hi ? hi : lo],
+      symbolRotate: q.metric > hi ? 0 : 180 });
+    else (kinds[q.decision] || kinds.discarded).push({ ...item, value: [q.x, q.metric] });
+  }
+  const labelled = new Set(keepsToLabel(p));
+  for (const item of kinds.kept) {
+    if (labelled.has(item.experiment)) item.label = { show: true, formatter: short(item.q.description, LABEL_CHARS) };
+  }
+  const tip = (params) => {
+    const q = params.data && params.data.q;
+    if (!q) return esc(params.name || "");
+    return `<b>e${q.experiment}</b> · ${esc(q.decision)} · ${fmtMetric(q.metric)} · ${esc(q.group)}<br>${esc(short(q.description, 90))}`;
+  };
+  const dots = (name, data, colour, extra = {}) => ({ type: "scatter", name, data, itemStyle: { color: colour }, z: 3,
+    symbolSize: 7, tooltip: { formatter: tip }, ...extra });
+  const bands = p.phases.map((ph, i) => {
+    const diminishing = ph.name === DIMINISHING.name;
+    const chars = Math.floor(((ph.x1 - ph.x0) / (x1 - x0)) * plotWidth / 6.4);
+    const name = chars >= Math.min(ph.name.length, 6) ? short(ph.name, chars) : "";
+    return [{ xAxis: ph.x0, name, ph, itemStyle: { color: diminishing ? DIMINISHING.colour : BANDS[i % 2] } },
+      { xAxis: ph.x1 }];
   });
-
-  // axes
-  const grid = svg("g", { class: "grid" }, root);
-  const axis = svg("g", { class: "axis" }, root);
-  for (const t of niceTicks(lo, hi, 6)) {
-    svg("line", { x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t) }, grid);
-    svg("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end", text: fmtMetric(t) }, axis);
-  }
-  for (const t of niceTicks(0, p.points.length - 1, 8).filter((t) => Number.isInteger(t))) {
-    svg("text", { x: X(t), y: height - m.b + 14, "text-anchor": "middle", text: String(t) }, axis);
-  }
-  svg("line", { x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b }, axis);
-  svg("text", { x: width - m.r, y: height - 2, "text-anchor": "end", text: "experiment # (0 is the baseline)" }, axis);
-
-  // running best
-  if (p.best.length) {
-    let d = "";
-    p.best.forEach((b, i) => {
-      const y = Y(Math.min(Math.max(b.metric, lo), hi));
-      d += i === 0 ? `M${X(b.x)},${y}` : `H${X(b.x)}V${y}`;
-    });
-    svg("path", { d, fill: "none", stroke: COLOURS.best, "stroke-width": 2 }, root);
-  }
-
-  // dots: discarded first, keeps on top
-  const order = { failed: 0, discarded: 1, pending: 1, kept: 2, baseline: 3 };
-  const dots = svg("g", {}, root);
-  for (const q of [...p.points].sort((a, b) => (order[a.decision] ?? 1) - (order[b.decision] ?? 1))) {
-    const label = `e${q.experiment} · ${q.decision} · ${fmtMetric(q.metric)} · ${q.group}\n${q.description}`;
-    const cx = X(q.x);
-    let node;
-    if (!finite(q.metric) || q.decision === "failed") {
-      node = svg("text", { x: cx, y: badEdge + 4, "text-anchor": "middle", fill: COLOURS.crashed,
-        "font-weight": "bold", text: "×" }, dots);
-    } else if (q.metric < lo || q.metric > hi) {
-      const up = q.metric > hi;
-      const y = up ? m.t + 2 : height - m.b - 2;
-      node = svg("path", { d: up ? `M${cx - 4},${y + 7}L${cx + 4},${y + 7}L${cx},${y}Z`
-        : `M${cx - 4},${y - 7}L${cx + 4},${y - 7}L${cx},${y}Z`, fill: "#bbb" }, dots);
-    } else {
-      const big = q.kept;
-      node = svg("circle", { cx, cy: Y(q.metric), r: big ? 5.5 : 3.6,
-        fill: COLOURS[q.decision] || COLOURS.discarded, stroke: big ? "#fff" : "none", "stroke-width": 1.5 }, dots);
-    }
-    node.setAttribute("class", "clickable");
-    node.addEventListener("click", () => openDetail(q.experiment));
-    tip(node, label);
-  }
-  box.replaceChildren(root);
+  draw(chart, {
+    grid,
+    tooltip: { trigger: "item", confine: true },
+    legend: { ...LEGEND, data: ["baseline", "kept", "discarded", "awaiting decision", "failed", "beyond the y range", "running best"]
+      .filter((n) => n === "running best" ? p.best.length : (kinds[{ "awaiting decision": "pending", "beyond the y range": "off" }[n] || n] || []).length) },
+    xAxis: { ...AXIS, type: "value", min: x0, max: x1, minInterval: 1, splitLine: { show: false },
+      name: "experiment # (in decision order; 0 is the baseline)", nameLocation: "middle", nameGap: 26,
+      axisLabel: { ...AXIS.axisLabel, formatter: (v) => (Number.isInteger(v) ? String(v) : "") } },
+    yAxis: { ...AXIS, type: "value", min: lo, max: hi, scale: true, name: metricLabel(p.metric, p.direction),
+      nameLocation: "middle", nameGap: 50,
+      axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtMetric(v), showMinLabel: false, showMaxLabel: false } },
+    series: [
+      { type: "line", name: "phases", data: [], silent: false, markArea: { silent: false, data: bands,
+        label: { position: minimize ? "insideBottomLeft" : "insideTopLeft", color: "#666", fontStyle: "italic", fontSize: 11 },
+        tooltip: { formatter: (params) => { const ph = params.data.ph; return ph ? `${esc(ph.name)}: e${ph.first}–e${ph.last}, `
+          + `${plural(ph.keeps, "keep")}, gain ${fmtMetric(ph.gain)}` : ""; } } } },
+      { type: "line", name: "running best", step: "end", symbol: "none", z: 2, silent: true,
+        data: p.best.map((b) => [b.x, Math.min(Math.max(b.metric, lo), hi)]), lineStyle: { color: COLOURS.best, width: 2 },
+        itemStyle: { color: COLOURS.best } },
+      dots("discarded", kinds.discarded, COLOURS.discarded, { symbolSize: 6, itemStyle: { color: COLOURS.discarded, opacity: 0.85 } }),
+      dots("awaiting decision", kinds.pending, COLOURS.pending, { symbolSize: 6 }),
+      dots("kept", kinds.kept, COLOURS.kept, { symbolSize: 11, z: 4, itemStyle: { color: COLOURS.kept, borderColor: "#0f4a1a", borderWidth: 1 },
+        // below-left of the point when lower is better (nothing earlier is better there), above-left otherwise
+        label: { show: false, position: "left", offset: [0, minimize ? 11 : -11], color: "#0f4a1a", fontSize: 11, distance: 2 },
+        // a label that would leave the plot on the left goes right of its point; overlapping ones are hidden
+        labelLayout: (params) => (params.labelRect.x < grid.left + 2
+          ? { x: params.rect.x + params.rect.width + 3, align: "left", hideOverlap: true } : { hideOverlap: true }) }),
+      dots("baseline", kinds.baseline, COLOURS.baseline, { symbol: "diamond", symbolSize: 13, z: 4,
+        itemStyle: { color: COLOURS.baseline, borderColor: "#000", borderWidth: 0.6 } }),
+      dots("failed", kinds.failed, COLOURS.crashed, { symbol: "path://M0,0L2,0L5,3L8,0L10,0L6,4L10,8L8,8L5,5L2,8L0,8L4,4Z",
+        symbolSize: 9 }),
+      dots("beyond the y range", kinds.off, COLOURS.offRange, { symbol: "triangle", symbolSize: 8 }),
+    ],
+  });
 }
 
-// --------------------------------------------------------------------------- timeline
+// Every keep, or the biggest steps when there are many (the table below lists them all).
+function keepsToLabel(p) {
+  const keeps = p.keeps || [];
+  const chosen = keeps.length <= 14 ? keeps : [...keeps].sort((a, b) => b.step - a.step).slice(0, 14);
+  return chosen.map((k) => k.id);
+}
+
+function renderKeeps(p) {
+  const keeps = p.keeps || [];
+  $("keeps").replaceChildren(keeps.length
+    ? table(["id", "description", "changed", "metric", "gain over previous best", "gain over the baseline"],
+      keeps.map((k) => [el("button", { class: "link", type: "button", text: `e${k.id}`, onclick: () => openDetail(k.id) }),
+        k.description, k.group, fmtMetric(k.metric), fmtSigned(k.step), fmtSigned(k.total)]), [3, 4, 5])
+    : el("p", { class: "note", text: "no experiment has been kept yet" }));
+}
+
+// --------------------------------------------------------------------------- 2. timeline (one row per worker)
 
 function renderTimeline() {
   const t = state.timeline;
-  const box = $("timeline");
-  const rows = t.workers;
-  const placed = rows.some((w) => w.runs.length);
-  $("timeline-note").textContent = `utilization ${fmtPct(t.utilization)} · busy ${fmtDuration(t.busy_seconds)}`;
-  state.bars = [];
-  if (!placed) { emptyChart(box, 120, "no run has started yet"); renderTimelineLegend(new Set(), false); return; }
-  const rowH = Math.max(14, Math.min(34, 250 / rows.length));
-  const width = Math.max(box.clientWidth, 320);
-  const m = { l: 118, r: 12, t: 4, b: 24 };
-  const height = m.t + m.b + rowH * rows.length;
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, height, role: "img", "aria-label": "worker timeline" });
-  const defs = svg("defs", {}, root);
-  const pattern = svg("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
-    patternTransform: "rotate(45)" }, defs);
-  svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "rgba(0,0,0,0.35)", "stroke-width": 2 }, pattern);
-  const gridG = svg("g", { class: "grid" }, root);
-  const axis = svg("g", { class: "axis" }, root);
-  const outcomes = new Set();
-  let special = false;
-  rows.forEach((w, i) => {
-    const y = m.t + i * rowH;
-    if (i % 2 === 1) svg("rect", { x: m.l, y, width: width - m.l - m.r, height: rowH, fill: "#fafbfc" }, gridG);
-    const name = `${w.worker} (${w.hardware})`;
-    svg("text", { x: m.l - 6, y: y + rowH / 2 + 4, "text-anchor": "end",
-      text: name.length > 18 ? name.slice(0, 17) + "…" : name }, axis);
-    for (const r of w.runs) {
-      outcomes.add(r.outcome);
-      const g = svg("g", { class: "clickable" }, root);
-      const rect = svg("rect", { y: y + rowH * 0.15, height: rowH * 0.7, rx: 2, fill: COLOURS[r.outcome] || "#999" }, g);
-      let hatch = null;
-      if (r.role !== "screen") {
-        special = true;
-        hatch = svg("rect", { y: y + rowH * 0.15, height: rowH * 0.7, rx: 2, fill: "url(#hatch)" }, g);
-      }
-      const title = svg("title", {}, g);
-      g.addEventListener("click", () => openDetail(r.experiment));
-      state.bars.push({ run: r, rect, hatch, title });
-    }
-  });
-  const axisLine = svg("line", { y1: height - m.b, y2: height - m.b, x1: m.l, x2: width - m.r }, axis);
-  const ticks = svg("g", {}, axis);
-  state.timelineLayout = { start: t.start, end: t.end, running: t.running, width, m, height, ticks, axisLine };
-  box.replaceChildren(root);
-  stretchBars();
-  renderTimelineLegend(outcomes, special);
+  $("timeline-note").textContent = `fleet utilization ${fmtPct(t.utilization)} (busy time / (workers × span)) · busy `
+    + fmtDuration(t.busy_seconds);
+  drawTimeline();
 }
 
+function drawTimeline() {
+  const t = state.timeline;
+  const rows = t.workers;
+  const placed = rows.some((w) => w.runs.length);
+  const rowH = Math.max(12, Math.min(30, 320 / Math.max(rows.length, 1)));
+  const chart = chartIn("timeline", Math.max(220, Math.round(70 + rowH * rows.length)), placed ? null : "no run has started yet");
+  if (!chart) return;
+  const now = nowServer();
+  const end = t.running ? Math.max(now, t.end) : t.end;
+  const span = Math.max(end - t.start, 1);
+  const units = timeUnits(span);
+  const at = (s) => (s - t.start) / units.seconds;
+  const series = {};
+  const outcomeSeries = (key, special) => {
+    const id = special ? "special" : key;
+    if (!series[id]) {
+      series[id] = { id, type: "custom", name: special ? SPECIAL_RUNS : OUTCOME_LABELS[key] || key, data: [],
+        renderItem: (params, api) => renderBar(params, api, series[id].data[params.dataIndex]), encode: { x: [1, 2], y: 0 }, itemStyle: { color: special ? hatch("#ffffff") : COLOURS[key] || "#999" },
+        tooltip: { formatter: runTip } };
+    }
+    return series[id];
+  };
+  rows.forEach((w, i) => {
+    for (const r of w.runs) {
+      const stop = r.end === null ? Math.max(now, r.start) : r.end;
+      const special = r.role !== "screen";
+      const item = { value: [i, at(r.start), at(stop)], experiment: r.experiment, run: r, took: stop - r.start,
+        colour: COLOURS[r.outcome] || "#999", special };
+      outcomeSeries(r.outcome, false).data.push(item);
+      if (special) outcomeSeries(r.outcome, true);  // only for the legend entry
+    }
+  });
+  const order = [...Object.keys(OUTCOME_LABELS), "special"];
+  draw(chart, {
+    grid: { left: 8, right: 18, top: 8, bottom: 58, containLabel: true },
+    tooltip: { trigger: "item", confine: true },
+    legend: { ...LEGEND },
+    xAxis: { ...AXIS, type: "value", min: 0, max: at(end), name: `${units.long} since the session started`,
+      nameLocation: "middle", nameGap: 24,
+      axisLabel: { ...AXIS.axisLabel, showMaxLabel: false, formatter: (v) => `${+v.toFixed(2)} ${units.name}` } },
+    yAxis: { ...AXIS, type: "category", inverse: true, data: rows.map((w) => short(`${w.worker} (${w.hardware})`, 22)),
+      axisTick: { show: false }, splitLine: { show: false },
+      axisLabel: { ...AXIS.axisLabel, fontSize: rows.length > 30 ? 9 : 11 } },
+    series: order.filter((k) => series[k]).map((k) => series[k]),
+  });
+}
+
+function renderBar(params, api, item) {
+  const row = api.value(0);
+  const a = api.coord([api.value(1), row]), b = api.coord([api.value(2), row]);
+  const height = api.size([0, 1])[1] * 0.72;
+  const shape = echarts.graphic.clipRectByRect({ x: a[0], y: a[1] - height / 2, width: Math.max(b[0] - a[0], 1.5), height },
+    { x: params.coordSys.x, y: params.coordSys.y, width: params.coordSys.width, height: params.coordSys.height });
+  if (!shape || !item) return null;
+  return { type: "rect", shape, style: { fill: item.special ? hatch(item.colour) : item.colour,
+    stroke: item.special ? "#333" : null, lineWidth: item.special ? 0.6 : 0 } };
+}
+
+function runTip(params) {
+  const d = params.data;
+  if (!d || !d.run) return "";
+  const r = d.run;
+  return `<b>r${r.run} · e${r.experiment}</b> · ${esc(r.role)} · ${esc(OUTCOME_LABELS[r.outcome] || r.outcome)} · `
+    + `${fmtDuration(d.took)}${r.end === null ? " so far" : ""}${finite(r.metric) ? " · " + fmtMetric(r.metric) : ""}`
+    + `<br>${esc(short(r.description, 90))}`;
+}
+
+// The pixel width of a run's bar (tests watch a running one grow).
+window.labfleet.barWidth = (runId) => {
+  const chart = charts.timeline;
+  if (!chart) return null;
+  for (const s of chart.getOption().series) {
+    const item = s.data.find((d) => d.run && d.run.run === runId);
+    if (item) return chart.convertToPixel({ gridIndex: 0 }, [item.value[2], 0])[0] - chart.convertToPixel({ gridIndex: 0 }, [item.value[1], 0])[0];
+  }
+  return null;
+};
 function renderRunning() {
   const s = state.status;
   const box = $("running-now");
@@ -417,44 +549,6 @@ function tickRunning() {
     const seconds = Number(td.dataset.seconds) + (nowServer() - Number(td.dataset.at));
     td.textContent = fmtDuration(Math.max(seconds, 0));
   }
-}
-
-function stretchBars() {
-  const L = state.timelineLayout;
-  if (!L || !state.bars.length) return;
-  const now = nowServer();
-  const end = L.running ? Math.max(now, L.end) : L.end;
-  const span = Math.max(end - L.start, 1);
-  const X = (at) => L.m.l + ((at - L.start) / span) * (L.width - L.m.l - L.m.r);
-  for (const b of state.bars) {
-    const r = b.run;
-    const stop = r.end === null ? Math.max(now, r.start) : r.end;
-    const x = X(r.start), w = Math.max(X(stop) - x, 1.5);
-    b.rect.setAttribute("x", x); b.rect.setAttribute("width", w);
-    if (b.hatch) { b.hatch.setAttribute("x", x); b.hatch.setAttribute("width", w); }
-    const took = fmtDuration(stop - r.start) + (r.end === null ? " so far" : "");
-    b.title.textContent = `r${r.run} · e${r.experiment} · ${r.role} · ${OUTCOME_LABELS[r.outcome] || r.outcome}`
-      + ` · ${took}${finite(r.metric) ? " · " + fmtMetric(r.metric) : ""}\n${r.description}`;
-  }
-  const units = timeUnits(span);
-  L.ticks.replaceChildren();
-  for (const t of niceTicks(0, span / units.seconds, 6)) {
-    const x = X(L.start + t * units.seconds);
-    svg("line", { x1: x, x2: x, y1: L.height - L.m.b, y2: L.height - L.m.b + 4 }, L.ticks);
-    svg("text", { x, y: L.height - L.m.b + 16, "text-anchor": "middle", text: `${+t.toFixed(2)} ${units.name}` }, L.ticks);
-  }
-}
-
-function renderTimelineLegend(outcomes, special) {
-  const legend = $("timeline-legend");
-  legend.replaceChildren();
-  for (const [key, label] of Object.entries(OUTCOME_LABELS)) {
-    if (!outcomes.has(key)) continue;
-    const swatch = el("i", { class: "swatch" });
-    swatch.style.background = COLOURS[key];
-    legend.append(el("span", {}, swatch, label));
-  }
-  if (special) legend.append(el("span", {}, el("i", { class: "swatch hatch" }), "validate / confirm / noise / calibrate"));
 }
 
 // --------------------------------------------------------------------------- experiments table
@@ -559,6 +653,7 @@ async function openDetail(id, quiet = false) {
   }
   drawer.hidden = false;
   if (!quiet) { $("detail-title").textContent = `e${id}`; body.replaceChildren(el("p", { class: "note", text: "loading…" })); }
+  if (STATIC) { staticDetail(id); return; }
   let d;
   try {
     d = await api(`api/experiments/${encodeURIComponent(id)}`);
@@ -611,13 +706,28 @@ async function openDetail(id, quiet = false) {
   if (quiet) body.scrollTop = scroll;
 }
 
+// The static report has the table's row, not the diff and the log: it says where they are.
+function staticDetail(id) {
+  const r = state.experiments.find((row) => row.id === id);
+  const body = $("detail-body");
+  if (!r) { body.replaceChildren(el("p", { class: "note", text: `no experiment ${id}` })); return; }
+  const decision = r.parent === null ? "baseline" : r.decision;
+  $("detail-title").replaceChildren(`e${r.id} `, el("span", { class: `pill ${decision}`, text: decision }));
+  body.replaceChildren(el("h3", { text: r.description }), kv([
+    ["metric", fmtMetric(r.metric) + (finite(r.uncertainty) ? ` ± ${fmtMetric(r.uncertainty)}` : "")],
+    ["parent", r.parent === null ? "–" : `e${r.parent}`], ["status", r.status], ["role", r.role],
+    ["runs done", String(r.runs_done)], ["worker", r.worker ? `${r.worker} (${r.hardware})` : "–"],
+    ["commit", el("span", { class: "mono", text: r.commit || "–" })], ["reason", r.reason || "–"],
+  ]), el("p", { class: "note", text: `the diff and the log: labfleet show ${r.id}, or labfleet dashboard` }));
+}
+
 function closeDetail() {
   state.detail = null;
   $("detail").hidden = true;
   for (const tr of document.querySelectorAll("#experiments tbody tr.selected")) tr.classList.remove("selected");
 }
 
-// --------------------------------------------------------------------------- analysis
+// --------------------------------------------------------------------------- analysis: tables, sentences
 
 function table(headers, rows, numeric = []) {
   return el("table", {}, el("thead", {}, el("tr", {}, headers.map((h, i) => el("th", { class: numeric.includes(i) ? "num" : null, text: h })))),
@@ -630,90 +740,190 @@ function findings(lines) {
 
 function renderAnalysis() {
   const a = state.analysis;
-  // hardware
-  const classes = Object.values(a.hardware.classes || {});
-  const hw = $("hardware");
-  if (!classes.length) hw.replaceChildren(el("p", { class: "note", text: "no finished run yet" }));
-  else {
-    const ref = a.hardware.reference;
-    hw.replaceChildren(table(["class", "runs", "steps / run", "steps / s", "tokens / s", "$ / h", "speed vs " + ref, `${a.metric} offset`],
-      classes.map((c) => [c.hardware + (c.hardware === ref ? " (ref)" : ""), String(c.runs), fmtNumber(c.steps_per_run),
-        fmtNumber(c.steps_per_second), fmtNumber(c.tokens_per_second), c.price_per_hour ? fmtUsd(c.price_per_hour) : "–",
-        c.hardware === ref ? "1.00×" : finite(c.speed_ratio) ? `${c.speed_ratio.toFixed(2)}×` : "–",
-        c.hardware === ref ? "0" : finite(c.metric_offset)
-          ? fmtSigned(c.metric_offset) + (finite(c.offset_se) ? ` ± ${fmtMetric(c.offset_se)}` : "") : "–"]),
-      [1, 2, 3, 4, 5, 6, 7]),
-    findings(a.hardware.findings.length ? a.hardware.findings : ["one hardware class: nothing to compare"]));
-  }
-  // noise
+  renderHardware(a);
+  renderEffects(a);
+  renderCost(a);
   const noise = $("noise");
   noise.replaceChildren(
     a.noise.length ? table(["class", "sd of one run", "degrees of freedom", "repeated experiments"],
       a.noise.map((n) => [n.hardware, fmtMetric(n.sd), String(n.df), String(n.groups)]), [1, 2, 3]) : null,
     findings(a.noise_findings));
-  // effects
-  const fx = $("effects");
-  if (!a.effects.bars.length) fx.replaceChildren(el("p", { class: "note", text: a.effects.note || "no effects yet" }));
-  else fx.replaceChildren(effectsChart(a.effects.bars, a.direction), findings(a.effects.findings));
-  // phases and cost
   const ph = a.phases.phases || [];
   $("phases").replaceChildren(
     ph.length ? table(["phase", "experiments", "keeps", "gain"],
       ph.map((p) => [p.name, `e${p.first}–e${p.last} (${p.experiments})`, String(p.keeps), fmtMetric(p.gain)]), [2, 3])
       : el("p", { class: "note", text: "no phases yet: no experiment has been kept" }),
     findings(a.phases.findings));
+}
+
+// --------------------------------------------------------------------------- 3. hardware
+
+function renderHardware(a) {
+  const classes = Object.values(a.hardware.classes || {});
+  const ref = a.hardware.reference;
+  $("hardware").replaceChildren(
+    classes.length ? table(["class", "runs", "steps / run", "steps / s", "tokens / s", "$ / h", "speed vs " + ref, `${a.metric} offset`],
+      classes.map((c) => [c.hardware + (c.hardware === ref ? " (ref)" : ""), String(c.runs), fmtNumber(c.steps_per_run),
+        fmtNumber(c.steps_per_second), fmtNumber(c.tokens_per_second), c.price_per_hour ? fmtUsd(c.price_per_hour) : "–",
+        c.hardware === ref ? "1.00×" : finite(c.speed_ratio) ? `${c.speed_ratio.toFixed(2)}×` : "–",
+        c.hardware === ref ? "0" : finite(c.metric_offset)
+          ? fmtSigned(c.metric_offset) + (finite(c.offset_se) ? ` ± ${fmtMetric(c.offset_se)}` : "") : "–"]),
+      [1, 2, 3, 4, 5, 6, 7]) : null,
+    findings((a.hardware.findings.length ? a.hardware.findings : ["one hardware class: nothing to compare"])));
+  const same = a.hardware.same_code || [];
+  const chart = chartIn("hardware-chart", 300, classes.length || same.length ? null : "no finished run yet");
+  if (!chart) return;
+  let speed = null;
+  for (const [key, label] of [["steps_per_second", "training steps per second"], ["tokens_per_second", "tokens per second"]]) {
+    if (classes.some((c) => finite(c[key]))) { speed = { key, label }; break; }
+  }
+  const names = classes.map((c) => c.hardware).sort();
+  const byName = Object.fromEntries(classes.map((c) => [c.hardware, c]));
+  const sameClasses = [...new Set(same.map((s) => s.hardware))].sort();
+  const subjects = [...new Set(same.map((s) => s.subject))];
+  const subjectColour = (s) => (s === "baseline" ? COLOURS.baseline : COLOURS.kept);
+  const series = [];
+  if (speed) {
+    series.push({ type: "bar", name: speed.label, xAxisIndex: 0, yAxisIndex: 0, barMaxWidth: 70,
+      itemStyle: { color: COLOURS.spend }, data: names.map((n) => byName[n][speed.key]),
+      label: { show: true, position: "top", fontSize: 11, lineHeight: 15, color: "#444", formatter: (p) => {
+        const c = byName[names[p.dataIndex]];
+        return `${fmtNumber(p.value)}\n${plural(c.runs, "run")}${c.price_per_hour ? `, ${fmtUsd(c.price_per_hour)}/h` : ""}`;
+      } } });
+  }
+  subjects.forEach((subject, k) => {
+    const offset = (k - (subjects.length - 1) / 2) * 0.22;
+    const rows = same.filter((s) => s.subject === subject);
+    const xy = rows.map((s) => [sameClasses.indexOf(s.hardware) + offset, s.mean]);
+    series.push({ type: "scatter", name: subject, xAxisIndex: 1, yAxisIndex: 1, symbolSize: 10, z: 6,
+      itemStyle: { color: subjectColour(subject) },
+      data: rows.map((s, i) => ({ value: xy[i], experiment: s.experiment, s })),
+      tooltip: { formatter: (p) => `${esc(p.data.s.subject)} on ${esc(p.data.s.hardware)}: ${fmtMetric(p.data.s.mean)} ± `
+        + `${fmtMetric(p.data.s.sd)} (${plural(p.data.s.runs, "run")})` } });
+    series.push({ ...errorBars(`${subject} ± 1 sd`, rows.map((s, i) => [xy[i][0], s.mean - s.sd, s.mean + s.sd]), false,
+      subjectColour(subject)), xAxisIndex: 1, yAxisIndex: 1 });
+  });
+  const values = same.flatMap((s) => [s.mean - s.sd, s.mean + s.sd]);
+  const pad = (Math.max(...values) - Math.min(...values)) * 0.25 || Math.abs(values[0] || 1) * 0.01;
+  draw(chart, {
+    title: [{ text: speed ? speed.label : "no speed figures (num_steps, tokens_per_second) in the runs' results",
+      left: "2%", top: 0, textStyle: { fontSize: 12, fontWeight: "normal", color: "#444" } },
+    { text: `${a.metric} of the same code per class (± 1 sd)`, left: "53%", top: 0,
+      textStyle: { fontSize: 12, fontWeight: "normal", color: "#444" } }],
+    tooltip: { trigger: "item", confine: true },
+    legend: { ...LEGEND, data: subjects },
+    grid: [{ left: "2%", width: "42%", top: 44, bottom: 36, containLabel: true },
+      { left: "53%", right: "2%", top: 44, bottom: 36, containLabel: true }],
+    xAxis: [{ ...AXIS, type: "category", gridIndex: 0, data: names },
+      { ...AXIS, type: "value", gridIndex: 1, min: -0.5, max: Math.max(sameClasses.length - 0.5, 0.5),
+        splitLine: { show: false }, axisTick: { customValues: sameClasses.map((_, i) => i) },
+        axisLabel: { ...AXIS.axisLabel, customValues: sameClasses.map((_, i) => i), formatter: (v) => sameClasses[v] ?? "" } }],
+    yAxis: [{ ...AXIS, type: "value", gridIndex: 0, axisLabel: { ...AXIS.axisLabel, formatter: fmtTick } },
+      { ...AXIS, type: "value", gridIndex: 1, scale: true, min: values.length ? Math.min(...values) - pad : null,
+        max: values.length ? Math.max(...values) + pad : null, axisLine: { ...AXIS.axisLine, onZero: false },
+        axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtMetric(v), showMinLabel: false, showMaxLabel: false } }],
+    series,
+  });
+}
+
+// --------------------------------------------------------------------------- 4. effects (main effects, interactions, 95% CI)
+
+function effectColour(b, minimize) {
+  if (!b.significant) return COLOURS.neutral;
+  if (b.interaction) return COLOURS.lost;
+  return (b.estimate < 0) === minimize ? COLOURS.kept : COLOURS.crashed;
+}
+
+function renderEffects(a) {
+  const bars = a.effects.bars;
+  const minimize = a.direction !== "maximize";
+  $("effects").replaceChildren(bars.length ? findings(a.effects.findings)
+    : el("p", { class: "note", text: a.effects.note || "no effects yet" }));
+  $("effects-caption").hidden = !bars.length;
+  $("panel-effects").dataset.empty = bars.length ? "" : "1";
+  const chart = chartIn("effects-chart", bars.length ? 90 + 22 * bars.length : 0, bars.length ? null : " ");
+  if (!chart) { $("effects-chart").style.height = "0"; return; }
+  const labels = bars.map((b) => short(`wave ${b.wave} · ${b.name}`, 44));
+  const waves = [];
+  bars.forEach((b, i) => { if (!i || bars[i - 1].wave !== b.wave) waves.push([i, i]); else waves[waves.length - 1][1] = i; });
+  draw(chart, {
+    grid: { left: 8, right: 24, top: 8, bottom: 64, containLabel: true },
+    tooltip: { trigger: "item", confine: true },
+    legend: { ...LEGEND, data: [`improves ${a.metric}`, `worsens ${a.metric}`, "within noise (CI includes 0) or unknown",
+      "interaction beyond noise"] },
+    xAxis: { ...AXIS, type: "value", scale: false, axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtSigned(v) },
+      name: `effect on ${a.metric}: mean at the high level minus mean at the low level (95% CI)`, nameLocation: "middle", nameGap: 26 },
+    yAxis: { ...AXIS, type: "category", inverse: true, data: labels, axisTick: { show: false }, splitLine: { show: false } },
+    series: [
+      { type: "bar", name: "effects", barWidth: "62%", z: 2,
+        data: bars.map((b) => ({ value: b.estimate, b, itemStyle: { color: b.interaction && b.significant
+          ? hatch(COLOURS.lost) : effectColour(b, minimize) } })),
+        tooltip: { formatter: (p) => `${esc(labels[p.dataIndex])}: ${fmtSigned(p.data.b.estimate)}`
+          + (finite(p.data.b.low) ? ` (95% CI ${fmtSigned(p.data.b.low)} to ${fmtSigned(p.data.b.high)})` : "") },
+        markLine: { silent: true, symbol: "none", label: { show: false }, lineStyle: { color: "#333", type: "solid", width: 1 },
+          data: [{ xAxis: 0 }] },
+        markArea: { silent: true, data: waves.filter((_, i) => i % 2 === 1).map(([s, e]) => [
+          { yAxis: labels[s], itemStyle: { color: "#f5f6f8" } }, { yAxis: labels[e] }]) } },
+      errorBars("95% CI", bars.map((b, i) => (finite(b.low) && finite(b.high) ? [i, b.low, b.high] : null)).filter(Boolean), true),
+      // legend entries only
+      { type: "bar", name: `improves ${a.metric}`, data: [], itemStyle: { color: COLOURS.kept } },
+      { type: "bar", name: `worsens ${a.metric}`, data: [], itemStyle: { color: COLOURS.crashed } },
+      { type: "bar", name: "within noise (CI includes 0) or unknown", data: [], itemStyle: { color: COLOURS.neutral } },
+      { type: "bar", name: "interaction beyond noise", data: [], itemStyle: { color: hatch(COLOURS.lost) } },
+    ],
+  });
+}
+
+// --------------------------------------------------------------------------- 5. cost
+
+function renderCost(a) {
   const cost = a.cost;
   $("cost").replaceChildren(
     cost.workers.length ? table(["worker", "class", "$ / h", "busy", "cost"],
       cost.workers.map((w) => [w.worker, w.hardware, fmtUsd(w.price_per_hour), fmtDuration(w.busy_seconds), fmtUsd(w.usd)]),
       [2, 3, 4]) : null,
     findings(cost.findings));
-}
-
-function effectsChart(bars, direction) {
-  const box = el("div", { class: "chart" });
-  const labels = bars.map((b) => `wave ${b.wave} · ${b.name}`);
-  const longest = Math.min(Math.max(...labels.map((l) => l.length)), 40);
-  const rowH = 20, m = { l: Math.round(longest * 6.3 + 14), r: 16, t: 6, b: 24 };
-  const width = Math.max($("effects").clientWidth || 600, 360);
-  const height = m.t + m.b + rowH * bars.length;
-  const values = bars.flatMap((b) => [b.estimate, b.low, b.high]).filter(finite);
-  let lo = Math.min(0, ...values), hi = Math.max(0, ...values);
-  const pad = (hi - lo) * 0.08 || 1;
-  lo -= pad; hi += pad;
-  const X = (v) => m.l + ((v - lo) / (hi - lo)) * (width - m.l - m.r);
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, height });
-  const defs = svg("defs", {}, root);
-  const pattern = svg("pattern", { id: "fxhatch", width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" }, defs);
-  svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "rgba(255,255,255,0.6)", "stroke-width": 2 }, pattern);
-  const axis = svg("g", { class: "axis" }, root);
-  for (const t of niceTicks(lo, hi, 5)) {
-    svg("line", { x1: X(t), x2: X(t), y1: m.t, y2: height - m.b, stroke: "#eef0f2" }, root);
-    svg("text", { x: X(t), y: height - 8, "text-anchor": "middle", text: fmtSigned(t) }, axis);
-  }
-  svg("line", { x1: X(0), x2: X(0), y1: m.t, y2: height - m.b, stroke: "#555" }, root);
-  const minimize = direction !== "maximize";
-  bars.forEach((b, i) => {
-    const y = m.t + i * rowH;
-    if (i > 0 && bars[i - 1].wave !== b.wave) svg("line", { x1: 0, x2: width, y1: y, y2: y, stroke: "#ddd", "stroke-dasharray": "4 3" }, root);
-    const name = labels[i];
-    svg("text", { x: m.l - 8, y: y + rowH / 2 + 4, "text-anchor": "end",
-      text: name.length > longest ? name.slice(0, longest - 1) + "…" : name }, axis);
-    let colour = "#b8c2cc";
-    if (b.significant) colour = b.interaction ? COLOURS.lost : ((b.estimate < 0) === minimize ? COLOURS.kept : COLOURS.crashed);
-    const x0 = X(Math.min(0, b.estimate)), x1 = X(Math.max(0, b.estimate));
-    const g = svg("g", {}, root);
-    svg("rect", { x: x0, y: y + 4, width: Math.max(x1 - x0, 1), height: rowH - 8, fill: colour }, g);
-    if (b.interaction) svg("rect", { x: x0, y: y + 4, width: Math.max(x1 - x0, 1), height: rowH - 8, fill: "url(#fxhatch)" }, g);
-    if (finite(b.low) && finite(b.high)) {
-      const cy = y + rowH / 2;
-      svg("path", { d: `M${X(b.low)},${cy}H${X(b.high)}M${X(b.low)},${cy - 4}V${cy + 4}M${X(b.high)},${cy - 4}V${cy + 4}`,
-        stroke: "#222", fill: "none" }, g);
-    }
-    tip(g, `${name}: ${fmtSigned(b.estimate)}` + (finite(b.low) ? ` (95% CI ${fmtSigned(b.low)} to ${fmtSigned(b.high)})` : ""));
+  const chart = chartIn("cost-chart", 300, cost.spend.length ? null : "no run has finished yet");
+  if (!chart) return;
+  const span = Math.max(cost.end - cost.start, 1);
+  const units = timeUnits(span);
+  const total = cost.spend[cost.spend.length - 1].total;
+  // without prices the spend is worker time, in the units that read best
+  const work = timeUnits(total);
+  const amount = (v) => (cost.priced ? v : v / work.seconds);
+  const unit = cost.priced ? "GPU dollars" : `worker-${work.long}`;
+  const fmtAmount = (v) => (cost.priced ? fmtUsd(v) : `${fmtNumber(v)} ${work.name}`);
+  const best = cost.best.map((b) => [amount(b.spend), b.metric]);
+  if (best.length) best.push([amount(total), best[best.length - 1][1]]);
+  const bestValues = best.map((b) => b[1]);
+  const bestPad = (Math.max(...bestValues) - Math.min(...bestValues)) * 0.15 || Math.abs(bestValues[0] || 1) * 0.01;
+  const lowBest = bestValues.length ? Math.min(...bestValues) - bestPad : null;
+  const highBest = bestValues.length ? Math.max(...bestValues) + bestPad : null;
+  const title = (text, left) => ({ text, left, top: 0, textStyle: { fontSize: 12, fontWeight: "normal", color: "#444" } });
+  draw(chart, {
+    title: [title(`${cost.priced ? fmtUsd(total) : `${fmtNumber(amount(total))} ${unit}`} on finished runs`
+      + (cost.priced ? "" : " (no prices set: $0)"), "2%"), title("running best against spend", "53%")],
+    tooltip: { trigger: "axis", confine: true },
+    grid: [{ left: "2%", width: "42%", top: 36, bottom: 40, containLabel: true },
+      { left: "53%", right: "2%", top: 36, bottom: 40, containLabel: true }],
+    xAxis: [{ ...AXIS, type: "value", gridIndex: 0, min: 0, max: span / units.seconds, name: `${units.long} since the session started`,
+      nameLocation: "middle", nameGap: 24, axisLabel: { ...AXIS.axisLabel, formatter: (v) => `${+v.toFixed(2)}` } },
+    { ...AXIS, type: "value", gridIndex: 1, min: 0, name: `cumulative ${unit}`, nameLocation: "middle", nameGap: 24 }],
+    yAxis: [{ ...AXIS, type: "value", gridIndex: 0, min: 0, name: `cumulative ${unit}`, nameLocation: "middle", nameGap: 56,
+      axisLabel: { ...AXIS.axisLabel, formatter: (v) => (cost.priced ? "$" + fmtTick(v) : fmtTick(v)) } },
+    { ...AXIS, type: "value", gridIndex: 1, scale: true, name: `best ${a.metric} so far`, nameLocation: "middle", nameGap: 58,
+      min: lowBest, max: highBest,
+      axisLabel: { ...AXIS.axisLabel, formatter: (v) => fmtMetric(v) } }],
+    series: [
+      { type: "line", name: "spend", xAxisIndex: 0, yAxisIndex: 0, step: "end", symbol: "none",
+        data: [[0, 0], ...cost.spend.map((s) => [(s.at - cost.start) / units.seconds, amount(s.total)])],
+        lineStyle: { color: COLOURS.spend, width: 2 }, areaStyle: { color: COLOURS.spend, opacity: 0.15 },
+        tooltip: { valueFormatter: (v) => fmtAmount(cost.priced ? v : v * work.seconds) } },
+      { type: "line", name: `best ${a.metric}`, xAxisIndex: 1, yAxisIndex: 1, step: "end", data: best,
+        lineStyle: { color: COLOURS.best, width: 2 }, itemStyle: { color: COLOURS.kept }, symbolSize: 7,
+        showSymbol: true, tooltip: { valueFormatter: (v) => fmtMetric(v) } },
+    ],
   });
-  box.append(root);
-  return box;
 }
 
 // --------------------------------------------------------------------------- start
@@ -724,8 +934,15 @@ document.addEventListener("keydown", (event) => { if (event.key === "Escape") cl
 let resizeTimer = null;
 window.addEventListener("resize", () => {
   clearTimeout(resizeTimer);
-  resizeTimer = setTimeout(() => { if (state.progress) { renderProgress(); renderTimeline(); renderAnalysis(); } }, 200);
+  resizeTimer = setTimeout(() => {
+    for (const chart of Object.values(charts)) chart.resize();
+    if (state.progress) { renderProgress(); drawTimeline(); renderAnalysis(); }
+  }, 200);
 });
-setInterval(tick, 1000);
-refresh();
-connect();
+if (STATIC) {
+  showStatic();
+} else {
+  setInterval(tick, 1000);
+  refresh();
+  connect();
+}
