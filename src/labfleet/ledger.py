@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from labfleet.errors import LabfleetError
+from labfleet.errors import LabfleetError, LedgerError, SessionLocked
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 
 LEDGER_FILE = "ledger.sqlite"
@@ -120,14 +120,6 @@ MIGRATIONS = {
         "cancel": "INTEGER NOT NULL DEFAULT 0",
     },
 }
-
-
-class LedgerError(LabfleetError):
-    pass
-
-
-class SessionLocked(LedgerError):
-    pass
 
 
 def _dumps(value: Any) -> str:

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from labfleet.analysis import report
 from labfleet.analysis.cost import worker_costs
 from labfleet.dashboard import TOKEN_ENV
-from labfleet.errors import LabfleetError
+from labfleet.errors import LabfleetError, NoLedger
 from labfleet.ledger import LEDGER_FILE, Ledger
 from labfleet.target import STATE_DIR
 from labfleet.views import results_view, status_view
@@ -54,10 +54,6 @@ LATEST_RUNS = 20  # the latest runs whose statuses go into the change fingerprin
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # session config keys the page may show (the config never holds keys, but show only what helps)
 CONFIG_KEYS = ("workers", "budget_seconds", "keep", "executor", "price", "max_experiments", "hours", "patience")
-
-
-class NoLedger(LabfleetError):
-    """No ledger file or no session yet: the page says it is waiting."""
 
 
 # --------------------------------------------------------------------------- reading the ledger

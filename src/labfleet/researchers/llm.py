@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from labfleet import logs, workspace
-from labfleet.errors import ConfigError, LabfleetError, PatchError
+from labfleet.errors import ConfigError, LLMError, LabfleetError, PatchError
 from labfleet.records import Experiment, Proposal, Result, RunStatus, SessionState
 from labfleet.researchers import ideas as ideas_mod
 from labfleet.researchers.base import Researcher
@@ -146,10 +146,6 @@ the frozen evaluation reports it, and a patch that names it is flagged as cheati
 - Do not repeat an experiment that was already tried; differences smaller than the noise \
 floor are not real.
 - Always answer by calling the propose_experiments tool."""
-
-
-class LLMError(LabfleetError):
-    """A model call failed (after the SDK's retries) or answered without the tool."""
 
 
 # --------------------------------------------------------------------------- provider layer
