@@ -11,6 +11,7 @@ from labfleet import agents, integrity, views
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, SessionState
 from labfleet.researchers.llm import LLMResearcher
+from labfleet.researchers.view import Sources
 from labfleet.target import load_target
 from tests.conftest import git, make_target, run_cli
 from tests.test_session import KNOB_TRAIN
@@ -65,7 +66,7 @@ def test_holdout_reaches_people_and_no_researcher_visible_output(finished_lab, m
     # the LLM researcher's prompt, built through its public method from the ledger's snapshot
     monkeypatch.setenv("LABFLEET_TEST_KEY", "sk-test")
     target = load_target(folder)
-    llm = LLMResearcher(target=target, provider="openai", model="m", base_url="http://127.0.0.1:9/v1",
+    llm = LLMResearcher(sources=Sources.of(target), provider="openai", model="m", base_url="http://127.0.0.1:9/v1",
                         api_key_env="LABFLEET_TEST_KEY")
     history, pending = ledger.history(1)
     champion = next(e for e in reversed(experiments) if e.decision in (Decision.KEPT, Decision.BASELINE))

@@ -287,13 +287,13 @@ def test_a_300_mb_flood_leaves_a_capped_log_and_a_bounded_harness(target_factory
 def test_every_log_reader_is_bounded(tmp_path):
     from labfleet import agents, logs
     from labfleet.executors import ray as ray_executor
-    from labfleet.researchers import llm
+    from labfleet.researchers.view import Sources
 
     big = tmp_path / "big.log"
     with big.open("wb") as f:
         f.seek(2 * 1024**3)  # 2 GiB of zeros before it (sparse: costs no disk)
         f.write(b"\nlast line\n")
-    for tail in (agents._tail(str(big)), llm.read_tail(str(big)), harness._log_tail(big),
+    for tail in (agents._tail(str(big)), Sources(tmp_path, (), (), "m", "minimize").log_tail(str(big), 30), harness._log_tail(big),
                  ray_executor._tail(big, 1024)):
         assert tail.splitlines()[-1] == "last line"
     text = logs.read_bounded(big, limit=1024)

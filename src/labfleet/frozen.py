@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from labfleet import workspace
-from labfleet.errors import FrozenChanged, LabfleetError
+from labfleet.errors import FrozenChanged
 from labfleet.target import STATE_DIR, Target
 
 PIN_FILE = "frozen.json"

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from labfleet.errors import LabfleetError, LedgerError, SessionLocked
+from labfleet.errors import LedgerError, SessionLocked
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 
 LEDGER_FILE = "ledger.sqlite"

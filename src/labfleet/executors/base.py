@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labfleet.errors import ExecutorError, LabfleetError
+from labfleet.errors import ExecutorError as ExecutorError  # re-exported: the contract names it
 from labfleet.harness import RunRequest, RunResult
 
 
