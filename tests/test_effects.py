@@ -20,8 +20,8 @@ from labfleet.analysis.effects import (
     wave_effects,
 )
 from labfleet.records import Decision
-from tests.test_researchers import BASE, result
-from tests.test_researchers import experiment as _experiment
+from labfleet.testing.snapshots import BASE, result
+from labfleet.testing.snapshots import experiment as _experiment
 
 _ids = itertools.count(10_000)  # our own ids: test_researchers' counter (and its seeded expectations) stays untouched
 

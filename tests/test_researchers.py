@@ -10,71 +10,21 @@ import sys
 import pytest
 
 from labfleet.errors import ConfigError
-from labfleet.records import Decision, Experiment, Result, Run, RunStatus, SessionState
+from labfleet.records import Decision, Result
 from labfleet.researchers import RESEARCHERS, make_researcher
 from labfleet.researchers.space import key
 from labfleet.target import Knob
+from labfleet.testing.snapshots import (
+    BASE,
+    BASELINE,
+    experiment,
+    result,
+    state,
+    well_typed,
+)
 
-KNOBS = {
-    "LEARNING_RATE": Knob(file="train.py", low=1e-4, high=1e-1, log=True),
-    "N_LAYER": Knob(file="train.py", choices=[1, 2, 3, 4]),
-    "WARMUP": Knob(file="train.py", low=0.0, high=0.4),
-    "BATCH": Knob(file="train.py", low=4, high=64, integer=True, log=True),
-    "ACTIVATION": Knob(file="train.py", choices=["relu", "gelu"]),
-}
-BASE = {"LEARNING_RATE": 1e-3, "N_LAYER": 2, "WARMUP": 0.1, "BATCH": 8, "ACTIVATION": "relu"}
 NAMES = ["cmaes", "greedy", "grid", "optuna", "random", "waves"]  # the knob researchers: the shared tests below
 OTHERS = ["external", "hybrid", "llm"]  # researchers that need a model or an agent (tests in test_llm, test_agents)
-ids = itertools.count(100)
-
-
-# --------------------------------------------------------------------------- snapshots
-
-
-def experiment(knobs, decision=Decision.DISCARDED, parent=1, tags=None, exp_id=None, metric=None) -> Experiment:
-    return Experiment(
-        id=exp_id or next(ids), session_id=1, parent_id=parent, commit="c", patch="", description="",
-        hypothesis="", knobs=dict(knobs), tags=tags or {}, seed=0, budget_seconds=1, decision=decision,
-        created_at=0.0, metric=metric,
-    )
-
-
-def result(exp: Experiment, metric: float | None) -> Result:
-    """A finished run of ``exp``: done with ``metric``, or crashed when it is None."""
-    status = RunStatus.DONE if metric is not None else RunStatus.CRASHED
-    run = Run(id=exp.id, experiment_id=exp.id, attempt=1, status=status, worker="w", hardware="cpu", queued_at=0,
-              started_at=0, ended_at=1, metric=metric, figures={}, reason="", run_dir=None, log_path=None)
-    return Result(exp, run)
-
-
-BASELINE = experiment(BASE, Decision.BASELINE, parent=None, exp_id=1, metric=2.0)
-
-
-def state(history=(), pending=(), champion=None, knobs=KNOBS, baseline=BASELINE, direction="minimize",
-          free=4) -> SessionState:
-    """A snapshot whose history starts with the baseline's result."""
-    return SessionState(
-        session_id=1, metric="val_bpb", direction=direction, knobs=knobs, baseline=baseline,
-        champion=champion or baseline, history=(result(baseline, baseline.metric), *history),
-        pending=tuple(pending), free_workers=free,
-    )
-
-
-def well_typed(knobs, space=KNOBS) -> bool:
-    """Every knob present, inside its range, an int where the knob is integer, a choice's own type."""
-    if set(knobs) != set(space):
-        return False
-    for name, value in knobs.items():
-        knob = space[name]
-        if not knob.contains(value):
-            return False
-        if knob.integer and type(value) is not int:
-            return False
-        if knob.choices is not None and type(value) not in {type(c) for c in knob.choices}:
-            return False
-        if knob.choices is None and not knob.integer and type(value) is not float:
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------- every researcher

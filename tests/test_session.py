@@ -21,26 +21,8 @@ from labfleet.records import Decision, Proposal, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
 from labfleet.session import SessionConfig, SessionError, SessionLoop, _Champion, start_session
 from labfleet.target import load_target
+from labfleet.testing.targets import KNOB_TRAIN, KNOBS_TOML
 from tests.conftest import git, make_target
-
-# A train.py whose metric is a smooth function of its knobs: best at LEARNING_RATE = 1e-2.
-KNOB_TRAIN = """\
-import math, os, time
-import evalkit
-
-LEARNING_RATE = 1e-3  # step size
-N_LAYER = 2
-SLEEP = 0.0
-time.sleep(SLEEP)
-seed = int(os.environ["LABFLEET_SEED"])
-evalkit.report(1.0 + (math.log10(LEARNING_RATE) + 2) ** 2 + 0.01 * N_LAYER, num_steps=10, peak_memory_mb=2048)
-"""
-KNOBS_TOML = """
-[knobs]
-LEARNING_RATE = { file = "train.py", low = 1e-4, high = 1e-1, log = true }
-N_LAYER = { file = "train.py", choices = [1, 2, 3] }
-SLEEP = { file = "train.py", low = 0.0, high = 30.0 }
-"""
 
 
 class Scripted(Researcher):

@@ -16,8 +16,8 @@ from labfleet.researchers import RESEARCHERS, WavesResearcher, make_researcher
 from labfleet.researchers.space import key
 from labfleet.researchers.waves import level_pair
 from labfleet.target import Knob
-from tests.test_researchers import BASE, BASELINE, KNOBS, result, state, well_typed
-from tests.test_researchers import experiment as _experiment
+from labfleet.testing.snapshots import BASE, BASELINE, KNOBS, result, state, well_typed
+from labfleet.testing.snapshots import experiment as _experiment
 
 _ids = itertools.count(10_000)  # our own ids: test_researchers' counter (and its seeded expectations) stays untouched
 
