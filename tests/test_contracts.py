@@ -16,7 +16,6 @@ import labfleet
 from labfleet import enums, errors, records
 
 
-
 def all_modules() -> list[str]:
     names = ["labfleet"]
     for info in pkgutil.walk_packages(labfleet.__path__, "labfleet."):

@@ -29,8 +29,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'labf
 
 from labfleet import workspace  # noqa: E402
 from labfleet.executors import conformance  # noqa: E402
-from labfleet.executors.base import ExecutorError, Job  # noqa: E402
 from labfleet.executors import ray as ray_executor  # noqa: E402
+from labfleet.executors.base import ExecutorError, Job  # noqa: E402
 from labfleet.executors.ray import RayExecutor, owner_name  # noqa: E402
 from labfleet.harness import Outcome, RunRequest, read_result  # noqa: E402
 from labfleet.ledger import Ledger  # noqa: E402
@@ -314,7 +314,7 @@ def test_cancel_and_close_leave_no_training_process(cluster: Cluster, tmp_path: 
     for job in jobs:
         executor.start(job)
     for job in jobs:
-        _until(lambda: _node_local_processes(job.request.run_dir, training=True), 60, "training to start")  # slow when loaded
+        _until(lambda: _node_local_processes(job.request.run_dir, training=True), 60, "training to start")  # noqa: B023 - called at once  # slow when loaded
     executor.cancel(1)  # returns once the task has ended (or its stop call timed out, on a loaded machine)
     _until(lambda: _node_local_processes(jobs[0].request.run_dir) == [], 30, "the cancelled run's processes to go")
     assert executor.running() == [2]

@@ -25,8 +25,7 @@ from labfleet.harness import Outcome, RunRequest, eval_allowance, run_experiment
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Proposal, RunStatus
 from labfleet.session import SessionConfig, start_session
-from labfleet.target import load_target, parse_config
-from labfleet.target import unified_diff
+from labfleet.target import load_target, parse_config, unified_diff
 from tests.conftest import git, make_target, run_cli
 from tests.test_harness import processes_with
 from tests.test_session import Scripted, run_session

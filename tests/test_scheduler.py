@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from labfleet.errors import ConfigError
 from labfleet.executors.base import Worker
 from labfleet.records import Decision, Experiment, Proposal, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
@@ -29,11 +30,11 @@ from labfleet.scheduler import (
     becomes_lead,
     decide,
     decide_baseline,
+    lead_snapshot,
     place,
     plan_calibration,
     plan_champion_calibration,
     probability_better,
-    lead_snapshot,
     rank_winners,
     still_leads,
     stop_reason,
@@ -46,7 +47,6 @@ from labfleet.scheduler.proposing import (
     parse_latency,
     pipeline_depth,
 )
-from labfleet.errors import ConfigError
 from labfleet.target import Tiers
 
 NOISE = {"H100": 0.01, "H200": 0.01}

@@ -214,7 +214,8 @@ def test_setup_once_per_cluster_and_preemption_is_a_loss(tmp_path, cloud):
         def job(run_id: int, sleep: float = 0.0) -> Job:
             request = RunRequest(target_dir=folder, run_dir=tmp_path / "runs" / f"r{run_id}", seed=run_id)
             if sleep:
-                from labfleet.target import knob_patch, load_target as load
+                from labfleet.target import knob_patch
+                from labfleet.target import load_target as load
                 request = RunRequest(target_dir=folder, run_dir=request.run_dir, seed=run_id,
                                      patch=knob_patch(load(folder), {"SLEEP": sleep}))
             return Job(run_id=run_id, worker_id="h100-0", request=request)

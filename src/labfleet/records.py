@@ -157,7 +157,8 @@ class RunRequest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRequest:
         paths = {"target_dir", "run_dir", "cache_root"}
-        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in data.items()})
+        values: dict[str, Any] = {k: Path(v) if k in paths and v is not None else v for k, v in data.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from labfleet.harness import RunRequest
 from labfleet.ledger import Ledger, run_record
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
+from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.scheduler import (
     Baseline,
     Discard,
@@ -78,7 +79,6 @@ from labfleet.scheduler import (
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
 from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
-from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.target import Target, Tiers, knob_patch
 
 BRANCH_PREFIX = "labfleet/s"
@@ -655,7 +655,7 @@ class SessionLoop:
 
     def calibrate_champion(self, exp: Experiment) -> None:
         """One fresh-seed run of a new champion on every class it has no unbiased run on."""
-        budgets = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
+        budgets: dict[str, float] = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
         self.apply_queue(plan_champion_calibration(exp, [w.hardware for w in self.workers.values()], self.tiers,
                                                    self.unbiased, budgets))
 
@@ -676,7 +676,7 @@ class SessionLoop:
         self.on_event(Event("lead", f"e{exp.id} {self._fmt(self.lead.metric)} leads until validated"
                             f"  [{exp.description}]", exp))
         self.promote(exp.id, "provisional lead")
-        budgets = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
+        budgets: dict[str, float] = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
         screen = [w.hardware for w in self.workers.values() if self._role_allows(Role.SCREEN, w.hardware)]
         self.apply_queue(plan_champion_calibration(exp, screen, self.tiers, self.unbiased, budgets))
 

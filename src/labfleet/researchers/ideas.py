@@ -92,7 +92,7 @@ def changed_lines(patch: str, skip: Iterable[str] = ()) -> list[str]:
     removed: dict[str, int] = {}
     added: dict[str, int] = {}
     for line in patch.splitlines():
-        if line.startswith(("---", "+++")) or not line[:1] in ("-", "+"):
+        if line.startswith(("---", "+++")) or line[:1] not in ("-", "+"):
             continue
         body = line[1:]
         if skip_re is not None and skip_re.match(body):

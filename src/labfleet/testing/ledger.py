@@ -21,7 +21,6 @@ truth a killed session resumes from. What it holds to:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,8 @@ def check_an_experiment_comes_back_as_recorded(open_ledger: LedgerFactory, tmp_p
     again = open_ledger(path)
     exp = again.experiment(exp_id)
     assert exp == before
-    assert dataclasses.is_dataclass(exp) and type(exp).__dataclass_params__.frozen  # type: ignore[attr-defined]
+    params = vars(type(exp)).get("__dataclass_params__")
+    assert params is not None and params.frozen, "an experiment is a frozen dataclass"
     assert (exp.session_id, exp.parent_id, exp.commit, exp.description, exp.seed) == (sid, None, "c1", "lr up", 7)
     assert dict(exp.knobs) == {"LEARNING_RATE": 3e-3} and dict(exp.tags) == {"wave": "1"}
     assert exp.decision == Decision.PENDING

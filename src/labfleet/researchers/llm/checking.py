@@ -51,7 +51,8 @@ def check_proposal(raw: Mapping[str, Any], files: Mapping[str, str], editable: S
     description = raw.get("description")
     if not isinstance(description, str) or not description.strip():
         raise ValueError("a description is required")
-    hypothesis = raw.get("hypothesis") if isinstance(raw.get("hypothesis"), str) else ""
+    given = raw.get("hypothesis")
+    hypothesis = given if isinstance(given, str) else ""
     patch, edits = raw.get("patch"), raw.get("edits")
     if edits:
         new = _apply_edits(files, edits, editable)
