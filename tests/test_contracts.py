@@ -120,3 +120,23 @@ def test_enums_are_their_strings():
     from labfleet.records import Decision, RunStatus
 
     assert Outcome is enums.Outcome and RunStatus is enums.RunStatus and Decision is enums.Decision
+
+
+def test_researchers_read_the_target_only_through_their_view():
+    """No researcher module runs git or opens files itself: ``researchers/view.py`` is the one reader."""
+    from pathlib import Path
+
+    import labfleet.researchers as package
+
+    # ideas.py applies patches to file texts in a scratch folder of its own (git apply, no target access)
+    scratch_only = {"ideas.py"}
+    leaks = []
+    for path in sorted(Path(package.__file__).parent.rglob("*.py")):
+        if path.name == "view.py":
+            continue
+        text = path.read_text()
+        for reach in ("import subprocess", "labfleet.logs", "from labfleet import logs", "workspace.show_file",
+                      "workspace.resolve", "workspace.git(", "read_text(", "open(", ".root"):
+            if reach in text and not (path.name in scratch_only and reach in ("import subprocess", "read_text(")):
+                leaks.append(f"{path.name}: {reach}")
+    assert leaks == []
