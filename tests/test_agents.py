@@ -12,16 +12,9 @@ from pathlib import Path
 import pytest
 
 from labfleet.ledger import Ledger
-from tests.conftest import make_target, run_cli
-from tests.test_cli_session import SEARCH_TOML, wait_for
-from tests.test_session import KNOB_TRAIN
-
-# SLEEP is a knob here, so an agent can submit a slow experiment to cancel
-AGENT_TOML = SEARCH_TOML + 'SLEEP = { file = "train.py", low = 0.0, high = 60.0 }\n'
-
-
-def lab(tmp_path: Path) -> Path:
-    return make_target(tmp_path / "lab", KNOB_TRAIN, extra_toml=AGENT_TOML, budget=1, timeout=90)
+from labfleet.testing.targets import KNOB_TRAIN
+from tests.conftest import AGENT_TOML, make_target, run_cli, wait_for
+from tests.conftest import agent_lab as lab
 
 
 def agent(folder: Path, *args: str) -> dict:

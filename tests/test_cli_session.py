@@ -15,16 +15,13 @@ from pathlib import Path
 import pytest
 
 from labfleet.ledger import Ledger
-from tests.conftest import git, make_target, run_cli
-from tests.test_session import KNOB_TRAIN, KNOBS_TOML
+from labfleet.testing.targets import KNOB_TRAIN, SEARCH_TOML
+from tests.conftest import git, make_target, run_cli, wait_for
 
 SLOW_TRAIN = KNOB_TRAIN.replace("SLEEP = 0.0", "SLEEP = 1.0")
 
 
 # SLEEP stays a constant here: sessions search only the knobs that shape the metric
-SEARCH_TOML = KNOBS_TOML.replace('SLEEP = { file = "train.py", low = 0.0, high = 30.0 }\n', "")
-
-
 def lab(tmp_path: Path, train: str = KNOB_TRAIN) -> Path:
     return make_target(tmp_path / "lab", train, extra_toml=SEARCH_TOML, budget=1, timeout=8)
 
@@ -35,13 +32,6 @@ def start_run(folder: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def counts(folder: Path) -> dict[str, int]:

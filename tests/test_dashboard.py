@@ -33,7 +33,7 @@ from labfleet.dashboard.app import check_bind, create_app  # noqa: E402
 from labfleet.ledger import Ledger  # noqa: E402
 from labfleet.records import Proposal  # noqa: E402
 from labfleet.views import results_view, status_view  # noqa: E402
-from tests.test_session import Scripted, lab, run_session  # noqa: E402
+from tests.conftest import Scripted, lab, run_session  # noqa: E402
 
 LOCAL = "http://127.0.0.1"  # the app answers only to loopback Host headers without a token
 SCREENSHOT = Path(os.environ.get("LABFLEET_DASHBOARD_SCREENSHOT", "/tmp/dashboard.png"))

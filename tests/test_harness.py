@@ -14,7 +14,7 @@ import pytest
 from labfleet import harness
 from labfleet.harness import Outcome, RunRequest, classify, parse_block, run_experiment
 from labfleet.target import parse_config
-from tests.conftest import git
+from tests.conftest import git, processes_with
 
 
 def run(target: Path, tmp_path: Path, name: str = "run", **kwargs) -> harness.RunResult:
@@ -86,21 +86,6 @@ def test_hang_is_killed_with_its_whole_process_group(target_factory, tmp_path):
             break
         time.sleep(0.05)
     assert not processes_with(f"sleep 300.{token}")
-
-
-def processes_with(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (proc / "stat").read_text().split(") ")[-1][:1]
-            except OSError:
-                continue
-            if text in cmdline and state != "Z":
-                pids.append(int(proc.name))
-    return pids
 
 
 def test_larger_budget_extends_the_hard_timeout(target_factory, tmp_path):

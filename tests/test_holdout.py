@@ -13,8 +13,8 @@ from labfleet.records import Decision, SessionState
 from labfleet.researchers.llm import LLMResearcher
 from labfleet.researchers.view import Sources
 from labfleet.target import load_target
+from labfleet.testing.targets import KNOB_TRAIN
 from tests.conftest import git, make_target, run_cli
-from tests.test_session import KNOB_TRAIN
 
 SECRET = "0.123457"  # the holdout value: distinctive, so any leak is found by text search
 HOLDOUT_TOML = """

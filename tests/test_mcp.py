@@ -12,9 +12,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from tests.conftest import run_cli
-from tests.test_agents import lab
-from tests.test_cli_session import wait_for
+from tests.conftest import agent_lab as lab
+from tests.conftest import run_cli, wait_for
 
 TOOLS = {"submit_experiment", "submit_factorial", "get_effects", "get_status", "get_results", "get_best",
          "show_experiment", "wait_for", "promote", "cancel", "read_file"}

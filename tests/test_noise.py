@@ -18,8 +18,8 @@ from labfleet.ledger import Ledger
 from labfleet.records import Decision, Proposal
 from labfleet.session import SessionConfig, SessionLoop, start_session
 from labfleet.target import load_target
-from tests.conftest import make_target
-from tests.test_session import KNOBS_TOML, Scripted
+from labfleet.testing.targets import KNOBS_TOML
+from tests.conftest import Scripted, make_target
 
 # The metric: 1.0 + (log10(lr) + 2)^2, plus seed noise of +-0.01 (seed 0: 0, seed 1: +0.01,
 # seed 2: -0.01, ...), minus 0.01 per thread (a worker with more threads "runs more steps").

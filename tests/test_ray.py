@@ -37,9 +37,8 @@ from labfleet.ledger import Ledger  # noqa: E402
 from labfleet.records import Decision, Proposal, RunStatus, SessionState  # noqa: E402
 from labfleet.session import SessionConfig, SessionLoop, start_session  # noqa: E402
 from labfleet.target import load_target  # noqa: E402
-from tests.conftest import make_target  # noqa: E402
-from tests.test_cli_session import SEARCH_TOML  # noqa: E402
-from tests.test_session import KNOB_TRAIN, KNOBS_TOML, Scripted  # noqa: E402
+from labfleet.testing.targets import KNOB_TRAIN, KNOBS_TOML, SEARCH_TOML  # noqa: E402
+from tests.conftest import Scripted, make_target  # noqa: E402
 
 RAY_CLI = Path(sys.executable).parent / "ray"
 PRICES = {"H100": 2.5, "H200": 3.5}

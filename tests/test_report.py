@@ -15,7 +15,7 @@ from labfleet.analysis.report import build_report, fmt_metric
 from labfleet.executors.base import Worker
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Proposal, RunStatus
-from tests.test_session import Scripted, lab, run_session
+from tests.conftest import Scripted, lab, run_session
 
 T0 = 1_750_000_000.0
 GROUPS = {"LEARNING_RATE": "optimizer", "WEIGHT_DECAY": "optimizer", "WARMUP": "schedule",

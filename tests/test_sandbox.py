@@ -26,9 +26,7 @@ from labfleet.ledger import Ledger
 from labfleet.records import Decision, Proposal, RunStatus
 from labfleet.session import SessionConfig, start_session
 from labfleet.target import load_target, parse_config, unified_diff
-from tests.conftest import git, make_target, run_cli
-from tests.test_harness import processes_with
-from tests.test_session import Scripted, run_session
+from tests.conftest import Scripted, git, make_target, processes_with, run_cli, run_session
 
 BOX = sandbox.support()
 boxed = pytest.mark.skipif(not BOX.boxed, reason=f"the box cannot be built here: {BOX.detail}")

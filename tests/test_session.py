@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -18,44 +17,10 @@ from labfleet.executors.base import Worker
 from labfleet.executors.local import LocalExecutor
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Proposal, RunStatus, SessionState
-from labfleet.researchers.base import Researcher
 from labfleet.session import SessionConfig, SessionError, SessionLoop, _Champion, start_session
 from labfleet.target import load_target
-from labfleet.testing.targets import KNOB_TRAIN, KNOBS_TOML
-from tests.conftest import git, make_target
-
-
-class Scripted(Researcher):
-    """Proposes a fixed list, in order; then nothing."""
-
-    name = "scripted"
-
-    def __init__(self, proposals: list[Proposal]) -> None:
-        self.todo = list(proposals)
-        self.observed: list[int] = []
-        self.sizes: list[int] = []
-
-    def propose(self, state: SessionState, n: int) -> list[Proposal]:
-        self.sizes.append(n)
-        out, self.todo = self.todo[:n], self.todo[n:]
-        return out
-
-    def observe(self, state, result) -> None:
-        self.observed.append(result.experiment.id)
-
-
-def lab(tmp_path: Path, train: str = KNOB_TRAIN) -> Path:
-    return make_target(tmp_path / "lab", train, extra_toml=KNOBS_TOML, budget=1, timeout=6)
-
-
-def run_session(folder: Path, researcher: Researcher, workers: int = 2, **config) -> tuple[Ledger, SessionLoop]:
-    target = load_target(folder)
-    ledger = Ledger.for_target(folder / ".labfleet")
-    cfg = SessionConfig(workers=workers, **config)
-    sid = start_session(target, ledger, cfg)
-    loop = SessionLoop(target, ledger, LocalExecutor(workers), researcher, sid, cfg, folder / ".labfleet")
-    loop.run()
-    return ledger, loop
+from labfleet.testing.targets import KNOB_TRAIN
+from tests.conftest import Scripted, git, lab, run_session
 
 
 def test_session_keeps_improvements_and_advances_the_lineage(tmp_path):

@@ -27,8 +27,9 @@ from labfleet.ledger import Ledger  # noqa: E402
 from labfleet.records import Proposal, RunStatus  # noqa: E402
 from labfleet.session import SessionConfig, SessionLoop, start_session  # noqa: E402
 from labfleet.target import load_target  # noqa: E402
+from labfleet.testing.targets import KNOB_TRAIN  # noqa: E402
+from tests.conftest import Scripted, lab  # noqa: E402
 from tests.fake_sky import FakeSky  # noqa: E402
-from tests.test_session import KNOB_TRAIN, Scripted, lab  # noqa: E402
 
 SEED_FLEET = """\
 [[pool]]

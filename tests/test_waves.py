@@ -248,7 +248,7 @@ def test_stays_correct_over_a_long_history():
 
 
 def test_a_real_session_runs_a_wave_and_its_effects_read_back(tmp_path):
-    from tests.test_session import lab, run_session
+    from tests.conftest import lab, run_session
 
     ledger, loop = run_session(lab(tmp_path), make_researcher("waves", factors=2), workers=2, max_experiments=4)
     history, pending = ledger.history(loop.session_id)

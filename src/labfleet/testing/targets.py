@@ -149,6 +149,8 @@ LEARNING_RATE = { file = "train.py", low = 1e-4, high = 1e-1, log = true }
 N_LAYER = { file = "train.py", choices = [1, 2, 3] }
 SLEEP = { file = "train.py", low = 0.0, high = 30.0 }
 """
+# The same knobs less SLEEP: sessions search only the knobs that shape the metric.
+SEARCH_TOML = KNOBS_TOML.replace('SLEEP = { file = "train.py", low = 0.0, high = 30.0 }\n', "")
 
 
 def knob_target(folder: Path, train: str = KNOB_TRAIN, **options: object) -> Path:
