@@ -14,8 +14,7 @@ import pytest
 from labfleet.errors import ConfigError
 from labfleet.executors.simulated import SimulatedExecutor, knob_unit
 from labfleet.target import Knob
-
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 pytest.importorskip("sklearn")
 

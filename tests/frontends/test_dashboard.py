@@ -90,7 +90,7 @@ def ledger_of(folder: Path) -> Ledger:
 
 def write_from_another_process(folder: Path, description: str, *extra: str) -> None:
     subprocess.run([sys.executable, "-c", WRITER, str(folder / ".labfleet" / "ledger.sqlite"), description, *extra],
-                   check=True, timeout=30, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+                   check=True, timeout=30, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
 
 
 def counts(folder: Path) -> tuple[int, ...]:
@@ -186,7 +186,7 @@ def test_page_and_static_files_are_served(client: TestClient) -> None:
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
     # no external requests from the page: no http(s) URL in any static file
-    static = Path(__file__).parents[1] / "src" / "labfleet" / "dashboard" / "static"
+    static = Path(__file__).parents[2] / "src" / "labfleet" / "dashboard" / "static"
     for path in static.iterdir():
         text = path.read_text()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, path

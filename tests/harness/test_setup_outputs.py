@@ -231,7 +231,7 @@ def ray_cluster() -> Iterator[object]:
     import ray
 
     from labfleet.executors.ray import RayExecutor
-    from tests.test_ray import RAY_CLI, Cluster
+    from tests.executors.test_ray import RAY_CLI, Cluster
 
     if not RAY_CLI.exists():
         pytest.skip(f"no ray CLI at {RAY_CLI}")
