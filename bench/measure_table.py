@@ -118,7 +118,6 @@ def main() -> None:
                         " PATH.partial so far (a table stopped early is a random subset of the design)")
     args = parser.parse_args()
     partial = args.out.with_name(args.out.name + ".partial")
-    started = time.time()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "tinygpt"

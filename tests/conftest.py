@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real targets (git repos) whose train.py misbehaves on purpose."""
+"""Shared fixtures: tiny real targets (git repos, ``labfleet.testing.targets``) whose train.py misbehaves on purpose."""
 
 from __future__ import annotations
 
@@ -6,11 +6,23 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from labfleet.executors.local import LocalExecutor
+from labfleet.ledger import Ledger
+from labfleet.researchers.base import Researcher
+from labfleet.session import SessionConfig, SessionLoop, start_session
+from labfleet.target import load_target
+from labfleet.testing.scripted import ScriptedResearcher as Scripted
+from labfleet.testing.targets import GOOD_TRAIN, KNOB_TRAIN, KNOBS_TOML, SEARCH_TOML, git, make_target
+
+# What test modules import from here (no test module imports another).
+__all__ = ["AGENT_TOML", "Scripted", "agent_lab", "git", "lab", "make_target", "processes_with", "run_cli", "run_session",
+           "wait_for"]
 
 # Tests stop daemons and sessions as a person would, with Ctrl-C (SIGINT). A test run started
 # where SIGINT is ignored (a background job of a shell without job control) would hand that to
@@ -19,121 +31,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
-
-# A frozen evaluation module that prints the summary block and signs the metric line,
-# the way the bundled tinygpt's prepare.py does.
-EVALKIT = '''\
-"""Frozen: prints the result block and signs the metric line."""
-import hashlib
-import hmac
-
-_KEY = None
-
-
-def _set_signing_key(key):
-    global _KEY
-    _KEY = key
-
-
-def report(value, **figures):
-    text = f"{value:.6f}"
-    print("---")
-    print(f"val_bpb:          {text}")
-    for key, figure in figures.items():
-        print(f"{key + ':':<18}{figure}")
-    if _KEY:
-        mac = hmac.new(bytes.fromhex(_KEY), f"val_bpb={text}".encode(), hashlib.sha256)
-        print(f"signature:        {mac.hexdigest()}", flush=True)
-'''
-
-# A frozen launcher: reads the one-time key from the pipe the harness passed and closes
-# it before editable code runs (the environment holds only the descriptor's number).
-LAUNCH = '''\
-import os, runpy, sys
-fd = os.environ.pop("LABFLEET_SIGNING_FD", None)
-key = os.read(int(fd), 256).decode() if fd else None
-if fd:
-    os.close(int(fd))
-sys.path.insert(0, os.getcwd())
-import evalkit
-evalkit._set_signing_key(key)
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-'''
-
-# Setup: counts how often it ran, and leaves data for the run in the cache dir.
-PREPARE = '''\
-import os, pathlib
-cache = pathlib.Path(os.environ["LABFLEET_CACHE_DIR"])
-counter = cache / "setup-count"
-counter.write_text(str(int(counter.read_text()) + 1 if counter.exists() else 1))
-(cache / "data.txt").write_text("data")
-'''
-
-GOOD_TRAIN = '''\
-import os
-import evalkit
-
-# hyperparameters
-LEARNING_RATE = 3e-3  # step size
-N_LAYER = 2
-data = open(os.path.join(os.environ["LABFLEET_CACHE_DIR"], "data.txt")).read()
-seed = int(os.environ["LABFLEET_SEED"])
-evalkit.report(
-    1.5 + LEARNING_RATE + seed / 1000,
-    budget=os.environ["LABFLEET_BUDGET_SECONDS"],
-    threads=os.environ["LABFLEET_THREADS"],
-    device=os.environ["LABFLEET_DEVICE"],
-    key_visible=int("LABFLEET_SIGNING_KEY" in os.environ or "LABFLEET_SIGNING_FD" in os.environ),
-    data=data,
-)
-'''
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True).stdout
-
-
-def make_target(
-    folder: Path,
-    train: str = GOOD_TRAIN,
-    *,
-    signed: bool = True,
-    budget: float = 1,
-    timeout: float = 8,
-    extra_toml: str = "",
-) -> Path:
-    """A committed fixture target in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    run = "python launch.py train.py" if signed else "python train.py"
-    frozen = '["evalkit.py", "launch.py", "prepare.py"]' if signed else '["evalkit.py", "prepare.py"]'
-    (folder / "labfleet.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [target]
-            name = "fixture"
-            editable = ["train.py"]
-            frozen = {frozen}
-            setup = "python prepare.py"
-            run = "{run}"
-            metric = "val_bpb"
-            direction = "minimize"
-            budget_seconds = {budget}
-            timeout_seconds = {timeout}
-            signed = {str(signed).lower()}
-            """
-        )
-        + extra_toml
-    )
-    (folder / "evalkit.py").write_text(EVALKIT)
-    (folder / "prepare.py").write_text(PREPARE)
-    if signed:
-        (folder / "launch.py").write_text(LAUNCH)
-    (folder / "train.py").write_text(textwrap.dedent(train))
-    git(folder, "init", "-q", "-b", "main")
-    git(folder, "add", "-A")
-    git(folder, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "fixture")
-    return folder
 
 
 @pytest.fixture
@@ -170,3 +67,50 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         timeout=300,
     )
+
+
+def lab(tmp_path: Path, train: str = KNOB_TRAIN) -> Path:
+    """The knob fixture target for session tests: 1 s budget, 6 s timeout."""
+    return make_target(tmp_path / "lab", train, extra_toml=KNOBS_TOML, budget=1, timeout=6)
+
+
+# SLEEP is a knob here, so an agent can submit a slow experiment to cancel
+AGENT_TOML = SEARCH_TOML + 'SLEEP = { file = "train.py", low = 0.0, high = 60.0 }\n'
+
+
+def agent_lab(tmp_path: Path) -> Path:
+    """The knob fixture target an external agent drives (slow experiments allowed: 90 s timeout)."""
+    return make_target(tmp_path / "lab", KNOB_TRAIN, extra_toml=AGENT_TOML, budget=1, timeout=90)
+
+
+def run_session(folder: Path, researcher: Researcher, workers: int = 2, **config) -> tuple[Ledger, SessionLoop]:
+    """A whole session on local workers, to its end."""
+    target = load_target(folder)
+    ledger = Ledger.for_target(folder / ".labfleet")
+    cfg = SessionConfig(workers=workers, **config)
+    sid = start_session(target, ledger, cfg)
+    loop = SessionLoop(target, ledger, LocalExecutor(workers), researcher, sid, cfg, folder / ".labfleet")
+    loop.run()
+    return ledger, loop
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def processes_with(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (proc / "stat").read_text().split(") ")[-1][:1]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                pids.append(int(proc.name))
+    return pids

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from labfleet import frozen, logs, workspace
-from labfleet.errors import LabfleetError
+from labfleet.errors import AgentError, LabfleetError
 from labfleet.ledger import Ledger, LedgerError
 from labfleet.records import Decision, Experiment, Proposal
 from labfleet.session import SessionConfig, materialize, start_session
@@ -25,10 +25,6 @@ from labfleet.target import Target, unified_diff
 
 EXTERNAL = "external"  # the researcher name of sessions an outside agent drives
 LOG_TAIL_LINES = 40
-
-
-class AgentError(LabfleetError):
-    pass
 
 
 def session_for_submit(target: Target, ledger: Ledger) -> int:

@@ -19,14 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from labfleet import workspace
-from labfleet.errors import LabfleetError
+from labfleet.errors import FrozenChanged
 from labfleet.target import STATE_DIR, Target
 
 PIN_FILE = "frozen.json"
-
-
-class FrozenChanged(LabfleetError):
-    """HEAD's frozen files are not the pinned ones."""
 
 
 def pin_path(target: Target) -> Path:

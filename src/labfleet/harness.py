@@ -33,7 +33,6 @@ their metric from a separate frozen process instead (see ``labfleet.integrity``)
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import hashlib
 import hmac
@@ -48,12 +47,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from labfleet import integrity, logs, metrics, sandbox, setup_outputs, workspace
+from labfleet.enums import Outcome
 from labfleet.errors import ConfigError, HarnessError, LabfleetError, PatchError
+from labfleet.records import RunRequest, RunResult
 from labfleet.target import CONFIG_FILE, STATE_DIR, TargetConfig, TargetSpec, parse_config, run_command_for
 
 RESULT_FILE = "result.json"
@@ -69,93 +70,8 @@ DEFAULT_ALLOWANCE_SECONDS = 15.0
 DEFAULT_ALLOWANCE_SHARE = 0.5
 
 
-class Outcome(enum.StrEnum):
-    OK = "ok"
-    CRASHED = "crashed"  # non-zero exit
-    TIMEOUT = "timeout"  # killed at the hard timeout
-    NO_METRIC = "no_metric"  # finished but printed no metric
-    NAN = "nan"  # the metric or the loss was not finite (the run printed FAIL)
-    REJECTED = "rejected"  # patch does not apply / touches non-editable files / frozen files changed
-    SUSPECT = "suspect"  # a metric line that did not come from the frozen code path
-    SETUP_FAILED = "setup_failed"  # the target's setup command failed: not the experiment's fault
-    OVER_BUDGET = "over_budget"  # ran past budget + evaluation allowance (the harness's clock): never compared
-
-
 def default_cache_root() -> Path:
     return Path(os.environ.get("LABFLEET_CACHE", Path.home() / ".cache" / "labfleet"))
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What to run: a version of a target, a fidelity, and where."""
-
-    target_dir: Path  # the target's git repo
-    run_dir: Path  # fresh folder for this run
-    commit: str = "HEAD"  # the version; the patch applies on top of it
-    patch: str = ""
-    seed: int = 0
-    budget_seconds: float | None = None  # None: the target's budget
-    device: str = "cpu"  # cpu, cuda, cuda:N
-    threads: int = 1
-    cache_root: Path | None = None  # setup cache; default ~/.cache/labfleet
-    # Hashes the frozen files must have; None: take them from ``commit`` (before the patch).
-    frozen_hashes: dict[str, str] | None = None
-    cpus: list[int] | None = None  # CPU affinity of the slot (None: any CPU)
-    memory_mb: int | None = None  # address-space limit of the run (None: none)
-    # Measure the target's [holdout] metric too (kept and validated versions only).
-    holdout: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunRequest:
-        paths = {"target_dir", "run_dir", "cache_root"}
-        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in data.items()})
-
-
-@dataclass
-class RunResult:
-    """One run's record: JSON-serializable, written to ``result.json``."""
-
-    outcome: Outcome
-    reason: str = ""  # one line: why it is not ok
-    metric_name: str = ""
-    metric: float | None = None
-    figures: dict[str, float | str] = field(default_factory=dict)
-    commit: str = ""  # the version that ran (parent + patch)
-    seed: int = 0
-    budget_seconds: float = 0.0
-    device: str = "cpu"
-    threads: int = 1
-    exit_code: int | None = None
-    started_at: float = 0.0
-    ended_at: float = 0.0
-    run_seconds: float = 0.0  # the run command's wall time
-    cpu_seconds: float | None = None  # CPU time of every process of the run (sampled by the harness)
-    setup_seconds: float = 0.0  # 0 when the setup cache was used
-    setup_cached: bool = False
-    log_path: str = ""
-    log_tail: str = ""
-    frozen_hashes: dict[str, str] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)  # warnings that do not change the outcome
-    # The [holdout] metric when the request asked for it. Never shown to researchers: the
-    # session stores it apart from the run's record (integrity.holdout_of_result reads it).
-    holdout: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["outcome"] = str(self.outcome)
-        if self.metric is not None and not math.isfinite(self.metric):
-            data["metric"] = None  # JSON has no NaN; the outcome says it
-        if self.holdout is not None and not math.isfinite(self.holdout):
-            data["holdout"] = None
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunResult:
-        return cls(**{**data, "outcome": Outcome(data["outcome"])})
 
 
 def read_result(run_dir: Path) -> RunResult | None:
@@ -618,6 +534,27 @@ def _box(request: RunRequest, spec: TargetSpec, cache_dir: Path, log_path: Path)
     )
 
 
+class _Draft:
+    """A ``RunResult``'s fields while the run goes (the harness fills them in step by step).
+
+    ``freeze()`` gives the frozen record; nothing outside this module sees a draft.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(asdict(RunResult(**fields)))
+
+    def __getattr__(self, name: str) -> Any:  # for type checkers: the fields are set in __init__
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dict__:
+            raise AttributeError(f"RunResult has no field {name!r}")
+        self.__dict__[name] = value
+
+    def freeze(self) -> RunResult:
+        return RunResult(**self.__dict__)
+
+
 def run_experiment(request: RunRequest) -> RunResult:
     """Run one experiment (steps 1-5 above); always returns a result and writes result.json."""
     run_dir = request.run_dir
@@ -626,7 +563,7 @@ def run_experiment(request: RunRequest) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / LOG_FILE
     log_path.touch()
-    result = RunResult(
+    result = _Draft(
         outcome=Outcome.REJECTED,
         seed=request.seed,
         device=request.device,
@@ -638,13 +575,14 @@ def run_experiment(request: RunRequest) -> RunResult:
     if not support.boxed:
         result.flags.append(support.warning)
     try:
-        result = _run(request, result, run_dir, log_path)
+        _run(request, result, run_dir, log_path)
     except (PatchError, ConfigError) as exc:
-        result = replace(result, outcome=Outcome.REJECTED, reason=str(exc))
+        result.outcome, result.reason = Outcome.REJECTED, str(exc)
     result.ended_at = time.time()
     result.log_tail = integrity.redact(_log_tail(log_path), _holdout_names(request))
-    _write_json_atomic(run_dir / RESULT_FILE, result.to_json())
-    return result
+    final = result.freeze()
+    _write_json_atomic(run_dir / RESULT_FILE, final.to_json())
+    return final
 
 
 def _holdout_names(request: RunRequest) -> list[str]:
@@ -656,7 +594,7 @@ def _holdout_names(request: RunRequest) -> list[str]:
     return [config.holdout.metric] if config.holdout else []
 
 
-def _run(request: RunRequest, result: RunResult, run_dir: Path, log_path: Path) -> RunResult:
+def _run(request: RunRequest, result: _Draft, run_dir: Path, log_path: Path) -> _Draft:
     repo = request.target_dir
     parent = workspace.resolve(repo, request.commit)
     config = parse_config(workspace.show_file(repo, parent, CONFIG_FILE))
@@ -793,7 +731,7 @@ class _TextFiles(dict[str, str]):
             raise ConfigError(f"{rel}: cannot read it to fill the run command's knobs") from None
         self[rel] = text
         return text
-def _flag_data_paths(patch: str, cache_dir: Path, result: RunResult) -> None:
+def _flag_data_paths(patch: str, cache_dir: Path, result: _Draft) -> None:
     """Flag a patch whose added lines name the evaluator's data (its files or its variable)."""
     if not patch:
         return

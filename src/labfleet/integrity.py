@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from labfleet.enums import Role
+
 SIGNING_FD_ENV = "LABFLEET_SIGNING_FD"
 EVAL_FD_ENV = "LABFLEET_EVAL_FD"
 EVAL_DIR_ENV = "LABFLEET_EVAL_DIR"
@@ -204,7 +206,7 @@ def divergence_warning(rows: list[dict[str, Any]], direction: str) -> str:
 
 
 # The runs of kept and validated versions; SessionLoop._job sets RunRequest.holdout for these roles.
-HOLDOUT_ROLES = ("calibrate", "validate")
+HOLDOUT_ROLES = (Role.CALIBRATE, Role.VALIDATE)
 
 
 def lineage_holdout(ledger: Any, session_id: int, direction: str) -> dict[str, Any]:

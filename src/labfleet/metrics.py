@@ -63,7 +63,7 @@ def number(text: str) -> float | str:
 def last_match(pattern: str, output: str) -> str | None:
     """The group of the last match of ``pattern`` (one group) in ``output``, stripped."""
     found = None
-    for found in re.finditer(pattern, output, re.MULTILINE):
+    for found in re.finditer(pattern, output, re.MULTILINE):  # noqa: B007 - the last one is wanted
         pass
     return None if found is None else (found.group(1) or "").strip()
 

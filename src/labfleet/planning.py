@@ -503,7 +503,7 @@ def fit(
             pairs=[(float(p), float(m)) for p, m in zip(predicted, measured, strict=True)],
         )
     gp = _fit_gp(x_all, y_all, seed)
-    white = float(getattr(gp.kernel_, "k2").noise_level) if hasattr(gp.kernel_, "k2") else 0.0
+    white = float(gp.kernel_.k2.noise_level) if hasattr(gp.kernel_, "k2") else 0.0
     fallback_sd = noise_by_class.get(reference, math.sqrt(white) * float(np.std(y_all)) if white else 0.0)
 
     # Per-class offsets (a class that ran the same configs measures them higher or lower).

@@ -7,50 +7,17 @@ workers, processes or the database.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from labfleet.enums import Decision, Outcome, Role, RunStatus
+
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the read commands' start-up
     from labfleet.target import Knob, KnobValue
-
-
-class RunStatus(enum.StrEnum):
-    """A run's life: queued -> running -> one final status. Final statuses never change."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"  # the harness returned outcome ok: the metric counts
-    CRASHED = "crashed"
-    TIMEOUT = "timeout"
-    NO_METRIC = "no_metric"
-    NAN = "nan"
-    REJECTED = "rejected"
-    SUSPECT = "suspect"
-    SETUP_FAILED = "setup_failed"
-    OVER_BUDGET = "over_budget"  # past budget + evaluation allowance: never compared
-    LOST = "lost"  # the infrastructure lost it (worker gone, harness died): retried
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
-
-    @classmethod
-    def from_outcome(cls, outcome: str) -> RunStatus:
-        """The harness's outcome as a run status (``ok`` is ``done``)."""
-        return cls.DONE if outcome == "ok" else cls(outcome)
-
-
-class Decision(enum.StrEnum):
-    PENDING = "pending"  # not all of its runs are final yet
-    KEPT = "kept"  # became the champion: the lineage branch advanced to it
-    DISCARDED = "discarded"  # ran fine, not better by the margin
-    FAILED = "failed"  # no counting run (crashed, timeout, rejected, ...)
-    BASELINE = "baseline"  # the session's starting point
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -118,7 +85,7 @@ class Run:
     run_dir: str | None
     log_path: str | None
     seed: int | None = None  # None: the experiment's seed
-    role: str = "screen"  # screen | confirm | validate | noise | calibrate
+    role: str = Role.SCREEN  # a Role: screen | confirm | validate | noise | calibrate
     place_on: str | None = None  # the hardware class it must run on, if any
     budget_seconds: float | None = None  # the budget it ran with (None until placed)
 
@@ -158,3 +125,87 @@ class SessionState:
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is better than ``b`` in this session's direction."""
         return a < b if self.direction == "minimize" else a > b
+
+
+# --------------------------------------------------------------------------- one run on a worker
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run: a version of a target, a fidelity, and where."""
+
+    target_dir: Path  # the target's git repo
+    run_dir: Path  # fresh folder for this run
+    commit: str = "HEAD"  # the version; the patch applies on top of it
+    patch: str = ""
+    seed: int = 0
+    budget_seconds: float | None = None  # None: the target's budget
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    threads: int = 1
+    cache_root: Path | None = None  # setup cache; default ~/.cache/labfleet
+    # Hashes the frozen files must have; None: take them from ``commit`` (before the patch).
+    frozen_hashes: dict[str, str] | None = None
+    cpus: list[int] | None = None  # CPU affinity of the slot (None: any CPU)
+    memory_mb: int | None = None  # address-space limit of the run (None: none)
+    # Measure the target's [holdout] metric too (kept and validated versions only).
+    holdout: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRequest:
+        paths = {"target_dir", "run_dir", "cache_root"}
+        values: dict[str, Any] = {k: Path(v) if k in paths and v is not None else v for k, v in data.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run's record: JSON-serializable, written to ``result.json``.
+
+    Frozen like every record here: the harness fills a private draft while the run
+    goes and freezes it once (``harness.run_experiment``); an executor that adds what
+    only it knows (the log's path on the orchestrator) makes a copy with
+    ``dataclasses.replace``. Its containers stay a dict and a list (as JSON reads
+    them back); nobody mutates them after the harness returns.
+    """
+
+    outcome: Outcome
+    reason: str = ""  # one line: why it is not ok
+    metric_name: str = ""
+    metric: float | None = None
+    figures: dict[str, float | str] = field(default_factory=dict)
+    commit: str = ""  # the version that ran (parent + patch)
+    seed: int = 0
+    budget_seconds: float = 0.0
+    device: str = "cpu"
+    threads: int = 1
+    exit_code: int | None = None
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    run_seconds: float = 0.0  # the run command's wall time
+    cpu_seconds: float | None = None  # CPU time of every process of the run (sampled by the harness)
+    setup_seconds: float = 0.0  # 0 when the setup cache was used
+    setup_cached: bool = False
+    log_path: str = ""
+    log_tail: str = ""
+    frozen_hashes: dict[str, str] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)  # warnings that do not change the outcome
+    # The [holdout] metric when the request asked for it. Never shown to researchers: the
+    # session stores it apart from the run's record (integrity.holdout_of_result reads it).
+    holdout: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = str(self.outcome)
+        if self.metric is not None and not math.isfinite(self.metric):
+            data["metric"] = None  # JSON has no NaN; the outcome says it
+        if self.holdout is not None and not math.isfinite(self.holdout):
+            data["holdout"] = None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        return cls(**{**data, "outcome": Outcome(data["outcome"])})

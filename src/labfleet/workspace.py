@@ -135,9 +135,10 @@ def patch_paths(repo: Path, patch: str) -> list[str]:
     return [p for p, _binary, _renamed in _numstat(repo, patch)]
 
 
-def _numstat(repo: Path, patch: str) -> list[tuple[str, bool, bool]]:
+def _numstat(repo: Path, patch: str, recount: bool = False) -> list[tuple[str, bool, bool]]:
     """(path, binary, part of a rename or copy) for each path ``git apply --numstat`` reports."""
-    out = git(repo, "apply", "--numstat", "-z", "-", input=patch, error=PatchError)
+    lenient = ["--recount"] if recount else []
+    out = git(repo, "apply", "--numstat", "-z", *lenient, "-", input=patch, error=PatchError)
     entries: list[tuple[str, bool, bool]] = []
     fields = out.split("\0")
     i = 0
@@ -196,22 +197,24 @@ def _check_paths(paths: Iterable[str]) -> None:
             raise PatchError(f"the patch touches {_CONFIG_FILE}, which an experiment may never change")
 
 
-def check_patch(repo: Path, patch: str, allowed: Iterable[str]) -> list[str]:
+def check_patch(repo: Path, patch: str, allowed: Iterable[str], recount: bool = False) -> list[str]:
     """The one patch checker: the paths a patch touches, or ``PatchError`` with a one-line reason.
 
     A patch may only change the contents of ``allowed`` (editable) regular files:
     ``check_patch_text``, then what ``git apply`` itself reads from the patch (every
     path it would touch, binary or not). Used by ``commit_patch`` (materialize,
-    submit, the session) and, through ``check_patch_text``, researchers' pre-checks.
+    submit, the session) and by ``apply_to_texts`` (the LLM researcher's pre-check).
+    ``recount``: read hunks leniently (``git apply --recount``; models miscount lines).
     """
     check_patch_text(patch)
-    entries = _numstat(repo, patch)
+    entries = _numstat(repo, patch, recount)
     paths = list(dict.fromkeys(p for p, _b, _r in entries))
     _check_paths(paths)
-    allowed = set(allowed)
+    allowed = list(dict.fromkeys(allowed))
     outside = sorted({p for p in paths if p not in allowed})
     if outside:
-        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable")
+        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable "
+                         f"(editable: {', '.join(allowed) or 'none'})")
     if any(renamed for _p, _b, renamed in entries):
         raise PatchError("the patch renames or copies a file: edit editable files in place")
     if any(binary for _p, binary, _r in entries):
@@ -239,6 +242,34 @@ def commit_patch(repo: Path, parent: str, patch: str, message: str, allowed: Ite
             if mode not in _REGULAR_MODES:
                 raise PatchError(f"{rest.split(chr(9), 1)[1]} would not be a regular file (mode {mode})")
     return git(repo, "commit-tree", tree, "-p", parent, "-m", message).strip()
+
+
+def apply_to_texts(files: Mapping[str, str], patch: str, allowed: Iterable[str]) -> dict[str, str]:
+    """``files`` (path -> text) after ``patch``, applied in a scratch repo; ``PatchError`` if it cannot be.
+
+    For patches not written by git (a model's): ``check_patch`` first, leniently
+    (``--recount``), then ``git apply --recount``. The patch may not delete a file.
+    Nothing but a temporary folder is touched.
+    """
+    if not patch.endswith("\n"):
+        patch += "\n"
+    with tempfile.TemporaryDirectory(prefix="labfleet-apply-") as tmp:
+        root = Path(tmp)
+        git(root, "init", "--quiet")
+        check_patch(root, patch, allowed, recount=True)
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+        try:
+            git(root, "apply", "--recount", "--whitespace=nowarn", "-", input=patch, error=PatchError)
+        except PatchError as exc:
+            raise PatchError(f"the patch does not apply to the current files: {exc}") from None
+        new = {}
+        for path in files:
+            if not (root / path).is_file():
+                raise PatchError(f"the patch deletes {path}")
+            new[path] = (root / path).read_text()
+        return new
 
 
 def export_tree(repo: Path, commit: str, dest: Path) -> None:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from labfleet.enums import Role, VerdictOutcome
 from labfleet.records import Run, RunStatus
 
 MIN_DF = 2  # fewer pooled degrees of freedom than this: the noise is not known yet
@@ -38,7 +39,7 @@ class NoiseFloor:
 
 # Runs whose seed was not chosen for looking good: a champion's screening run won a
 # selection (its luck is in it), its validation and calibration runs did not.
-UNBIASED_ROLES = frozenset({"validate", "calibrate", "noise"})
+UNBIASED_ROLES = frozenset({Role.VALIDATE, Role.CALIBRATE, Role.NOISE})
 
 
 def samples_from_runs(runs: Iterable[Run], roles: frozenset[str] | None = None) -> dict[Group, list[float]]:
@@ -79,7 +80,7 @@ def mean(values: Iterable[float]) -> float:
 class Verdict:
     """A candidate against the champion on one hardware class."""
 
-    outcome: str  # "better" | "unsure" | "worse"
+    outcome: str  # a VerdictOutcome: better | unsure | worse
     improvement: float  # champion mean minus candidate mean, signed so that > 0 is better
     threshold: float  # what the improvement had to exceed
     se: float | None  # standard error of the difference (None: noise unknown, margin rule)
@@ -97,12 +98,12 @@ def judge(
     if direction != "minimize":
         gain = -gain
     if sd is None:
-        return Verdict("better" if gain > margin else "worse", gain, margin, None)
+        return Verdict(VerdictOutcome.BETTER if gain > margin else VerdictOutcome.WORSE, gain, margin, None)
     se = sd * math.sqrt(1 / len(candidate) + 1 / len(champion))
     threshold = max(margin, z * se)
     if gain > threshold:
-        return Verdict("better", gain, threshold, se)
-    return Verdict("unsure" if gain > 0 else "worse", gain, threshold, se)
+        return Verdict(VerdictOutcome.BETTER, gain, threshold, se)
+    return Verdict(VerdictOutcome.UNSURE if gain > 0 else VerdictOutcome.WORSE, gain, threshold, se)
 
 
 def standard_error(sd: float | None, n: int) -> float | None:

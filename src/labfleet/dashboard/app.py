@@ -40,8 +40,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from labfleet import ledger as ledgers
 from labfleet.dashboard import TOKEN_ENV
 from labfleet.dashboard.document import STATIC, Views
-from labfleet.errors import LabfleetError
-from labfleet.ledger import LEDGER_FILE, Ledger, LedgerError
+from labfleet.errors import LabfleetError, LedgerError, NoLedger
+from labfleet.ledger import LEDGER_FILE, Ledger
 from labfleet.target import STATE_DIR
 
 POLL_SECONDS = 0.5  # how often the change stream looks at the ledger
@@ -49,10 +49,6 @@ KEEPALIVE_SECONDS = 15.0  # a comment line, so proxies and browsers keep an idle
 STREAM_SECONDS = 600.0  # a stream ends after this; EventSource reconnects by itself (no stuck shutdowns)
 LATEST_RUNS = 20  # the latest runs whose statuses go into the change fingerprint
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-class NoLedger(LabfleetError):
-    """No ledger file or no session yet: the page says it is waiting."""
 
 
 # --------------------------------------------------------------------------- reading the ledger

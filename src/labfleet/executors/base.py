@@ -31,12 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labfleet.errors import LabfleetError
+from labfleet.errors import ExecutorError as ExecutorError  # re-exported: the contract names it
 from labfleet.harness import RunRequest, RunResult
-
-
-class ExecutorError(LabfleetError):
-    pass
 
 
 @dataclass(frozen=True)

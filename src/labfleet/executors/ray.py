@@ -48,6 +48,7 @@ lists the slots the session could still use.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -424,9 +425,10 @@ class RayExecutor(Executor):
         run_dir = job.request.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / LOG_FILE).write_text(out["log"])
-        result.log_path = str(run_dir / LOG_FILE)
+        result = dataclasses.replace(result, log_path=str(run_dir / LOG_FILE))
         if result.commit:
-            result.commit = self._orchestrator_commit(job.request, slot.commit, result.commit)
+            result = dataclasses.replace(
+                result, commit=self._orchestrator_commit(job.request, slot.commit, result.commit))
         tmp = run_dir / (RESULT_FILE + ".tmp")
         tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, run_dir / RESULT_FILE)  # last: result.json means the run dir is complete

@@ -17,20 +17,8 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
-from labfleet.errors import LabfleetError
+from labfleet.errors import LedgerError, LedgerReadOnly, SessionLocked  # noqa: F401  (re-exported)
 from labfleet.records import Decision, Experiment, Run, RunStatus
-
-
-class LedgerError(LabfleetError):
-    pass
-
-
-class SessionLocked(LedgerError):
-    pass
-
-
-class LedgerReadOnly(LedgerError):
-    """A write through a ledger opened with ``readonly=True``."""
 
 
 class _Columns:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from labfleet.ledger.queries import Queries
-from labfleet.ledger.rows import LedgerError, LedgerReadOnly
+from labfleet.errors import LedgerError, LedgerReadOnly
 from labfleet.ledger.schema import ACTIVE, prepare
 from labfleet.records import Decision, RunStatus
 

@@ -23,6 +23,7 @@ from labfleet.researchers.hybrid import HybridResearcher
 from labfleet.researchers.llm import LLMResearcher
 from labfleet.researchers.optuna import CmaEsResearcher, OptunaResearcher
 from labfleet.researchers.random import RandomResearcher
+from labfleet.researchers.view import Sources
 from labfleet.researchers.waves import WavesResearcher
 
 if TYPE_CHECKING:
@@ -55,13 +56,14 @@ RESEARCHERS: dict[str, type[Researcher]] = {
 def make_researcher(name: str, seed: int = 0, target: Target | None = None, **options: Any) -> Researcher:
     """A researcher by name; ``ConfigError`` (one line) for an unknown name or option.
 
-    ``target`` goes only to researchers that read the target's files (``wants_target``).
+    Researchers that read the target's files (``wants_sources``) get a read-only view of
+    ``target`` (``view.Sources``), never the target itself.
     """
     cls = RESEARCHERS.get(name)
     if cls is None:
         raise ConfigError(f"unknown researcher {name!r} (available: {', '.join(sorted(RESEARCHERS))})")
-    if cls.wants_target:
-        options["target"] = target
+    if cls.wants_sources:
+        options["sources"] = Sources.of(target) if target is not None else None
     try:
         return cls(seed=seed, **options)  # type: ignore[call-arg]
     except TypeError as exc:  # an option the researcher does not take

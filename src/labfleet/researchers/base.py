@@ -8,7 +8,9 @@ Call order, driven only by the session loop:
     ... repeat ...
 
 A researcher never touches workers, the ledger, git or files: it sees ``SessionState``
-and ``Result`` records (read-only) and returns ``Proposal`` records. After a restart
+and ``Result`` records (read-only) and returns ``Proposal`` records. One that reads the
+target's code (``wants_sources``) is handed a read-only ``view.Sources``: the editable
+files at a commit, the brief, run log tails; it reads nothing else. After a restart
 the session calls ``propose`` with the full history, so a researcher that keeps
 internal state must rebuild it from ``state.history`` (``observe`` is not replayed).
 
@@ -28,8 +30,9 @@ class Researcher(abc.ABC):
     """Base class. Subclasses set ``name`` and implement ``propose``."""
 
     name: ClassVar[str]
-    # True for researchers that read the target's files (the LLM): make_researcher passes target=
-    wants_target: ClassVar[bool] = False
+    # True for researchers that read the target's files (the LLM): make_researcher passes
+    # sources= (a read-only ``view.Sources`` of the target), never the target itself
+    wants_sources: ClassVar[bool] = False
     # True for researchers that read ``state.findings`` (the LLM): the session then fills it
     wants_findings: ClassVar[bool] = False
 

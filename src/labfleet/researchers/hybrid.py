@@ -37,7 +37,7 @@ from labfleet.researchers.optuna import SAMPLERS, OptunaResearcher
 from labfleet.target import Knob, KnobValue
 
 if TYPE_CHECKING:
-    from labfleet.target import Target
+    from labfleet.researchers.view import Sources
 
 TUNE_TAG = "tune_of"  # experiment id of the structural keep a tuning experiment re-tunes around
 SOURCES = ("llm", "external")
@@ -74,10 +74,10 @@ class HybridResearcher(Researcher):
     """Ideas from a model (or an agent); after each structural keep, an Optuna sampler re-tunes the knobs."""
 
     name = "hybrid"
-    wants_target = True
+    wants_sources = True
     wants_findings = True
 
-    def __init__(self, seed: int = 0, target: Target | None = None, sampler: str = "tpe",
+    def __init__(self, seed: int = 0, sources: Sources | None = None, sampler: str = "tpe",
                  tune_experiments: int = 8, step: float = 0.25, ideas: int = 3, source: str = "llm",
                  **llm_options: Any) -> None:
         if sampler not in SAMPLERS:
@@ -95,7 +95,7 @@ class HybridResearcher(Researcher):
         self.source = source
         self.ideas: LLMResearcher | None = None
         if source == "llm":
-            self.ideas = LLMResearcher(seed=seed, target=target, ideas=ideas, **llm_options)
+            self.ideas = LLMResearcher(seed=seed, sources=sources, ideas=ideas, **llm_options)
         elif llm_options:
             raise ConfigError(f"researcher 'hybrid': {', '.join(llm_options)} apply only with source llm")
         self._tuners: dict[int, OptunaResearcher] = {}

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labfleet.errors import IdeaError
 from labfleet.records import Experiment, Proposal, Result, SessionState
 from labfleet.researchers import space
 from labfleet.target import KnobValue, unified_diff
@@ -60,10 +61,6 @@ CONFLICTS_TAG = "conflicts"  # cells that could not run: [{"on": [...], "reason"
 BEST_GUESS_TAG = "best_of_ideas"  # a fraction's best guess, when no cell ran it: the wave's tag
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,39}$")
 _NUMBER = re.compile(r"(?<![A-Za-z0-9_.])(\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![A-Za-z0-9_.])")
-
-
-class IdeaError(ValueError):
-    """An idea or a wave of ideas that cannot be built (bad name, a patch that does not apply alone)."""
 
 
 # --------------------------------------------------------------------------- identity
@@ -95,7 +92,7 @@ def changed_lines(patch: str, skip: Iterable[str] = ()) -> list[str]:
     removed: dict[str, int] = {}
     added: dict[str, int] = {}
     for line in patch.splitlines():
-        if line.startswith(("---", "+++")) or not line[:1] in ("-", "+"):
+        if line.startswith(("---", "+++")) or line[:1] not in ("-", "+"):
             continue
         body = line[1:]
         if skip_re is not None and skip_re.match(body):

@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from labfleet.analysis.noise import DEFAULT_Z, Group, Verdict
+from labfleet.enums import Role
 from labfleet.records import Experiment, Run
 from labfleet.target import Tiers
 
 VALIDATION_SEED_OFFSET = 1000  # validation seeds differ from every screening seed
 # Queued runs are placed in this order: validation first (winners waiting to be kept),
 # then the baseline's noise and calibration runs, then confirmations, then new screens.
-ROLE_PRIORITY = {"validate": 0, "calibrate": 1, "noise": 1, "confirm": 2, "screen": 3}
+ROLE_PRIORITY = {Role.VALIDATE: 0, Role.CALIBRATE: 1, Role.NOISE: 1, Role.CONFIRM: 2, Role.SCREEN: 3}
 
 
 @dataclass(frozen=True)

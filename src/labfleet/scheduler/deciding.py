@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from labfleet.analysis.noise import Verdict, judge
+from labfleet.enums import Role, VerdictOutcome
 from labfleet.records import Decision, Experiment, Run, RunStatus
 from labfleet.scheduler.base import (
     VALIDATION_SEED_OFFSET,
@@ -122,20 +123,20 @@ def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[
     done = _done(runs)
     if not done:
         return Fail(runs[-1])
-    validated = [r for r in done if r.role == "validate"]
+    validated = [r for r in done if r.role == Role.VALIDATE]
     hardware, budget, metrics = compared(validated or done)
     verdict = judge_on(snap, metrics, hardware, budget, noise)
     last = done[-1]
-    if not validated and verdict.outcome != "worse":
+    if not validated and verdict.outcome != VerdictOutcome.WORSE:
         if snap.tiers is not None:
             return Validate(verdict, last)
-        if verdict.outcome == "unsure" and len(metrics) <= snap.confirm_repeats:
-            return Repeat(exp.seed + len(runs), "confirm", hardware, verdict, last)
+        if verdict.outcome == VerdictOutcome.UNSURE and len(metrics) <= snap.confirm_repeats:
+            return Repeat(exp.seed + len(runs), Role.CONFIRM, hardware, verdict, last)
     repeats = (snap.tiers or Tiers()).validate_.repeats
-    if validated and verdict.outcome == "unsure" and len(metrics) < repeats + snap.confirm_repeats:
+    if validated and verdict.outcome == VerdictOutcome.UNSURE and len(metrics) < repeats + snap.confirm_repeats:
         # better on the fast class but within its noise: one more seed there, then decide
-        return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(metrics), "validate", hardware, verdict, last)
-    if verdict.outcome == "better":
+        return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(metrics), Role.VALIDATE, hardware, verdict, last)
+    if verdict.outcome == VerdictOutcome.BETTER:
         return Keep(_avg(metrics), verdict, last)
     return Discard(_avg(metrics), verdict, last)
 
@@ -179,7 +180,7 @@ def rank_winners(
             continue
         hardware, budget, metrics = compared(done)
         verdict = judge_on(snap, metrics, hardware, budget, noise)
-        if verdict.outcome == "worse":
+        if verdict.outcome == VerdictOutcome.WORSE:
             discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1], "no longer beats the best")))
             continue
         ranked.append((-probability_better(verdict), -verdict.improvement, exp.id, done))
@@ -218,7 +219,7 @@ def plan_calibration(
     for hw in classes:
         have = sum(1 for p in places if p == hw)
         for k in range(have, want):
-            role = "validate" if tiers is not None and hw not in screen else ("noise" if k else "calibrate")
+            role = Role.VALIDATE if tiers is not None and hw not in screen else (Role.NOISE if k else Role.CALIBRATE)
             queue.append(Queue(base.id, base.seed + seeds, role, hw))
             seeds += 1
     return pin, queue
@@ -236,7 +237,7 @@ def plan_champion_calibration(
     """
     out = []
     for k, hw in enumerate(dict.fromkeys(classes)):
-        role = "calibrate" if role_allows(tiers, "screen", hw) else "validate"
+        role = Role.CALIBRATE if role_allows(tiers, Role.SCREEN, hw) else Role.VALIDATE
         if unbiased.get((exp.id, hw, budgets[role])):
             continue
         out.append(Queue(exp.id, exp.seed + VALIDATION_SEED_OFFSET // 2 + k, role, hw))
@@ -252,13 +253,13 @@ def lead_snapshot(snap: Snapshot, lead: Experiment | None, lead_metric: float | 
 
 def becomes_lead(snap: Snapshot, decision: object) -> bool:
     """A screened winner (``Validate``) that beats the lead beyond the screen noise leads provisionally."""
-    return snap.tiers is not None and isinstance(decision, Validate) and decision.verdict.outcome == "better"
+    return snap.tiers is not None and isinstance(decision, Validate) and decision.verdict.outcome == VerdictOutcome.BETTER
 
 
 def still_leads(snap: Snapshot, runs: Sequence[Run], noise: Mapping[str, float]) -> bool:
     """After a keep: whether a provisional lead's screening runs still beat the (new) confirmed champion."""
-    done = [r for r in _done(runs) if r.role != "validate"]
+    done = [r for r in _done(runs) if r.role != Role.VALIDATE]
     if not done or snap.champion_metric is None:
         return False
     hardware, budget, metrics = compared(done)
-    return judge_on(snap, metrics, hardware, budget, noise).outcome == "better"
+    return judge_on(snap, metrics, hardware, budget, noise).outcome == VerdictOutcome.BETTER

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from labfleet.enums import Role
 from labfleet.executors.base import Worker
 from labfleet.scheduler.base import ROLE_PRIORITY, Placement
 from labfleet.target import Tiers
@@ -21,7 +22,7 @@ def role_allows(tiers: Tiers | None, role: str, hardware: str) -> bool:
     """Whether a run of ``role`` may run on ``hardware`` under the [tiers] classes."""
     if tiers is None:
         return True
-    classes = tiers.validate_.classes if role == "validate" else tiers.screen.classes
+    classes = tiers.validate_.classes if role == Role.VALIDATE else tiers.screen.classes
     return not classes or hardware in classes
 
 
@@ -30,7 +31,7 @@ def eligible(tiers: Tiers | None, row: Mapping[str, Any], worker: Worker, backfi
         return bool(worker.hardware == row["place_on"])
     if role_allows(tiers, row["role"], worker.hardware):
         return True
-    return backfill and row["role"] == "screen" and role_allows(tiers, "validate", worker.hardware)
+    return backfill and row["role"] == Role.SCREEN and role_allows(tiers, Role.VALIDATE, worker.hardware)
 
 
 def place(

@@ -42,12 +42,14 @@ from typing import Any
 from labfleet import frozen, workspace
 from labfleet.analysis import cost
 from labfleet.analysis.noise import UNBIASED_ROLES, Group, Verdict, noise_floors, samples_from_runs
-from labfleet.errors import LabfleetError, PatchError
+from labfleet.enums import Role, SessionStatus
+from labfleet.errors import LabfleetError, PatchError, SessionError
 from labfleet.executors.base import Executor, Finished, Job, Worker
 from labfleet.harness import RunRequest
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Experiment, Proposal, Result, Run, RunStatus, SessionState
 from labfleet.researchers.base import Researcher
+from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.scheduler import (
     Baseline,
     Discard,
@@ -82,10 +84,6 @@ from labfleet.target import Target, Tiers, knob_patch
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
-
-
-class SessionError(LabfleetError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str) -
     repeats = (target.config.tiers or Tiers()).validate_.repeats
     ledger.reopen(exp_id)
     for k in range(repeats):
-        ledger.queue_run(exp.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role="validate")
+        ledger.queue_run(exp.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role=Role.VALIDATE)
     ledger.event(exp.session_id, "promoted", experiment=exp_id, reason=reason)
     return exp
 
@@ -209,7 +207,7 @@ class SessionLoop:
 
     def run(self) -> str:
         """Run until a limit is reached and nothing is left running; returns why it stopped."""
-        self.ledger.set_session_status(self.session_id, "running")
+        self.ledger.set_session_status(self.session_id, SessionStatus.RUNNING)
         self.recover()
         assert self.proposer is not None
         try:
@@ -228,7 +226,7 @@ class SessionLoop:
         finally:
             self.proposer.close()
         self.executor.close()  # nothing runs any more: release the fleet (SkyPilot tears its clusters down)
-        self.ledger.set_session_status(self.session_id, "finished")
+        self.ledger.set_session_status(self.session_id, SessionStatus.FINISHED)
         self.ledger.event(self.session_id, "session_finished", reason=self.stop_reason)
         self.on_event(Event("finished", self.stop_reason))
         return self.stop_reason
@@ -268,8 +266,8 @@ class SessionLoop:
     def wanted(self, queued: int) -> int:
         """Proposals to ask for now: free screening workers plus the pipeline, less what is queued or asked."""
         assert self.proposer is not None
-        screeners = [w for w in self.workers.values() if self._role_allows("screen", w.hardware)
-                     or (self._backfill and self._role_allows("validate", w.hardware))]
+        screeners = [w for w in self.workers.values() if self._role_allows(Role.SCREEN, w.hardware)
+                     or (self._backfill and self._role_allows(Role.VALIDATE, w.hardware))]
         free = sum(1 for w in self.free_workers() if w in screeners)
         run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
         depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(screeners), run_seconds)
@@ -364,7 +362,7 @@ class SessionLoop:
         self.executor.close()
         for run_id in running:
             self.ledger.finish_run(run_id, RunStatus.LOST, reason="orchestrator interrupted", retry=True)
-        self.ledger.set_session_status(self.session_id, "stopped")
+        self.ledger.set_session_status(self.session_id, SessionStatus.STOPPED)
         self.ledger.event(self.session_id, "session_stopped", requeued=len(running))
 
     def decide_leftovers(self) -> None:
@@ -485,7 +483,7 @@ class SessionLoop:
         row = self.ledger.run_row(finished.run_id)
         if row is not None:
             run = row.record()
-            if run.role == "screen" and run.started_at is not None and run.ended_at is not None:
+            if run.role == Role.SCREEN and run.started_at is not None and run.ended_at is not None:
                 self._finished_runs += 1
                 self._run_seconds += (run.ended_at - run.started_at - self._run_seconds) / min(self._finished_runs, 16)
             base = self.baseline()
@@ -504,7 +502,7 @@ class SessionLoop:
             self._decide_baseline(exp, runs)
             return
         snap = self.snapshot()
-        if not any(r.role == "validate" and r.status == RunStatus.DONE for r in runs):
+        if not any(r.role == Role.VALIDATE and r.status == RunStatus.DONE for r in runs):
             snap = lead_snapshot(snap, self.lead.experiment, self.lead.metric)  # screens: against the lead
         decision = decide(snap, exp, runs, self.noise())
         if isinstance(decision, Wait):
@@ -526,7 +524,7 @@ class SessionLoop:
                                   place_on=decision.place_on)
             self.ledger.event(self.session_id, "confirming", experiment=exp_id, gain=verdict.improvement,
                               threshold=verdict.threshold)
-            if decision.role == "confirm":
+            if decision.role == Role.CONFIRM:
                 metric = decision.run.metric
                 self.on_event(Event("confirming", f"e{exp_id} {self._fmt(metric)} within noise"
                                     f" ({verdict.improvement:+.4f} < {verdict.threshold:.4f}): repeating"
@@ -605,7 +603,7 @@ class SessionLoop:
 
     def calibrate_champion(self, exp: Experiment) -> None:
         """One fresh-seed run of a new champion on every class it has no unbiased run on."""
-        budgets = {role: self.run_budget(exp, role) for role in ("calibrate", "validate")}
+        budgets: dict[str, float] = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
         self.apply_queue(plan_champion_calibration(exp, [w.hardware for w in self.workers.values()], self.tiers,
                                                    self.unbiased, budgets))
 
@@ -626,8 +624,8 @@ class SessionLoop:
         self.on_event(Event("lead", f"e{exp.id} {self._fmt(self.lead.metric)} leads until validated"
                             f"  [{exp.description}]", exp))
         self.promote(exp.id, "provisional lead")
-        budgets = {role: self.run_budget(exp, role) for role in ("calibrate", "validate")}
-        screen = [w.hardware for w in self.workers.values() if self._role_allows("screen", w.hardware)]
+        budgets: dict[str, float] = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
+        screen = [w.hardware for w in self.workers.values() if self._role_allows(Role.SCREEN, w.hardware)]
         self.apply_queue(plan_champion_calibration(exp, screen, self.tiers, self.unbiased, budgets))
 
     def promote(self, exp_id: int, reason: str = "screened winner") -> None:
@@ -637,7 +635,7 @@ class SessionLoop:
     def validation_slots(self) -> int:
         """Winners under validation at once: [tiers.validate] promote, or enough to fill the validate class."""
         assert self.tiers is not None
-        fast = sum(1 for w in self.workers.values() if self._role_allows("validate", w.hardware))
+        fast = sum(1 for w in self.workers.values() if self._role_allows(Role.VALIDATE, w.hardware))
         return max(self.tiers.validate_.promote, math.ceil(fast / self.tiers.validate_.repeats))
 
     def promote_waiting(self) -> None:
@@ -671,7 +669,7 @@ class SessionLoop:
     def run_budget(self, exp: Experiment, role: str) -> float:
         """The tier's budget when [tiers] sets one, else the experiment's."""
         if self.tiers is not None:
-            tier = self.tiers.validate_ if role == "validate" else self.tiers.screen
+            tier = self.tiers.validate_ if role == Role.VALIDATE else self.tiers.screen
             if tier.budget_seconds is not None:
                 return tier.budget_seconds
         return exp.budget_seconds
@@ -724,7 +722,7 @@ class SessionLoop:
             target_dir=self.target.root, run_dir=run_dir, commit=exp.commit,
             seed=exp.seed if row["seed"] is None else row["seed"], budget_seconds=self.run_budget(exp, row["role"]),
             device=worker.device, threads=worker.threads, frozen_hashes=self.frozen_hashes,
-            holdout=row["role"] in ("calibrate", "validate"),  # integrity: [holdout] only on kept/validated versions
+            holdout=row["role"] in (Role.CALIBRATE, Role.VALIDATE),  # integrity: [holdout] only on kept/validated versions
         )
         return Job(run_id=row["id"], worker_id=worker.id, request=request, knobs=exp.knobs)
 

@@ -1,0 +1,1 @@
+"""Tests of the analysis stage: effects, noise, planning surrogates, the report."""

@@ -1,0 +1,1 @@
+"""Tests of the shared vocabulary: records, enums, exceptions, the public surface."""

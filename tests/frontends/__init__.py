@@ -1,0 +1,1 @@
+"""Tests of the front ends: the CLI, external agents' verbs, MCP, the dashboard."""

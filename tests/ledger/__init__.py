@@ -1,0 +1,1 @@
+"""Tests of the ledger: the contract every ledger keeps."""

@@ -1,0 +1,1 @@
+"""Tests of the researchers: the built-ins, the LLM researcher (a fake model server), conformance."""

@@ -1,0 +1,1 @@
+"""Tests of the scheduler: pure decisions over constructed snapshots."""

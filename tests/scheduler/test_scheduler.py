@@ -1,0 +1,376 @@
+"""The scheduler's decisions on constructed snapshots: no ledger, no processes, no git.
+
+Every figure is worked out by hand: noise sd 0.01 on every class, the champion at
+1.00 (minimize), z = 2. A single-run candidate against a single champion run has
+se = 0.01 * sqrt(2) = 0.01414, so a keep needs a gain above 0.0283.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from labfleet.errors import ConfigError
+from labfleet.executors.base import Worker
+from labfleet.records import Decision, Experiment, Proposal, Run, RunStatus, SessionState
+from labfleet.researchers.base import Researcher
+from labfleet.scheduler import (
+    Baseline,
+    Discard,
+    Fail,
+    Keep,
+    Limits,
+    Repeat,
+    Snapshot,
+    Validate,
+    Wait,
+    becomes_lead,
+    decide,
+    decide_baseline,
+    lead_snapshot,
+    place,
+    plan_calibration,
+    plan_champion_calibration,
+    probability_better,
+    rank_winners,
+    still_leads,
+    stop_reason,
+)
+from labfleet.scheduler.base import VALIDATION_SEED_OFFSET
+from labfleet.scheduler.proposing import (
+    ThreadProposer,
+    TokenModel,
+    VirtualProposer,
+    parse_latency,
+    pipeline_depth,
+)
+from labfleet.target import Tiers
+
+NOISE = {"H100": 0.01, "H200": 0.01}
+TIERS = Tiers.model_validate({"screen": {"classes": ["H100"]}, "validate": {"classes": ["H200"], "repeats": 2}})
+
+
+def exp(id: int, parent: int | None = 1, seed: int = 0, decision: Decision = Decision.PENDING) -> Experiment:
+    return Experiment(id, 1, parent, f"c{id}", "", f"e{id}", "", {}, {}, seed, 300.0, decision, 0.0)
+
+
+_ids = iter(range(1, 10_000))
+
+
+def run(exp_id: int, metric: float | None, hardware: str = "H100", role: str = "screen",
+        status: RunStatus = RunStatus.DONE, place_on: str | None = None) -> Run:
+    return Run(next(_ids), exp_id, 1, status, f"{hardware}-0", hardware, 0.0, 0.0, 1.0, metric, {}, "", None, None,
+               role=role, place_on=place_on, budget_seconds=300.0)
+
+
+def snap(tiers: Tiers | None = None, champion_runs: dict[str, list[float]] | None = None, **kw) -> Snapshot:
+    champion = exp(1, parent=None, decision=Decision.BASELINE)
+    runs = champion_runs or {"H100": [1.00], "H200": [0.95]}
+    samples = {(1, hw, 300.0): values for hw, values in runs.items()}
+    return Snapshot("minimize", champion, runs.get("H100", [1.0])[0], samples, dict(samples),
+                    classes=("H100", "H200"), tiers=tiers, **kw)
+
+
+# ------------------------------------------------------------------------------- deciding
+
+
+def test_beyond_the_noise_is_kept_within_it_repeated_worse_discarded():
+    s = snap()
+    kept = decide(s, exp(2), [run(2, 0.96)], NOISE)
+    assert isinstance(kept, Keep) and kept.metric == 0.96 and kept.verdict.outcome == "better"
+    unsure = decide(s, exp(3, seed=7), [run(3, 0.99)], NOISE)
+    assert isinstance(unsure, Repeat) and (unsure.role, unsure.place_on, unsure.seed) == ("confirm", "H100", 8)
+    worse = decide(s, exp(4), [run(4, 1.01)], NOISE)
+    assert isinstance(worse, Discard) and worse.metric == 1.01
+
+
+def test_a_confirmed_result_is_decided_on_the_mean_of_its_seeds():
+    s = snap()
+    # 0.99 and 0.97: mean 0.98, se = 0.01 * sqrt(1/2 + 1) = 0.0122, threshold 0.0245 > 0.02: still unsure
+    assert isinstance(decide(s, exp(2), [run(2, 0.99), run(2, 0.97, role="confirm")], NOISE), Discard)
+    kept = decide(s, exp(3), [run(3, 0.98), run(3, 0.96, role="confirm")], NOISE)  # mean 0.97: 0.03 > 0.0245
+    assert isinstance(kept, Keep) and kept.metric == pytest.approx(0.97)
+
+
+def test_wait_fail_and_no_baseline_yet():
+    s = snap()
+    assert isinstance(decide(s, exp(2), [run(2, None, status=RunStatus.RUNNING)], NOISE), Wait)
+    assert isinstance(decide(s, exp(2), [], NOISE), Wait)
+    failed = decide(s, exp(2), [run(2, None, status=RunStatus.CRASHED)], NOISE)
+    assert isinstance(failed, Fail) and failed.run.status == RunStatus.CRASHED
+    unknown = Snapshot("minimize", None, None, {}, {})
+    assert isinstance(decide(unknown, exp(2), [run(2, 0.5)], NOISE), Wait)
+    assert isinstance(decide(s, exp(2, decision=Decision.KEPT), [run(2, 0.5)], NOISE), Wait)  # decided already
+
+
+def test_without_noise_the_margin_decides_alone():
+    s = snap(keep="margin", margin=0.02)
+    assert isinstance(decide(s, exp(2), [run(2, 0.97)], NOISE), Keep)
+    assert isinstance(decide(s, exp(3), [run(3, 0.99)], NOISE), Discard)  # better, not by the margin: no repeat
+
+
+def test_maximize_flips_the_sign():
+    champion = exp(1, parent=None, decision=Decision.BASELINE)
+    s = Snapshot("maximize", champion, 1.0, {(1, "H100", 300.0): [1.0]}, {(1, "H100", 300.0): [1.0]})
+    assert isinstance(decide(s, exp(2), [run(2, 1.05)], NOISE), Keep)
+    assert isinstance(decide(s, exp(3), [run(3, 0.95)], NOISE), Discard)
+
+
+def test_with_tiers_a_screened_winner_waits_for_validation_and_validated_runs_decide_alone():
+    s = snap(TIERS)
+    waiting = decide(s, exp(2), [run(2, 0.99)], NOISE)
+    assert isinstance(waiting, Validate) and waiting.verdict.outcome == "unsure"
+    assert isinstance(decide(s, exp(3), [run(3, 1.02)], NOISE), Discard)  # worse: never costs a validate run
+    # validated on H200 against the champion's H200 run (0.95): the screening run no longer counts
+    kept = decide(s, exp(4), [run(4, 0.90), run(4, 0.92, "H200", "validate"), run(4, 0.91, "H200", "validate")], NOISE)
+    assert isinstance(kept, Keep) and kept.metric == pytest.approx(0.915)
+    lost = decide(s, exp(5), [run(5, 0.90), run(5, 0.96, "H200", "validate"), run(5, 0.96, "H200", "validate")], NOISE)
+    assert isinstance(lost, Discard)  # a lucky screen, found out on the fast class
+    more = decide(s, exp(6, seed=3), [run(6, 0.9), run(6, 0.94, "H200", "validate"), run(6, 0.94, "H200", "validate")],
+                  NOISE)
+    assert isinstance(more, Repeat) and more.role == "validate" and more.place_on == "H200"
+    assert more.seed == 3 + VALIDATION_SEED_OFFSET + 2
+
+
+def test_a_winner_beyond_the_screen_noise_leads_and_later_screens_are_judged_against_it():
+    s = snap(TIERS)
+    clear = decide(s, exp(2), [run(2, 0.96)], NOISE)  # gain 0.04 > 0.0283: beyond the noise
+    assert isinstance(clear, Validate) and becomes_lead(s, clear)
+    unsure = decide(s, exp(3), [run(3, 0.99)], NOISE)
+    assert isinstance(unsure, Validate) and not becomes_lead(s, unsure)  # validated, but leads nothing
+    assert not becomes_lead(snap(), decide(snap(), exp(4), [run(4, 0.96)], NOISE))  # no tiers: a plain keep
+    lead = lead_snapshot(s, exp(2), 0.96)
+    assert lead.champion.id == 2 and s.champion.id == 1  # the snapshot given is left as it was
+    assert lead_snapshot(s, None, None) is s
+    lead = lead_snapshot(Snapshot("minimize", s.champion, 1.0, {**s.samples, (2, "H100", 300.0): [0.96]},
+                                  s.unbiased, classes=s.classes, tiers=TIERS), exp(2), 0.96)
+    # 0.98 beats the champion's 1.00 but not the lead's 0.96: discarded before it costs a validation run
+    assert isinstance(decide(lead, exp(5), [run(5, 0.98)], NOISE), Discard)
+    assert becomes_lead(lead, decide(lead, exp(6), [run(6, 0.92)], NOISE))  # beats the lead beyond the noise
+
+
+def test_a_lead_does_not_wait_for_its_calibration_run_and_validation_still_decides():
+    s = snap(TIERS)
+    runs = [run(2, 0.96), run(2, 0.91, "H200", "validate"), run(2, 0.90, "H200", "validate"),
+            run(2, None, role="calibrate", status=RunStatus.QUEUED)]
+    kept = decide(s, exp(2), runs, NOISE)
+    assert isinstance(kept, Keep) and kept.metric == pytest.approx(0.905)  # against the champion's H200 0.95
+    pending = runs[:2] + [run(2, None, "H200", "validate", status=RunStatus.RUNNING)] + runs[3:]
+    assert isinstance(decide(s, exp(2), pending, NOISE), Wait)  # a validation still running: wait for it
+    lucky = [run(2, 0.96), run(2, 0.96, "H200", "validate"), run(2, 0.96, "H200", "validate"), runs[3]]
+    assert isinstance(decide(s, exp(2), lucky, NOISE), Discard)  # not confirmed: the lead reverts
+
+
+def test_a_lead_stays_only_while_it_still_beats_a_newly_kept_champion():
+    lead_runs = [run(2, 0.90), run(2, 0.91, "H200", "validate", status=RunStatus.RUNNING)]
+    assert still_leads(snap(TIERS), lead_runs, NOISE)  # 0.90 vs 1.00 on H100: still ahead
+    passed = snap(TIERS, {"H100": [0.91], "H200": [0.86]})  # the new champion's H100 run: 0.91
+    assert not still_leads(passed, lead_runs, NOISE)
+    assert not still_leads(snap(TIERS), [run(2, None, status=RunStatus.CRASHED)], NOISE)
+
+
+def test_baseline_decisions():
+    base = exp(1, parent=None)
+    assert isinstance(decide_baseline(base, [run(1, None, status=RunStatus.RUNNING)]), Wait)
+    first = decide_baseline(base, [run(1, 1.0), run(1, None, "H200", status=RunStatus.QUEUED)])
+    assert isinstance(first, Baseline) and first.metric == 1.0 and not first.refine
+    decided = exp(1, parent=None, decision=Decision.BASELINE)
+    refined = decide_baseline(decided, [run(1, 1.0), run(1, 1.02, role="noise"), run(1, 0.9, "H200")])
+    assert isinstance(refined, Baseline) and refined.refine and refined.metric == pytest.approx(1.01)
+    assert isinstance(decide_baseline(base, [run(1, None, status=RunStatus.CRASHED)]), Fail)
+    assert isinstance(decide_baseline(base, [run(1, None, status=RunStatus.LOST)]), Wait)  # retried, not broken
+
+
+# ------------------------------------------------------------------------------- tiers
+
+
+def test_winners_are_ranked_by_the_probability_of_beating_the_champion():
+    s = snap(TIERS)
+    waiting = [(exp(2), [run(2, 0.995)]), (exp(3), [run(3, 0.97)]), (exp(4), [run(4, 0.985)]), (exp(5), [run(5, 1.01)])]
+    promote, discards, confirms = rank_winners(s, waiting, 2, NOISE)
+    assert promote == [3, 4]  # the two most likely to beat the champion, best first
+    assert [(i, d.reason) for i, d in discards] == [(5, "no longer beats the best")]  # passed: costs no run
+    assert [(q.experiment_id, q.role, q.place_on) for q in confirms] == [(2, "confirm", "H100")]  # cheap, on the screen class
+    assert rank_winners(s, waiting, 2, NOISE, confirm=False)[2] == []
+    # a winner already confirmed on its screen class is not confirmed twice
+    again = rank_winners(s, [(exp(2), [run(2, 0.995), run(2, 0.99, role="confirm")])], 0, NOISE)
+    assert again[2] == []
+
+
+def test_probability_better_follows_the_normal_model():
+    s = snap()
+    verdict = decide(s, exp(2), [run(2, 0.99)], NOISE).verdict  # gain 0.01, se 0.01414
+    assert probability_better(verdict) == pytest.approx(0.760, abs=1e-3)
+    assert probability_better(decide(s, exp(3), [run(3, 1.0)], NOISE).verdict) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------- placing
+
+
+def row(id: int, role: str, place_on: str | None = None) -> dict:
+    return {"id": id, "role": role, "place_on": place_on}
+
+
+def test_placement_order_classes_and_backfill():
+    fleet = [Worker("H100-0", "H100"), Worker("H200-0", "H200")]
+    queued = [row(1, "screen"), row(2, "screen"), row(3, "validate"), row(4, "calibrate", "H100")]
+    # validation first, then the pinned calibration, then one screen; the fast worker never screens
+    placed = place(queued, fleet, TIERS)
+    assert [(p.run_id, p.worker_id) for p in placed] == [(3, "H200-0"), (4, "H100-0")]
+    assert [(p.run_id, p.worker_id) for p in place(queued[:2], fleet, TIERS)] == [(1, "H100-0")]
+    # with backfill, a fast worker nothing needs takes a screen, after the screen class
+    backfilled = place(queued[:2], fleet, TIERS, backfill=True)
+    assert [(p.run_id, p.worker_id) for p in backfilled] == [(1, "H100-0"), (2, "H200-0")]
+    # without tiers every worker takes anything, oldest first within a role
+    assert [p.run_id for p in place([row(5, "screen"), row(6, "confirm")], fleet, None)] == [6, 5]
+
+
+def test_calibration_plans_are_idempotent_and_use_the_validate_role_on_the_fast_class():
+    base = exp(1, parent=None)
+    first = run(1, None, status=RunStatus.QUEUED)
+    pin, queue = plan_calibration(base, [first], ["H100", "H200", "H100"], TIERS, 3)
+    assert pin == (first.id, "H100")
+    assert [(q.role, q.place_on, q.seed) for q in queue] == [
+        ("noise", "H100", 1), ("noise", "H100", 2), ("validate", "H200", 3), ("validate", "H200", 4),
+        ("validate", "H200", 5)]
+    have = [run(1, 1.0, place_on="H100")] + [run(1, None, q.place_on, q.role, RunStatus.QUEUED, q.place_on)
+                                             for q in queue]
+    assert plan_calibration(base, have, ["H100", "H200"], TIERS, 3) == (None, [])
+    champion = exp(7, seed=5)
+    calib = plan_champion_calibration(champion, ["H100", "H200"], TIERS, {}, {"calibrate": 300.0, "validate": 300.0})
+    assert [(q.role, q.place_on) for q in calib] == [("calibrate", "H100"), ("validate", "H200")]
+    done = {(7, "H100", 300.0): [0.9]}
+    assert len(plan_champion_calibration(champion, ["H100", "H200"], TIERS, done, {"calibrate": 300.0,
+                                                                                  "validate": 300.0})) == 1
+
+
+# ------------------------------------------------------------------------------- stopping
+
+
+def test_stop_reasons():
+    common = dict(direction="minimize", proposed=3, elapsed_seconds=100.0, champion_metric=0.9,
+                  decided_since_keep=0, fleet_usd=0.0, researcher_done=False, active_runs=1)
+    assert stop_reason(Limits(), **common) == ""
+    assert stop_reason(Limits(max_experiments=3), **common) == "reached --max-experiments 3"
+    assert stop_reason(Limits(hours=0.01), **common) == "reached --hours 0.01"
+    assert stop_reason(Limits(until=0.95), **common) == "reached --until 0.95"
+    assert stop_reason(Limits(until=0.85), **common) == ""
+    assert "--patience 2" in stop_reason(Limits(patience=2), **{**common, "decided_since_keep": 2})
+    assert stop_reason(Limits(max_usd=1.0), **{**common, "fleet_usd": 1.5}) == "reached --max-usd 1"
+    done = {**common, "researcher_done": True, "active_runs": 0}
+    assert stop_reason(Limits(), **done) == "the researcher has nothing more to propose"
+    assert stop_reason(Limits(serve=True), **done) == ""  # a daemon waits for submissions
+    assert stop_reason(Limits(), **{**done, "active_runs": 2}) == ""  # a new result may open new ideas
+
+
+# ------------------------------------------------------------------------------- proposing
+
+
+class Counter(Researcher):
+    name = "counter"
+
+    def __init__(self, sleep: float = 0.0, fail_first: int = 0) -> None:
+        self.sleep, self.fail_first, self.calls, self.seen = sleep, fail_first, 0, []
+
+    def propose(self, state, n):
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise RuntimeError("provider down")
+        time.sleep(self.sleep)
+        return [Proposal(f"p{self.calls}.{i}") for i in range(n)]
+
+    def observe(self, state, result):
+        self.seen.append((self.calls, result))
+
+
+STATE = SessionState(1, "m", "minimize", {}, None, None, (), (), 1)
+
+
+def test_virtual_latency_holds_the_answer_until_the_clock_reaches_it_and_is_seeded():
+    now = [100.0]
+    p = VirtualProposer(Counter(), lambda: now[0], latency=60.0, sd=30.0, seed=3, tokens=TokenModel())
+    p.ask(STATE, 4, now[0])
+    assert p.in_flight == 1 and not p.can_ask(now[0]) and p.answers(now[0]) == ([], [])
+    due = p.next_event(now[0])
+    assert due is not None and due > now[0]
+    now[0] = due
+    (answer,), _ = p.answers(now[0])
+    assert len(answer.proposals) == 4 and answer.usage[-1]["output_tokens"] == 1600
+    assert answer.usage[-1]["usd"] == pytest.approx((12_000 * 3 + 1600 * 15) / 1e6)
+    again = VirtualProposer(Counter(), lambda: 100.0, latency=60.0, sd=30.0, seed=3)
+    again.ask(STATE, 1, 100.0)
+    assert again.next_event(100.0) == pytest.approx(due)  # the same seed, the same latency
+
+
+def test_observes_arriving_during_a_call_go_into_the_next_call_together():
+    researcher = Counter()
+    p = VirtualProposer(researcher, lambda: 0.0, latency=10.0)
+    p.ask(STATE, 1, 0.0)
+    p.tell(STATE, "r1")  # type: ignore[arg-type]
+    p.tell(STATE, "r2")  # type: ignore[arg-type]
+    assert researcher.seen == []
+    p.answers(10.0)
+    p.ask(STATE, 1, 10.0)
+    assert researcher.seen == [(1, "r1"), (1, "r2")]  # both delivered before the second propose
+
+
+def test_a_raising_researcher_backs_off_and_is_asked_again():
+    now = [0.0]
+    p = ThreadProposer(Counter(fail_first=2), lambda: now[0], waits=(5.0, 8.0))
+    p.ask(STATE, 2, now[0])
+    answers = wait_answers(p, now[0])
+    assert answers[0].failed and "provider down" in answers[0].error and answers[0].proposals == []
+    assert not p.can_ask(now[0]) and p.retry_at == 5.0
+    now[0] = 5.0
+    p.ask(STATE, 2, now[0])
+    assert wait_answers(p, now[0])[0].failed and p.retry_at == 5.0 + 8.0  # doubled, capped at the longest
+    now[0] = 13.0
+    p.ask(STATE, 2, now[0])
+    ok = wait_answers(p, now[0])[0]
+    assert not ok.failed and len(ok.proposals) == 2 and p.retry_at is None and p.backoff == 0.0
+
+
+def test_a_hanging_researcher_is_timed_out_and_its_late_answer_still_counts():
+    release = threading.Event()
+
+    class Hangs(Counter):
+        def propose(self, state, n):
+            release.wait(10)
+            return super().propose(state, n)
+
+    p = ThreadProposer(Hangs(), lambda: 0.0, waits=(30.0, 60.0), timeout=0.2)
+    p.ask(STATE, 3, 0.0)
+    deadline = time.monotonic() + 5
+    notes: list[str] = []
+    while not notes and time.monotonic() < deadline:
+        notes = p.answers(0.0)[1]
+        time.sleep(0.05)
+    assert notes and "timed out" in notes[0]
+    assert p.in_flight == 0 and p.backing_off(0.0)  # the loop goes on; proposing waits
+    release.set()
+    late = wait_answers(p, 0.0)[0]
+    assert late.late and len(late.proposals) == 3  # nothing it proposed is lost
+
+
+def wait_answers(p, now, seconds: float = 5.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answers, _ = p.answers(now)
+        if answers:
+            return answers
+        time.sleep(0.01)
+    raise AssertionError("no answer")
+
+
+def test_latency_parsing_and_pipeline_depth():
+    assert parse_latency("90") == (90.0, 0.0) and parse_latency("60:30") == (60.0, 30.0)
+    assert parse_latency(None) == (0.0, 0.0) and parse_latency(5) == (5.0, 0.0)
+    for bad in ("x", "-1", "1:2:3", "nan"):
+        with pytest.raises(ConfigError, match="--researcher-latency"):
+            parse_latency(bad)
+    assert pipeline_depth(1, 0.0, 16, 300.0) == 1
+    assert pipeline_depth(1, 90.0, 16, 300.0) == 1 + 8  # 16 * 90 / 300 = 4.8 runs per call, 1.5x
+    assert random.Random(0).random() == random.Random(0).random()

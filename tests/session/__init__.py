@@ -1,0 +1,1 @@
+"""Tests of the session loop: real processes, real git, a real ledger."""

@@ -1,0 +1,1 @@
+"""Tests of targets: labfleet.toml, knobs, metric sources."""
