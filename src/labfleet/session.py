@@ -31,6 +31,7 @@ call in flight is not recorded until it answers: after a kill it is simply asked
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import time
@@ -78,7 +79,7 @@ from labfleet.scheduler import (
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
 from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
 from labfleet.sandbox import UNBOXED_PREFIX
-from labfleet.target import Target, Tiers, knob_patch
+from labfleet.target import Target, Tiers, format_value, knob_patch, render_knobs
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
@@ -218,6 +219,10 @@ class SessionLoop:
     # and longest pause, seconds; the session neither ends nor loses anything.
     proposer: Proposer | None = None
     outage_waits: tuple[float, float] = DEFAULT_WAITS
+    # With an executor that never reads versions (the simulator), knob-only experiments are
+    # hashed in-process (``workspace.LazyCommits``) and written when something reads them;
+    # at the end the unread ones are written too (True) or left (False: a throw-away clone).
+    write_unread: bool = True
     # runtime state, rebuilt from the ledger on start
     busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
     champion: _Champion = field(default_factory=_Champion)
@@ -257,6 +262,9 @@ class SessionLoop:
         self._run_seconds = 0.0  # running mean of finished screening runs' durations
         self._finished_runs = 0
         self._unboxed_said = False
+        self.lazy: workspace.LazyCommits | None = None
+        if not getattr(self.executor, "reads_commits", True):
+            self.lazy = workspace.LazyCommits(self.target.root, lambda path, text, values: render_knobs(text, values, path))
 
     # ----------------------------------------------------------------- the loop
 
@@ -280,6 +288,8 @@ class SessionLoop:
             raise
         finally:
             self.proposer.close()
+            if self.lazy is not None:
+                self.lazy.close(write_all=self.write_unread)
         self.executor.close()  # nothing runs any more: release the fleet (SkyPilot tears its clusters down)
         self.ledger.set_session_status(self.session_id, "finished")
         self.ledger.event(self.session_id, "session_finished", reason=self.stop_reason)
@@ -846,7 +856,8 @@ class SessionLoop:
         champion = self.lead.experiment or self.champion.experiment or self.baseline()
         parent = self.ledger.experiment(proposal.parent) if proposal.parent is not None else champion
         assert parent is not None
-        exp_id, error = materialize(self.target, self.ledger, self.session_id, proposal, parent, self.config)
+        exp_id, error = materialize(self.target, self.ledger, self.session_id, proposal, parent, self.config,
+                                    lazy=self.lazy)
         if error:
             self.on_event(Event("rejected", f"e{exp_id} rejected: {error}  [{proposal.description}]"))
         return exp_id
@@ -854,19 +865,28 @@ class SessionLoop:
 
 def materialize(
     target: Target, ledger: Ledger, session_id: int, proposal: Proposal, parent: Experiment, config: SessionConfig,
+    lazy: workspace.LazyCommits | None = None,
 ) -> tuple[int, str]:
     """A proposal as an experiment: its commit (parent + patch + knob values), and a queued run.
 
     Returns the experiment id and "" , or the reason it was rejected (recorded as a
     failed experiment with a rejected run: a bad proposal costs no worker time).
-    The session loop and ``labfleet submit`` both come here.
+    The session loop and ``labfleet submit`` both come here. With ``lazy`` (an executor
+    that never reads versions), a knob-only proposal's commit is made in-process.
     """
     repo = target.root
     seed = proposal.seed if proposal.seed is not None else config.seed
     budget = proposal.budget_seconds or config.budget_seconds or target.spec.budget_seconds
     common = dict(parent_id=parent.id, description=proposal.description, hypothesis=proposal.hypothesis,
                   tags=proposal.tags, seed=seed, budget_seconds=budget)
+    files = _knob_files(target)
     try:
+        if lazy is not None and not proposal.patch and not any("/" in f for f in files):
+            commit, full_patch, knobs = _knob_commit(target, lazy, proposal, parent)
+            exp_id, _ = ledger.add_experiment(session_id, commit=commit, patch=full_patch, knobs=knobs,
+                                              **common)  # type: ignore[arg-type]
+            lazy.name(commit, f"refs/labfleet/s{session_id}/e{exp_id}")
+            return exp_id, ""
         commit = parent.commit
         if proposal.patch:
             commit = workspace.commit_patch(repo, commit, proposal.patch, proposal.description, target.spec.editable)
@@ -890,6 +910,29 @@ def materialize(
     exp_id, _ = ledger.add_experiment(session_id, commit=commit, patch=full_patch, knobs=knobs, **common)  # type: ignore[arg-type]
     workspace.update_ref(repo, f"refs/labfleet/s{session_id}/e{exp_id}", commit)
     return exp_id, ""
+
+
+def _knob_commit(
+    target: Target, lazy: workspace.LazyCommits, proposal: Proposal, parent: Experiment,
+) -> tuple[str, str, dict[str, Any]]:
+    """A knob-only proposal's (commit, patch, knob values) with no git process: what the
+    git path records, the patch in ``knob_patch``'s spelling (no ``index`` line)."""
+    sources = {f: lazy.text(parent.commit, f) for f in _knob_files(target)}
+    current = target.read_knobs(sources)
+    changed = {k: v for k, v in proposal.knobs.items() if current.get(k) != v}
+    if not changed:
+        raise PatchError("the proposal changes nothing")
+    patch = knob_patch(target, changed, sources)  # unknown knobs, values out of range: ConfigError
+    outside = sorted({target.knobs[k].file for k in changed} - set(target.spec.editable))
+    if outside:
+        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable")
+    by_file: dict[str, dict[str, Any]] = {}
+    for name, value in changed.items():
+        by_file.setdefault(target.knobs[name].file, {})[name] = value
+    commit = lazy.commit(parent.commit, by_file, proposal.description)
+    # what reading the new file gives back: the value as rendered (format_value rounds floats)
+    knobs = {**current, **{name: ast.literal_eval(format_value(value)) for name, value in changed.items()}}
+    return commit, patch, knobs
 
 
 def _finite(value: float | None) -> float | None:

@@ -503,6 +503,7 @@ class SimulatedExecutor(Executor):
     """
 
     name = "simulated"
+    reads_commits = False  # the model reads job.knobs; git calls in this process write what they name
 
     def __init__(
         self,
