@@ -924,7 +924,7 @@ def simulate(
                 folder, fleet, researcher=researcher, hours=hours, seed=seed, budget_seconds=budget,
                 screen=classes[0], validate=classes[1], surrogate=model_choice,
                 from_ledger=from_ledger.resolve() if from_ledger else None,
-                researcher_latency=researcher_latency, write_commits=save is not None, **limits,
+                researcher_latency=researcher_latency, keep_files=save is not None, **limits,
             )
     except ValueError as exc:
         raise LabfleetError(str(exc)) from None

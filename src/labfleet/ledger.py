@@ -140,6 +140,9 @@ class Ledger:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock  # every timestamp; the simulator passes its virtual clock
+        # A reader that keeps its own copy of the history sets this to a set: every experiment
+        # whose row or runs this connection changes is added (see SessionLoop.history).
+        self.touched: set[int] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -152,6 +155,16 @@ class Ledger:
             for name, kind in columns.items():
                 if name not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+    def _touch(self, exp_id: int) -> None:
+        if self.touched is not None:
+            self.touched.add(exp_id)
+
+    def _touch_run(self, run_id: int) -> None:
+        if self.touched is not None:
+            row = self.db.execute("SELECT experiment_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None:
+                self.touched.add(row["experiment_id"])
 
     @classmethod
     def for_target(cls, state_dir: Path) -> Ledger:
@@ -225,6 +238,7 @@ class Ledger:
             )
             exp_id = int(cur.lastrowid or 0)
             run_id = self._queue_run(db, session_id, exp_id, 1, now) if queue else None
+        self._touch(exp_id)
         return exp_id, run_id
 
     @staticmethod
@@ -244,10 +258,12 @@ class Ledger:
         place_on: str | None = None,
     ) -> int:
         """One more run of an experiment: a repeat with another seed, a validation, a calibration."""
+        self._touch(exp_id)
         return self._queue_run(self.db, session_id, exp_id, 1, self.clock(), seed, role, place_on)
 
     def pin_run(self, run_id: int, place_on: str) -> None:
         """Tie a queued run to a hardware class."""
+        self._touch_run(run_id)
         self.db.execute("UPDATE runs SET place_on = ? WHERE id = ? AND status = 'queued'", (place_on, run_id))
 
     def decided_since_keep(self, session_id: int) -> int:
@@ -294,6 +310,7 @@ class Ledger:
                 " VALUES (?, ?, 1, ?, ?, ?, ?)",
                 (exp_id, session_id, str(status), now, now, reason),
             )
+        self._touch(exp_id)
         return int(cur.lastrowid or 0)
 
     def mark_running(
@@ -301,6 +318,7 @@ class Ledger:
         budget_seconds: float | None = None,
     ) -> None:
         """Written before the executor starts the run: a crash right after leaves a traceable row."""
+        self._touch_run(run_id)
         self.db.execute(
             "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
             " started_at = ?, budget_seconds = ? WHERE id = ? AND status = 'queued'",
@@ -324,6 +342,7 @@ class Ledger:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None or row["status"] not in ACTIVE:
                 return None
+            self._touch(row["experiment_id"])
             db.execute(
                 "UPDATE runs SET status = ?, metric = ?, figures = ?, reason = ?, ended_at = ? WHERE id = ?",
                 (str(status), metric, _dumps(figures or {}), reason, ended_at or self.clock(), run_id),
@@ -337,6 +356,7 @@ class Ledger:
 
     def requeue(self, run_id: int) -> None:
         """Put a queued-or-running run back in the queue (used when a start failed)."""
+        self._touch_run(run_id)
         self.db.execute(
             "UPDATE runs SET status = 'queued', worker = NULL, hardware = NULL, handle = NULL, started_at = NULL"
             " WHERE id = ? AND status IN ('queued', 'running')",
@@ -344,6 +364,7 @@ class Ledger:
         )
 
     def decide(self, exp_id: int, decision: Decision, metric: float | None) -> None:
+        self._touch(exp_id)
         self.db.execute(
             "UPDATE experiments SET decision = ?, metric = ?, decided_at = ? WHERE id = ?",
             (str(decision), metric, self.clock(), exp_id),
@@ -351,6 +372,7 @@ class Ledger:
 
     def cancel_runs(self, exp_id: int) -> tuple[int, int]:
         """Queued runs become cancelled; running ones are flagged for the orchestrator to stop."""
+        self._touch(exp_id)
         with self.transaction() as db:
             queued = db.execute(
                 "UPDATE runs SET status = 'cancelled', ended_at = ?, reason = 'cancelled'"
@@ -369,10 +391,12 @@ class Ledger:
 
     def reopen(self, exp_id: int) -> None:
         """Back to pending (a discarded experiment promoted by hand is decided again)."""
+        self._touch(exp_id)
         self.db.execute("UPDATE experiments SET decision = 'pending', decided_at = NULL WHERE id = ?", (exp_id,))
 
     def set_metric(self, exp_id: int, metric: float) -> None:
         """Refine a decided experiment's figure (more seeds arrived) without changing its decision time."""
+        self._touch(exp_id)
         self.db.execute("UPDATE experiments SET metric = ? WHERE id = ?", (metric, exp_id))
 
     def experiment(self, exp_id: int) -> Experiment:
@@ -393,9 +417,7 @@ class Ledger:
         """Decided experiments with their latest run (a done one when there is one), and pending ones."""
         latest: dict[int, Run] = {}
         for run in self.runs(session_id):
-            have = latest.get(run.experiment_id)
-            if have is None or run.status == RunStatus.DONE or have.status != RunStatus.DONE:
-                latest[run.experiment_id] = run
+            _latest(latest, run)
         history, pending = [], []
         for exp in self.experiments(session_id):
             run = latest.get(exp.id)
@@ -404,6 +426,17 @@ class Ledger:
             elif run is not None:
                 history.append(Result(exp, run))
         return history, pending
+
+    def result_of(self, exp_id: int) -> tuple[Experiment | None, Result | None]:
+        """One experiment and its ``history`` entry (None while it has no run)."""
+        row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        if row is None:
+            return None, None
+        exp = experiment_record(row)
+        latest: dict[int, Run] = {}
+        for run in self.runs_of(exp_id):
+            _latest(latest, run)
+        return exp, Result(exp, latest[exp_id]) if exp_id in latest else None
 
     def record_holdout(self, run_id: int, value: float) -> None:
         """Store a run's holdout metric (once; a second call for the same run changes nothing)."""
@@ -443,6 +476,14 @@ class Ledger:
             f"SELECT * FROM runs WHERE session_id = ? AND status IN ({marks}) ORDER BY id", (session_id, *wanted)
         ).fetchall()
 
+    def count_runs(self, session_id: int, statuses: Iterable[str]) -> int:
+        wanted = list(statuses)
+        marks = ",".join("?" * len(wanted))
+        row = self.db.execute(
+            f"SELECT COUNT(*) AS n FROM runs WHERE session_id = ? AND status IN ({marks})", (session_id, *wanted)
+        ).fetchone()
+        return int(row["n"])
+
     def status_counts(self, session_id: int) -> dict[str, int]:
         rows = self.db.execute(
             "SELECT status, COUNT(*) AS n FROM runs WHERE session_id = ? GROUP BY status", (session_id,)
@@ -455,6 +496,14 @@ class Ledger:
             "SELECT COUNT(*) AS n FROM experiments WHERE session_id = ? AND parent_id IS NOT NULL", (session_id,)
         ).fetchone()
         return int(row["n"])
+
+    def proposed_since(self, session_id: int, after_id: int) -> tuple[int, int]:
+        """(experiments other than the baseline with an id above ``after_id``, the highest id seen)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) AS n, MAX(id) AS last FROM experiments WHERE session_id = ? AND id > ?"
+            " AND parent_id IS NOT NULL", (session_id, after_id),
+        ).fetchone()
+        return int(row["n"]), max(after_id, int(row["last"] or 0))
 
     def decision_counts(self, session_id: int) -> dict[str, int]:
         rows = self.db.execute(
@@ -474,6 +523,13 @@ class Ledger:
             "INSERT INTO events (session_id, at, kind, data) VALUES (?, ?, ?, ?)",
             (session_id, self.clock(), kind, _dumps(data)),
         )
+
+
+def _latest(latest: dict[int, Run], run: Run) -> None:
+    """``history``'s rule: an experiment's latest run, a done one when it has one."""
+    have = latest.get(run.experiment_id)
+    if have is None or run.status == RunStatus.DONE or have.status != RunStatus.DONE:
+        latest[run.experiment_id] = run
 
 
 def experiment_record(row: sqlite3.Row) -> Experiment:

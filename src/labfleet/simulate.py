@@ -141,7 +141,7 @@ def simulate(
     budget_seconds: float | None = None, screen: list[str] | None = None, validate: list[str] | None = None,
     validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | str | RunSurrogate | None = None,
     researcher_options: Mapping[str, Any] | None = None, researcher_latency: str | float | None = None,
-    tokens: TokenModel | None = None, from_ledger: Path | None = None, write_commits: bool = True, **config: Any,
+    tokens: TokenModel | None = None, from_ledger: Path | None = None, keep_files: bool = True, **config: Any,
 ) -> Simulation:
     """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock.
 
@@ -152,8 +152,9 @@ def simulate(
     ``researcher_latency``: virtual seconds per propose call (``90``, or ``"60:30"`` for a
     seeded normal of mean 60 and sd 30); ``tokens``: each call's tokens and dollars
     (default: a long-prompt call at Sonnet prices whenever a latency is given).
-    ``write_commits``: write every experiment's commit into the clone by the end (False: only
-    those something read, e.g. kept versions; for a clone that is thrown away).
+    ``keep_files``: by the end, every experiment's commit is in the clone and every run has
+    its run.log and result.json. False, for a clone that is thrown away: only the commits
+    something read (kept versions, a researcher's reads) are written, and no run files.
     """
     latency = parse_latency(researcher_latency)
     if screen or validate:
@@ -179,9 +180,10 @@ def simulate(
         tokens = TokenModel()
     proposer = VirtualProposer(chosen, clock, latency=latency[0], sd=latency[1], seed=seed, tokens=tokens,
                                calls=cfg.researcher_calls)
-    executor = SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None))
+    executor = SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None),
+                                 run_files=keep_files)
     loop = SessionLoop(target, ledger, executor, chosen, sid, cfg,
-                       target.state_dir, clock=clock, tick=math.inf, proposer=proposer, write_unread=write_commits)
+                       target.state_dir, clock=clock, tick=math.inf, proposer=proposer, write_unread=keep_files)
     reason = loop.run()
     return replace(summarize(target, ledger, sid, fleet, len(workers), reason), model=model,
                    researcher_latency=latency)

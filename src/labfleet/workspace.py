@@ -389,6 +389,7 @@ class LazyCommits:
         self.edit = edit
         self._pending: dict[str, _Version] = {}
         self._refs: dict[str, str] = {}  # unwritten sha -> the ref to give it once written
+        self._written_trees: dict[str, str] = {}  # written commit -> its tree (parents: few)
         self._texts: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._roots: OrderedDict[str, dict[bytes, tuple[bytes, bytes]]] = OrderedDict()  # tree -> name: (mode, sha)
         self._lock = threading.RLock()
@@ -447,7 +448,12 @@ class LazyCommits:
 
     def _tree_of(self, commit: str) -> str:
         version = self._pending.get(commit)
-        return version.tree if version is not None else resolve_tree(self.repo, commit)
+        if version is not None:
+            return version.tree
+        tree = self._written_trees.get(commit)
+        if tree is None:
+            tree = self._written_trees[commit] = resolve_tree(self.repo, commit)
+        return tree
 
     def _tree_entries(self, parent: str, changes: Mapping[str, Any], commit: str | None = None,
                       ) -> tuple[str, dict[bytes, tuple[bytes, bytes]]]:

@@ -442,8 +442,11 @@ class SimulatedWorld:
     while the orchestrator is dead.
     """
 
-    def __init__(self, clock: VirtualClock | None = None) -> None:
+    def __init__(self, clock: VirtualClock | None = None, run_files: bool = True) -> None:
         self.clock = clock or VirtualClock()
+        # False: no run.log / result.json (a throw-away simulation; adopting after a restart
+        # then finds no result, so only a world that writes them survives one)
+        self.run_files = run_files
         self.runs: dict[str, _SimRun] = {}  # handle -> run
         self.set_up: set[str] = set()  # worker ids that paid their setup
         self._occupant: dict[str, str] = {}  # worker id -> handle of its latest run
@@ -476,7 +479,7 @@ class SimulatedWorld:
         while self._unwritten and self._unwritten[0][0] <= now:
             _, _, handle = heapq.heappop(self._unwritten)
             run = self.runs[handle]
-            if not run.cancelled and not run.written:
+            if not run.cancelled and not run.written and self.run_files:
                 _write_run_files(run)
                 run.written = True
 
@@ -514,6 +517,7 @@ class SimulatedExecutor(Executor):
         world: SimulatedWorld | None = None,
         *,
         model: RunModel | None = None,
+        run_files: bool = True,
     ) -> None:
         self.speeds = {**DEFAULT_SPEEDS, **(speeds or {})}
         self._workers = parse_fleet(workers, self.speeds) if isinstance(workers, str) else list(workers)
@@ -527,7 +531,7 @@ class SimulatedExecutor(Executor):
             raise ExecutorError(f"no speed for hardware class {missing[0]!r}: pass speeds={{{missing[0]!r}: ...}}")
         if world is not None and clock is not None and world.clock is not clock:
             raise ExecutorError("the world has its own clock: pass the world's clock or none")
-        self.world = world or SimulatedWorld(clock)
+        self.world = world or SimulatedWorld(clock, run_files=run_files)
         self.clock = self.world.clock
         self.surrogate: RunSurrogate = surrogate or Surrogate()
         self.model: RunModel = model or self.surrogate_model
@@ -596,8 +600,9 @@ class SimulatedExecutor(Executor):
         spec = self._spec(job.request.target_dir)
         now = self.clock.now()
         run_dir = job.request.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / LOG_FILE).write_text(f"[simulated] started on {worker.id} ({worker.hardware})\n")
+        if self.world.run_files:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / LOG_FILE).write_text(f"[simulated] started on {worker.id} ({worker.hardware})\n")
         result = RunResult(
             outcome=outcome, reason=reason, metric_name=spec.metric if spec else self.surrogate.metric_name,
             metric=metric, figures=figures, commit=job.request.commit, seed=job.request.seed,
