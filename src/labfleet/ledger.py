@@ -143,6 +143,7 @@ class Ledger:
         # A reader that keeps its own copy of the history sets this to a set: every experiment
         # whose row or runs this connection changes is added (see SessionLoop.history).
         self.touched: set[int] | None = None
+        self._batched = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -175,12 +176,33 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._batched:  # inside batch(): its one commit covers this
+            yield self.db
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside is one transaction (the simulator: one commit per loop step, not
+        one per statement). An error rolls the whole batch back; nested batches join the outer."""
+        if self._batched:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._batched = True
+        try:
+            yield
+        except BaseException:
+            self._batched = False
+            self.db.execute("ROLLBACK")
+            raise
+        self._batched = False
         self.db.execute("COMMIT")
 
     # ----------------------------------------------------------------- sessions

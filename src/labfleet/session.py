@@ -280,6 +280,9 @@ class SessionLoop:
         self._finished_runs = 0
         self._unboxed_said = False
         self.lazy: workspace.LazyCommits | None = None
+        # Runs that never leave this process (the simulator) need no commit per ledger write:
+        # a step's writes are one transaction (a kill loses at most that step of a simulation).
+        self._batch_steps = not getattr(self.executor, "reads_commits", True)
         if not getattr(self.executor, "reads_commits", True):
             self.lazy = workspace.LazyCommits(self.target.root, lambda path, text, values: render_knobs(text, values, path))
 
@@ -292,7 +295,11 @@ class SessionLoop:
         assert self.proposer is not None
         try:
             while True:
-                progressed = self.step()
+                if self._batch_steps:
+                    with self.ledger.batch():  # the simulator: one ledger commit per step
+                        progressed = self.step()
+                else:
+                    progressed = self.step()
                 if self.finished():
                     break
                 if not progressed:
@@ -990,7 +997,8 @@ def _knob_commit(
     """A knob-only proposal's (commit, patch, knob values) with no git process: what the
     git path records, the patch in ``knob_patch``'s spelling (no ``index`` line)."""
     sources = {f: lazy.text(parent.commit, f) for f in _knob_files(target)}
-    current = target.read_knobs(sources)
+    # the parent's recorded knobs are what reading its files gives (read again if the knobs changed)
+    current = dict(parent.knobs) if set(parent.knobs) == set(target.knobs) else target.read_knobs(sources)
     changed = {k: v for k, v in proposal.knobs.items() if current.get(k) != v}
     if not changed:
         raise PatchError("the proposal changes nothing")
