@@ -31,7 +31,6 @@ call in flight is not recorded until it answers: after a kill it is simply asked
 
 from __future__ import annotations
 
-import ast
 import bisect
 import json
 import math
@@ -1011,8 +1010,15 @@ def _knob_commit(
         by_file.setdefault(target.knobs[name].file, {})[name] = value
     commit = lazy.commit(parent.commit, by_file, proposal.description)
     # what reading the new file gives back: the value as rendered (format_value rounds floats)
-    knobs = {**current, **{name: ast.literal_eval(format_value(value)) for name, value in changed.items()}}
+    knobs = {**current, **{name: _as_rendered(value) for name, value in changed.items()}}
     return commit, patch, knobs
+
+
+def _as_rendered(value: Any) -> Any:
+    """``ast.literal_eval(format_value(value))`` without compiling: a float comes back rounded."""
+    if isinstance(value, bool | str | int):
+        return value
+    return float(format_value(value))
 
 
 def _finite(value: float | None) -> float | None:
