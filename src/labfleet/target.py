@@ -408,8 +408,11 @@ def format_value(value: KnobValue) -> str:
 def render_knobs(text: str, values: Mapping[str, KnobValue], file: str = "<source>") -> str:
     """Rewrite the right-hand side of each ``NAME = literal`` line; comments stay put."""
     lines = _render_lines(text, values, file)
-    if lines is not None:
-        return "".join(lines)
+    return "".join(lines) if lines is not None else _render_ast(text, values, file)
+
+
+def _render_ast(text: str, values: Mapping[str, KnobValue], file: str) -> str:
+    """``render_knobs`` for any layout (values over several lines, several on one line)."""
     tree = _parse(text, file)
     lines = text.splitlines(keepends=True)
     # Replace from the bottom up so earlier offsets stay valid.

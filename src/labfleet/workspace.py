@@ -459,8 +459,6 @@ class LazyCommits:
                       ) -> tuple[str, dict[bytes, tuple[bytes, bytes]]]:
         entries = dict(self._root(self._tree_of(parent), parent))
         for path, argument in sorted(changes.items()):
-            if "/" in path:
-                raise GitError(f"in-process commits change root-level files only, not {path}")
             old = entries.get(path.encode())
             if old is None or old[0].decode() not in _REGULAR_MODES:
                 raise PatchError(f"{path} is not a regular file in {parent[:12]}")
@@ -484,6 +482,9 @@ class LazyCommits:
 
         Raises ``PatchError`` when nothing changes (the parent's sha would come back).
         """
+        nested = sorted(path for path in changes if "/" in path)
+        if nested:
+            raise GitError(f"in-process commits change root-level files only, not {nested[0]}")
         with self._lock:
             texts = {path: self.edit(path, self.text(parent, path), arg) for path, arg in changes.items()}
             if all(texts[path] == self.text(parent, path) for path in texts):
