@@ -256,6 +256,7 @@ class SessionLoop:
         self._group_order: dict[Group, int] = {}  # noise groups in the order samples first had them
         self._repeated: set[Group] = set()  # groups with at least two samples (the only ones noise reads)
         self._proposed = (0, 0)  # (experiments counted, the highest id counted)
+        self._baseline_id: int | None = None
         # the researcher's history, refreshed from the experiments the ledger says changed
         self._history: dict[int, Result] | None = None
         self._pending_exps: dict[int, Experiment] = {}
@@ -581,14 +582,16 @@ class SessionLoop:
             if run.role == "screen" and run.started_at is not None and run.ended_at is not None:
                 self._finished_runs += 1
                 self._run_seconds += (run.ended_at - run.started_at - self._run_seconds) / min(self._finished_runs, 16)
-            base = self.baseline()
+            if self._baseline_id is None:  # the baseline never changes: its id is read once
+                base = self.baseline()
+                self._baseline_id = base.id if base is not None else None
             for key, values in samples_from_runs([run]).items():
                 self._group_order.setdefault(key, len(self._group_order))
                 self.samples.setdefault(key, []).extend(values)
                 if len(self.samples[key]) >= 2:
                     self._repeated.add(key)
                 self._noise = None
-                if run.role in UNBIASED_ROLES or (base is not None and key[0] == base.id):
+                if run.role in UNBIASED_ROLES or key[0] == self._baseline_id:
                     self.unbiased.setdefault(key, []).extend(values)
         self.decide(exp_id)
 
