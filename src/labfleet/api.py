@@ -155,7 +155,7 @@ def simulate(
                 folder, fleet, researcher=researcher, hours=hours, seed=seed, budget_seconds=budget,
                 screen=list(screen), validate=list(validate), surrogate=model_choice,
                 from_ledger=from_ledger.resolve() if from_ledger else None,
-                researcher_latency=researcher_latency, **limits,
+                researcher_latency=researcher_latency, keep_files=save is not None, **limits,
             )
     except ValueError as exc:
         raise LabfleetError(str(exc)) from None

@@ -140,7 +140,7 @@ def simulate(
     budget_seconds: float | None = None, screen: list[str] | None = None, validate: list[str] | None = None,
     validate_repeats: int = 2, promote: int = 2, surrogate: Mapping[str, Any] | str | RunSurrogate | None = None,
     researcher_options: Mapping[str, Any] | None = None, researcher_latency: str | float | None = None,
-    tokens: TokenModel | None = None, from_ledger: Path | None = None, **config: Any,
+    tokens: TokenModel | None = None, from_ledger: Path | None = None, keep_files: bool = True, **config: Any,
 ) -> Simulation:
     """Run a session on ``folder`` (a clone: it gets commits and a ledger) on a virtual clock.
 
@@ -151,6 +151,9 @@ def simulate(
     ``researcher_latency``: virtual seconds per propose call (``90``, or ``"60:30"`` for a
     seeded normal of mean 60 and sd 30); ``tokens``: each call's tokens and dollars
     (default: a long-prompt call at Sonnet prices whenever a latency is given).
+    ``keep_files``: by the end, every experiment's commit is in the clone and every run has
+    its run.log and result.json. False, for a clone that is thrown away: only the commits
+    something read (kept versions, a researcher's reads) are written, and no run files.
     """
     latency = parse_latency(researcher_latency)
     if screen or validate:
@@ -174,9 +177,10 @@ def simulate(
         return VirtualProposer(chosen, clock, latency=latency[0], sd=latency[1], seed=seed, tokens=tokens,
                                calls=settings.researcher_calls)
 
-    executor = SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None))
+    executor = SimulatedExecutor(workers, model, clock=clock, speeds=getattr(model, "speeds", None),
+                                 run_files=keep_files)
     with open_session(target, cfg, new=True, researcher_options=researcher_options, executor=executor,
-                      proposer=proposer, clock=clock) as wired:
+                      proposer=proposer, clock=clock, write_unread=keep_files) as wired:
         wired.ledger.event(wired.session_id, "surrogate", source=model.source)
         reason = wired.run()
         return replace(summarize(target, wired.ledger, wired.session_id, fleet, len(workers), reason), model=model,

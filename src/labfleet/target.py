@@ -407,6 +407,12 @@ def format_value(value: KnobValue) -> str:
 
 def render_knobs(text: str, values: Mapping[str, KnobValue], file: str = "<source>") -> str:
     """Rewrite the right-hand side of each ``NAME = literal`` line; comments stay put."""
+    lines = _render_lines(text, values, file)
+    return "".join(lines) if lines is not None else _render_ast(text, values, file)
+
+
+def _render_ast(text: str, values: Mapping[str, KnobValue], file: str) -> str:
+    """``render_knobs`` for any layout (values over several lines, several on one line)."""
     tree = _parse(text, file)
     lines = text.splitlines(keepends=True)
     # Replace from the bottom up so earlier offsets stay valid.
@@ -423,6 +429,42 @@ def render_knobs(text: str, values: Mapping[str, KnobValue], file: str = "<sourc
         first, last = lines[lineno - 1], lines[end_lineno - 1]
         lines[lineno - 1 : end_lineno] = [_bytes_cut(first, 0, col) + new + _bytes_cut(last, end_col, None)]
     return "".join(lines)
+
+
+@functools.lru_cache(maxsize=32)  # one source is rendered for many experiments (the champion's)
+def _layout(text: str, file: str) -> tuple[list[str], dict[str, tuple[int, str, str]]]:
+    """A source's lines and, per top-level constant whose value sits on one line of its own,
+    (line index, the text before the value, the text after it)."""
+    lines = text.splitlines(keepends=True)
+    spots: dict[str, tuple[int, str, str]] = {}
+    used: dict[int, int] = {}
+    tree = _parse(text, file)
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
+            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None)
+        if not isinstance(target, ast.Name) or target.id in spots or node.value is None:
+            continue
+        v = node.value
+        if v.end_lineno != v.lineno or v.end_col_offset is None:
+            continue
+        line = lines[v.lineno - 1]
+        spots[target.id] = (v.lineno - 1, _bytes_cut(line, 0, v.col_offset), _bytes_cut(line, v.end_col_offset, None))
+        used[v.lineno - 1] = used.get(v.lineno - 1, 0) + 1
+    # two constants on one line (``A = 1; B = 2``) are left to the general path
+    return lines, {name: spot for name, spot in spots.items() if used[spot[0]] == 1}
+
+
+def _render_lines(text: str, values: Mapping[str, KnobValue], file: str) -> list[str] | None:
+    """The source's lines with ``values`` rendered in, or None when the layout cannot say
+    (a value over several lines, two on a line, a name not found: the general path decides)."""
+    lines, spots = _layout(text, file)
+    if any(name not in spots for name in values):
+        return None
+    out = list(lines)
+    for name, value in values.items():
+        index, before, after = spots[name]
+        out[index] = before + format_value(value) + after
+    return out
 
 
 def _bytes_cut(line: str, start: int, end: int | None) -> str:
@@ -443,6 +485,41 @@ def unified_diff(path: str, old: str, new: str) -> str:
     return f"diff --git a/{path} b/{path}\n" + "".join(out)
 
 
+def _replaced_lines_diff(path: str, old: list[str], new: list[str]) -> str | None:
+    """``unified_diff`` for two line lists of equal length that differ only line by line,
+    without its sequence matching (what it would print; None where that is not sure:
+    a changed last line without a newline)."""
+    changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    if not changed:
+        return ""
+    if any(not old[i].endswith("\n") or not new[i].endswith("\n") for i in changed):
+        return None
+    context = 3
+    groups: list[list[int]] = [[changed[0]]]
+    for i in changed[1:]:
+        if i - groups[-1][-1] - 1 > 2 * context:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    out = [f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n"]
+    for group in groups:
+        start, stop = max(0, group[0] - context), min(len(old), group[-1] + 1 + context)
+        span = f"{start + 1},{stop - start}" if stop - start != 1 else f"{start + 1}"
+        out.append(f"@@ -{span} +{span} @@\n")
+        i = start
+        while i < stop:
+            if i not in group:
+                out.append(" " + old[i])
+                i += 1
+                continue
+            j = i
+            while j < stop and j in group and (j == i or j - 1 in group):
+                j += 1
+            out += ["-" + line for line in old[i:j]] + ["+" + line for line in new[i:j]]
+            i = j
+    return "".join(out)
+
+
 def knob_patch(
     target: Target, values: Mapping[str, KnobValue], sources: Mapping[str, str] | None = None
 ) -> str:
@@ -459,7 +536,9 @@ def knob_patch(
     parts = []
     for file, file_values in sorted(by_file.items()):
         old = sources[file] if sources is not None else (target.root / file).read_text()
-        parts.append(unified_diff(file, old, render_knobs(old, file_values, file)))
+        lines = _render_lines(old, file_values, file)
+        quick = _replaced_lines_diff(file, _layout(old, file)[0], lines) if lines is not None else None
+        parts.append(quick if quick is not None else unified_diff(file, old, render_knobs(old, file_values, file)))
     return "".join(parts)
 
 

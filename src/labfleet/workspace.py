@@ -4,6 +4,10 @@ An experiment's version is built without touching the user's work tree or index:
 the parent tree is read into a temporary index, the patch is applied there
 (``git apply --cached``), and the result becomes an immutable commit object.
 ``export_tree`` writes any commit into a fresh folder (a run directory).
+
+``LazyCommits`` makes versions in-process for sessions whose executor never reads
+them (the simulator): each commit is hashed here exactly as git would hash it and
+written into the repository only when something names it in a git call.
 """
 
 from __future__ import annotations
@@ -14,8 +18,13 @@ import re
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from labfleet.errors import GitError, PatchError
 
@@ -43,6 +52,8 @@ def git(
     error: type[GitError] = GitError,
 ) -> str:
     """Run ``git -C repo args``; return stdout, raise ``error`` with git's own last line."""
+    if _LAZY:
+        _write_named(repo, args)
     proc = subprocess.run(
         [*GIT, "-C", str(repo), *args],
         input=input,
@@ -274,6 +285,8 @@ def apply_to_texts(files: Mapping[str, str], patch: str, allowed: Iterable[str])
 
 def export_tree(repo: Path, commit: str, dest: Path) -> None:
     """Write the files of ``commit`` into ``dest`` (created; must not exist or be empty)."""
+    if _LAZY:
+        _write_named(repo, [commit])
     dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [*GIT, "-C", str(repo), "archive", "--format=tar", commit],
@@ -301,6 +314,8 @@ def diff(repo: Path, old: str, new: str) -> str:
 def commit_file_hashes(repo: Path, commit: str, paths: Iterable[str]) -> dict[str, str]:
     """sha256 of each file as stored in ``commit`` (``"missing"`` if absent)."""
     hashes = {}
+    if _LAZY:
+        _write_named(repo, [commit])
     for rel in paths:
         proc = subprocess.run([*GIT, "-C", str(repo), "show", f"{commit}:{rel}"], capture_output=True,
                               env={**os.environ, **_SAFE_ENV})
@@ -346,3 +361,254 @@ def advance_branch(repo: Path, branch: str, commit: str, message: str) -> str:
     new = git(repo, "commit-tree", tree, "-p", head, "-p", commit, "-m", message).strip()
     git(repo, "update-ref", ref, new, head)
     return new
+
+
+# --------------------------------------------------------------------------- versions made in-process
+
+_LAZY: dict[str, LazyCommits] = {}  # repo path (as given and resolved) -> its store of unwritten commits
+_SHA = re.compile(r"[0-9a-f]{40}")
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _write_named(repo: Path, args: Iterable[str]) -> None:
+    """Before a git call on ``repo``: write every unwritten commit its arguments name."""
+    store = _LAZY.get(str(repo))
+    if store is None:
+        store = _LAZY.get(str(Path(repo).resolve()))
+    if store is not None:
+        store.write([sha for arg in args for sha in _SHA.findall(str(arg))])
+
+
+@dataclass(frozen=True)
+class _Version:
+    """A commit made in-process: ``parent`` + ``changes`` (what ``edit`` makes of each file)."""
+
+    parent: str
+    changes: Mapping[str, Any]  # root-level path -> the edit's argument (e.g. knob values)
+    tree: str
+    message: bytes  # the commit message as stored (ends with a newline, as commit-tree writes it)
+    when: int  # author and committer time, epoch seconds
+
+
+def _object_sha(kind: str, body: bytes) -> str:
+    return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body).hexdigest()
+
+
+class LazyCommits:
+    """Commits hashed in-process and written into the repository only when read.
+
+    For a session whose executor never reads a version (the simulator: its runs are a
+    model of the knobs), a git commit per experiment costs more than everything else
+    the session does. Here a version is its parent, the root-level files it changes
+    and the argument of ``edit(path, parent_text, argument) -> text`` (knob values), so
+    it needs no git process and little memory; its sha is the one git computes for
+    the same blob, tree and commit (tree and commit objects built as git builds them).
+
+    A version is written (with its unwritten ancestors, through one ``git fast-import``
+    that must agree on every sha) the moment any git call in this process names its
+    sha: ``advance_branch`` on a keep, a researcher's ``show_file``, ``export_tree``.
+    ``close(write_all=True)`` writes the rest and their refs (a simulation that is kept);
+    ``close(write_all=False)`` leaves them unwritten (a throw-away clone nobody reads).
+    Processes other than this one (a harness started by a real executor) cannot see
+    unwritten versions: real executors use ``commit_patch``.
+    """
+
+    CACHE = 256  # recent versions' file texts and root trees kept in memory
+
+    def __init__(self, repo: Path, edit: Callable[[str, str, Any], str]) -> None:
+        self.repo = Path(repo)
+        self.edit = edit
+        self._pending: dict[str, _Version] = {}
+        self._refs: dict[str, str] = {}  # unwritten sha -> the ref to give it once written
+        self._written_trees: dict[str, str] = {}  # written commit -> its tree (parents: few)
+        self._texts: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._roots: OrderedDict[str, dict[bytes, tuple[bytes, bytes]]] = OrderedDict()  # tree -> name: (mode, sha)
+        self._lock = threading.RLock()
+        with _REGISTRY_LOCK:
+            for key in {str(self.repo), str(self.repo.resolve())}:
+                if key in _LAZY:
+                    raise GitError(f"{repo} already has a store of in-process commits")
+                _LAZY[key] = self
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def is_pending(self, sha: str) -> bool:
+        return sha in self._pending
+
+    # ----------------------------------------------------------------- reading
+
+    def text(self, commit: str, path: str) -> str:
+        """A file of a version, written or not (``show_file`` for written ones, cached)."""
+        key = (commit, path)
+        with self._lock:
+            cached = self._texts.get(key)
+            if cached is not None:
+                self._texts.move_to_end(key)
+                return cached
+            version = self._pending.get(commit)
+            if version is None:
+                text = git(self.repo, "show", f"{commit}:{path}")
+            elif path in version.changes:
+                text = self.edit(path, self.text(version.parent, path), version.changes[path])
+            else:
+                text = self.text(version.parent, path)
+            self._remember(self._texts, key, text)
+            return text
+
+    def _root(self, tree: str, commit: str) -> dict[bytes, tuple[bytes, bytes]]:
+        """The root tree's entries (name -> mode, raw sha)."""
+        entries = self._roots.get(tree)
+        if entries is not None:
+            self._roots.move_to_end(tree)
+            return entries
+        version = self._pending.get(commit)
+        if version is None:
+            entries = {}
+            for line in git(self.repo, "ls-tree", "-z", tree).split("\0"):
+                if line:
+                    meta, name = line.split("\t", 1)
+                    mode, _kind, sha = meta.split(" ")
+                    # ls-tree pads a subtree's mode (040000); the tree object stores 40000
+                    entries[name.encode()] = (mode.lstrip("0").encode(), bytes.fromhex(sha))
+        else:
+            entries = self._tree_entries(version.parent, version.changes, commit)[1]
+        self._remember(self._roots, tree, entries)
+        return entries
+
+    def _tree_of(self, commit: str) -> str:
+        version = self._pending.get(commit)
+        if version is not None:
+            return version.tree
+        tree = self._written_trees.get(commit)
+        if tree is None:
+            tree = self._written_trees[commit] = resolve_tree(self.repo, commit)
+        return tree
+
+    def _tree_entries(self, parent: str, changes: Mapping[str, Any], commit: str | None = None,
+                      ) -> tuple[str, dict[bytes, tuple[bytes, bytes]]]:
+        entries = dict(self._root(self._tree_of(parent), parent))
+        for path, argument in sorted(changes.items()):
+            old = entries.get(path.encode())
+            if old is None or old[0].decode() not in _REGULAR_MODES:
+                raise PatchError(f"{path} is not a regular file in {parent[:12]}")
+            text = self.text(commit, path) if commit is not None else self.edit(path, self.text(parent, path), argument)
+            entries[path.encode()] = (old[0], bytes.fromhex(_object_sha("blob", text.encode())))
+        # git orders a tree's entries by name, a subtree's name compared as if it ended in "/"
+        order = sorted(entries, key=lambda name: name + b"/" if entries[name][0] == b"40000" else name)
+        body = b"".join(entries[name][0] + b" " + name + b"\0" + entries[name][1] for name in order)
+        return _object_sha("tree", body), entries
+
+    @staticmethod
+    def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        cache[key] = value
+        if len(cache) > LazyCommits.CACHE:
+            cache.popitem(last=False)
+
+    # ----------------------------------------------------------------- making
+
+    def commit(self, parent: str, changes: Mapping[str, Any], message: str, when: int | None = None) -> str:
+        """A new version: ``parent`` with ``edit`` applied to each path in ``changes``; its sha.
+
+        Raises ``PatchError`` when nothing changes (the parent's sha would come back).
+        """
+        nested = sorted(path for path in changes if "/" in path)
+        if nested:
+            raise GitError(f"in-process commits change root-level files only, not {nested[0]}")
+        with self._lock:
+            texts = {path: self.edit(path, self.text(parent, path), arg) for path, arg in changes.items()}
+            if all(texts[path] == self.text(parent, path) for path in texts):
+                raise PatchError("the proposal changes nothing")
+            tree, entries = self._tree_entries(parent, changes)
+            msg = message.encode() if message.endswith("\n") else (message + "\n").encode()
+            stamp = int(time.time()) if when is None else int(when)
+            sha = _object_sha("commit", _commit_body(tree, parent, stamp, msg))
+            if sha not in self._pending:  # the same version twice in one second: one commit
+                self._pending[sha] = _Version(parent, dict(changes), tree, msg, stamp)
+            self._remember(self._roots, tree, entries)
+            for path, text in texts.items():
+                self._remember(self._texts, (sha, path), text)
+            return sha
+
+    def name(self, sha: str, ref: str) -> None:
+        """Give a version a ref (at once when written, else when it is written)."""
+        with self._lock:
+            if sha in self._pending:
+                self._refs[sha] = ref
+                return
+        update_ref(self.repo, ref, sha)
+
+    # ----------------------------------------------------------------- writing
+
+    def write(self, shas: Iterable[str]) -> None:
+        """Write the named unwritten versions and their unwritten ancestors (no-op for others)."""
+        with self._lock:
+            named = [sha for sha in shas if sha in self._pending]
+            if named:
+                self._fast_import(_ancestors_first(named, self._pending))
+
+    def close(self, write_all: bool = True) -> None:
+        """Write every unwritten version (``write_all``) or leave them; stop reading git calls."""
+        with self._lock:
+            if write_all and self._pending:
+                self._fast_import(_ancestors_first(list(self._pending), self._pending))
+            with _REGISTRY_LOCK:
+                for key in [k for k, v in _LAZY.items() if v is self]:
+                    del _LAZY[key]
+
+    def _fast_import(self, order: list[str]) -> None:
+        marks = {sha: i + 1 for i, sha in enumerate(order)}
+        chunks: list[bytes] = []
+        for sha in order:
+            version = self._pending[sha]
+            ref = self._refs.get(sha, "refs/labfleet/tmp/lazy")
+            ident = f"{_IDENTITY['GIT_COMMITTER_NAME']} <{_IDENTITY['GIT_COMMITTER_EMAIL']}> {version.when} +0000"
+            parent = f":{marks[version.parent]}" if version.parent in marks else version.parent
+            chunks.append(f"commit {ref}\nmark :{marks[sha]}\nauthor {ident}\ncommitter {ident}\n"
+                          f"data {len(version.message)}\n".encode() + version.message + f"from {parent}\n".encode())
+            for path in sorted(version.changes):
+                data = self.text(sha, path).encode()
+                mode = self._root(version.tree, sha)[path.encode()][0].decode()
+                chunks.append(f"M {mode} inline {path}\ndata {len(data)}\n".encode() + data + b"\n")
+            chunks.append(b"\n")
+        chunks.append(b"reset refs/labfleet/tmp/lazy\nfrom 0000000000000000000000000000000000000000\n\n")
+        with tempfile.TemporaryDirectory(prefix="labfleet-marks-") as tmp:
+            exported = Path(tmp) / "marks"
+            proc = subprocess.run(
+                [*GIT, "-C", str(self.repo), "fast-import", "--quiet", "--force", f"--export-marks={exported}"],
+                input=b"".join(chunks), capture_output=True, env={**os.environ, **_SAFE_ENV},
+            )
+            if proc.returncode != 0:
+                lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+                raise GitError(f"git fast-import: {lines[-1] if lines else f'exit {proc.returncode}'}")
+            made = dict(line.split(" ", 1) for line in exported.read_text().split("\n") if line)
+        for sha in order:
+            got = made.get(f":{marks[sha]}", "").strip()
+            if got != sha:
+                raise GitError(f"git wrote {got or 'nothing'} for the in-process commit {sha}: hashing disagrees")
+            del self._pending[sha]
+            self._refs.pop(sha, None)
+
+
+def _commit_body(tree: str, parent: str, when: int, message: bytes) -> bytes:
+    ident = f"{_IDENTITY['GIT_COMMITTER_NAME']} <{_IDENTITY['GIT_COMMITTER_EMAIL']}> {when} +0000"
+    return f"tree {tree}\nparent {parent}\nauthor {ident}\ncommitter {ident}\n\n".encode() + message
+
+
+def _ancestors_first(shas: list[str], pending: Mapping[str, _Version]) -> list[str]:
+    """``shas`` with every unwritten parent before its children (each once)."""
+    order: list[str] = []
+    placed: set[str] = set()
+    for sha in shas:
+        line = []
+        while sha in pending and sha not in placed:
+            placed.add(sha)
+            line.append(sha)
+            sha = pending[sha].parent
+        order += line[::-1]
+    return order
+
+
+def resolve_tree(repo: Path, commit: str) -> str:
+    return git(repo, "rev-parse", f"{commit}^{{tree}}").strip()

@@ -72,6 +72,10 @@ class Executor(abc.ABC):
     """Base class for executors (see the module docstring for the call order)."""
 
     name: str = "executor"
+    # Whether runs read the version (the commit) from the repository. False (the simulator,
+    # whose model reads the knobs): the session may make versions in-process and write
+    # them into git only when something in its own process reads them.
+    reads_commits: bool = True
 
     @abc.abstractmethod
     def workers(self) -> list[Worker]:

@@ -442,13 +442,17 @@ class SimulatedWorld:
     while the orchestrator is dead.
     """
 
-    def __init__(self, clock: VirtualClock | None = None) -> None:
+    def __init__(self, clock: VirtualClock | None = None, run_files: bool = True) -> None:
         self.clock = clock or VirtualClock()
+        # False: no run.log / result.json (a throw-away simulation; adopting after a restart
+        # then finds no result, so only a world that writes them survives one)
+        self.run_files = run_files
         self.runs: dict[str, _SimRun] = {}  # handle -> run
         self.set_up: set[str] = set()  # worker ids that paid their setup
         self._occupant: dict[str, str] = {}  # worker id -> handle of its latest run
         self._unwritten: list[tuple[float, int, str]] = []  # heap of (finish, order, handle)
         self._started = 0
+        self.cancels = 0  # how many runs were cancelled: executors rescan only when it moves
 
     def add(self, job: Job, result: RunResult, log: str) -> str:
         self._started += 1
@@ -469,6 +473,7 @@ class SimulatedWorld:
         run = self.runs.get(handle)
         if run is not None and run.finish_at > self.clock.now():
             run.cancelled = True
+            self.cancels += 1
 
     def settle(self) -> None:
         """Write the files of every run that has ended by now."""
@@ -476,7 +481,7 @@ class SimulatedWorld:
         while self._unwritten and self._unwritten[0][0] <= now:
             _, _, handle = heapq.heappop(self._unwritten)
             run = self.runs[handle]
-            if not run.cancelled and not run.written:
+            if not run.cancelled and not run.written and self.run_files:
                 _write_run_files(run)
                 run.written = True
 
@@ -503,6 +508,7 @@ class SimulatedExecutor(Executor):
     """
 
     name = "simulated"
+    reads_commits = False  # the model reads job.knobs; git calls in this process write what they name
 
     def __init__(
         self,
@@ -513,6 +519,7 @@ class SimulatedExecutor(Executor):
         world: SimulatedWorld | None = None,
         *,
         model: RunModel | None = None,
+        run_files: bool = True,
     ) -> None:
         self.speeds = {**DEFAULT_SPEEDS, **(speeds or {})}
         self._workers = parse_fleet(workers, self.speeds) if isinstance(workers, str) else list(workers)
@@ -526,12 +533,15 @@ class SimulatedExecutor(Executor):
             raise ExecutorError(f"no speed for hardware class {missing[0]!r}: pass speeds={{{missing[0]!r}: ...}}")
         if world is not None and clock is not None and world.clock is not clock:
             raise ExecutorError("the world has its own clock: pass the world's clock or none")
-        self.world = world or SimulatedWorld(clock)
+        self.world = world or SimulatedWorld(clock, run_files=run_files)
         self.clock = self.world.clock
         self.surrogate: RunSurrogate = surrogate or Surrogate()
         self.model: RunModel = model or self.surrogate_model
         self._by_id = {w.id: w for w in self._workers}
         self._following: dict[int, tuple[str, Job]] = {}  # run id -> (handle, job)
+        self._busy: set[str] = set()  # worker ids of the runs followed
+        self._due: list[tuple[float, int]] = []  # heap of (finish, run id); entries no longer followed are skipped
+        self._cancels_seen = 0
         self._reports: list[Finished] = []  # lost, cancelled or collected on adopt; waiting for poll
         self._specs: dict[Path, TargetSpec | None] = {}
 
@@ -575,7 +585,7 @@ class SimulatedExecutor(Executor):
         worker = self._by_id.get(job.worker_id)
         if worker is None:
             raise ExecutorError(f"unknown worker {job.worker_id!r}")
-        if any(j.worker_id == job.worker_id for _, j in self._following.values()) or self.world.occupied(job.worker_id):
+        if job.worker_id in self._busy or self.world.occupied(job.worker_id):
             raise ExecutorError(f"worker {job.worker_id} is busy")
         sim = self.model(job, worker)
         budget, timeout = self.limits(job)
@@ -595,8 +605,9 @@ class SimulatedExecutor(Executor):
         spec = self._spec(job.request.target_dir)
         now = self.clock.now()
         run_dir = job.request.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / LOG_FILE).write_text(f"[simulated] started on {worker.id} ({worker.hardware})\n")
+        if self.world.run_files:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / LOG_FILE).write_text(f"[simulated] started on {worker.id} ({worker.hardware})\n")
         result = RunResult(
             outcome=outcome, reason=reason, metric_name=spec.metric if spec else self.surrogate.metric_name,
             metric=metric, figures=figures, commit=job.request.commit, seed=job.request.seed,
@@ -607,8 +618,21 @@ class SimulatedExecutor(Executor):
             frozen_hashes=dict(job.request.frozen_hashes or {}),
         )
         handle = self.world.add(job, result, log)
-        self._following[job.run_id] = (handle, job)
+        self._follow(job.run_id, handle, job)
         return handle
+
+    def _follow(self, run_id: int, handle: str, job: Job) -> None:
+        self._following[run_id] = (handle, job)
+        self._busy.add(job.worker_id)
+        heapq.heappush(self._due, (self.world.runs[handle].finish_at, run_id))
+
+    def _unfollow(self, run_id: int) -> tuple[str, Job] | None:
+        following = self._following.pop(run_id, None)
+        if following is not None:
+            self._busy.discard(following[1].worker_id)
+            if not self.world.run_files:  # nothing can adopt it later: let it go
+                self.world.runs.pop(following[0], None)
+        return following
 
     def adopt(self, job: Job, handle: str) -> None:
         self.world.settle()
@@ -617,7 +641,7 @@ class SimulatedExecutor(Executor):
             if run.cancelled:
                 self._reports.append(Finished(job.run_id, job.worker_id, None, "cancelled"))
             else:
-                self._following[job.run_id] = (handle, job)
+                self._follow(job.run_id, handle, job)
             return
         result = read_result(job.request.run_dir)
         if result is not None:
@@ -631,23 +655,34 @@ class SimulatedExecutor(Executor):
         done, self._reports = self._reports, []
         now = self.clock.now()
         ended: list[tuple[float, int, Finished]] = []
-        for run_id, (handle, job) in list(self._following.items()):
+        if self.world.cancels != self._cancels_seen:  # cancelled through another executor over the same world
+            self._cancels_seen = self.world.cancels
+            for run_id, (handle, job) in list(self._following.items()):
+                run = self.world.runs[handle]
+                if run.cancelled:
+                    ended.append((run.finish_at, run_id, Finished(run_id, job.worker_id, None, "cancelled")))
+                    self._unfollow(run_id)
+        while self._due and self._due[0][0] <= now:
+            finish, run_id = heapq.heappop(self._due)
+            following = self._following.get(run_id)
+            if following is None or self.world.runs[following[0]].finish_at != finish:
+                continue  # reported already (cancelled), or a stale entry
+            handle, job = following
             run = self.world.runs[handle]
-            if run.cancelled:  # cancelled through another executor over the same world
-                ended.append((run.finish_at, run_id, Finished(run_id, job.worker_id, None, "cancelled")))
-            elif run.finish_at <= now:
-                ended.append((run.finish_at, run_id, Finished(run_id, job.worker_id, replace(run.result))))
-            else:
-                continue
-            del self._following[run_id]
+            ended.append((finish, run_id, Finished(run_id, job.worker_id, replace(run.result))))
+            self._unfollow(run_id)
         return done + [f for _, _, f in sorted(ended, key=lambda e: e[:2])]
 
     def cancel(self, run_id: int) -> None:
-        following = self._following.pop(run_id, None)
+        following = self._following.get(run_id)
         if following is None:
             return
         handle, job = following
+        in_step = self._cancels_seen == self.world.cancels
         self.world.cancel(handle)
+        if in_step:  # our own cancel is reported below: no rescan for it
+            self._cancels_seen = self.world.cancels
+        self._unfollow(run_id)
         self._reports.append(Finished(run_id, job.worker_id, None, "cancelled"))
 
     def running(self) -> list[int]:
@@ -662,10 +697,11 @@ class SimulatedExecutor(Executor):
         if self._reports:
             return
         now = self.clock.now()
-        finishes = [self.world.runs[h].finish_at for h, _ in self._following.values()]
+        while self._due and self._due[0][1] not in self._following:
+            heapq.heappop(self._due)  # entries of runs reported already
         until = now + seconds
-        if finishes:
-            until = min(until, min(finishes))
+        if self._due:
+            until = min(until, self._due[0][0])
         if math.isfinite(until):
             self.clock.advance_to(until)
 

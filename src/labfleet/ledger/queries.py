@@ -292,9 +292,7 @@ class Queries:
         """Decided experiments with their latest run (a done one when there is one), and pending ones."""
         latest: dict[int, Run] = {}
         for run in self.runs(session_id):
-            have = latest.get(run.experiment_id)
-            if have is None or run.status == RunStatus.DONE or have.status != RunStatus.DONE:
-                latest[run.experiment_id] = run
+            _latest(latest, run)
         history, pending = [], []
         for exp in self.experiments(session_id):
             run = latest.get(exp.id)
@@ -303,6 +301,33 @@ class Queries:
             elif run is not None:
                 history.append(Result(exp, run))
         return history, pending
+
+    def result_of(self, exp_id: int) -> tuple[Experiment | None, Result | None]:
+        """One experiment and its ``history`` entry (None while it has no run)."""
+        row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        if row is None:
+            return None, None
+        exp = experiment_record(row)
+        latest: dict[int, Run] = {}
+        for run in self.runs_of(exp_id):
+            _latest(latest, run)
+        return exp, Result(exp, latest[exp_id]) if exp_id in latest else None
+
+    def count_runs(self, session_id: int, statuses: Iterable[str]) -> int:
+        wanted = list(statuses)
+        marks = ",".join("?" * len(wanted))
+        row = self.db.execute(
+            f"SELECT COUNT(*) FROM runs WHERE session_id = ? AND status IN ({marks})", (session_id, *wanted)
+        ).fetchone()
+        return int(row[0])
+
+    def proposed_since(self, session_id: int, after_id: int) -> tuple[int, int]:
+        """(experiments other than the baseline with an id above ``after_id``, the highest id seen)."""
+        row = self.db.execute(
+            "SELECT COUNT(*), MAX(id) FROM experiments WHERE session_id = ? AND id > ?"
+            " AND parent_id IS NOT NULL", (session_id, after_id),
+        ).fetchone()
+        return int(row[0]), max(after_id, int(row[1] or 0))
 
     def holdout_values(self, session_id: int) -> dict[int, list[float]]:
         """Experiment id -> its runs' holdout values, for the human-facing report and `best --holdout`."""
@@ -407,3 +432,10 @@ class Queries:
         parts = [tuple(session) if session else None, [tuple(r) for r in active], [r[0] for r in pending],
                  [tuple(r) for r in latest], ids]
         return ids, parts
+
+
+def _latest(latest: dict[int, Run], run: Run) -> None:
+    """``history``'s rule: an experiment's latest run, a done one when it has one."""
+    have = latest.get(run.experiment_id)
+    if have is None or run.status == RunStatus.DONE or have.status != RunStatus.DONE:
+        latest[run.experiment_id] = run

@@ -53,6 +53,10 @@ class Ledger(Queries):
     def __init__(self, path: Path, clock: Callable[[], float] = time.time, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.clock = clock  # every timestamp; the simulator passes its virtual clock
+        # A reader that keeps its own copy of the history sets this to a set: every experiment
+        # whose row or runs this connection changes is added (see SessionLoop.history).
+        self.touched: set[int] | None = None
+        self._batched = False
         self.readonly = readonly
         if readonly:
             if not self.path.is_file():
@@ -66,6 +70,16 @@ class Ledger(Queries):
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         prepare(self.db)
+
+    def _touch(self, exp_id: int) -> None:
+        if self.touched is not None:
+            self.touched.add(exp_id)
+
+    def _touch_run(self, run_id: int) -> None:
+        if self.touched is not None:
+            row = self.db.execute("SELECT experiment_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None:
+                self.touched.add(row["experiment_id"])
 
     @classmethod
     def for_target(cls, state_dir: Path) -> Ledger:
@@ -84,12 +98,35 @@ class Ledger(Queries):
     def transaction(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
             raise LedgerReadOnly(f"the ledger at {self.path} is open read-only: no write transaction")
+        if self._batched:  # inside batch(): its one commit covers this
+            yield self.db
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every write inside is one transaction (the simulator: one commit per loop step, not
+        one per statement). An error rolls the whole batch back; nested batches join the outer."""
+        if self._batched:
+            yield
+            return
+        if self.readonly:
+            raise LedgerReadOnly(f"the ledger at {self.path} is open read-only: no write transaction")
+        self.db.execute("BEGIN IMMEDIATE")
+        self._batched = True
+        try:
+            yield
+        except BaseException:
+            self._batched = False
+            self.db.execute("ROLLBACK")
+            raise
+        self._batched = False
         self.db.execute("COMMIT")
 
     # ----------------------------------------------------------------- writes
@@ -147,6 +184,7 @@ class Ledger(Queries):
             )
             exp_id = int(cur.lastrowid or 0)
             run_id = self._queue_run(db, session_id, exp_id, 1, now) if queue else None
+        self._touch(exp_id)
         return exp_id, run_id
 
     @staticmethod
@@ -167,11 +205,13 @@ class Ledger(Queries):
         place_on: str | None = None,
     ) -> int:
         """One more run of an experiment: a repeat with another seed, a validation, a calibration."""
+        self._touch(exp_id)
         return self._queue_run(self.db, session_id, exp_id, 1, self.clock(), seed, role, place_on)
 
     @_writes
     def pin_run(self, run_id: int, place_on: str) -> None:
         """Tie a queued run to a hardware class."""
+        self._touch_run(run_id)
         self.db.execute("UPDATE runs SET place_on = ? WHERE id = ? AND status = 'queued'", (place_on, run_id))
 
     @_writes
@@ -184,6 +224,7 @@ class Ledger(Queries):
                 " VALUES (?, ?, 1, ?, ?, ?, ?)",
                 (exp_id, session_id, str(status), now, now, reason),
             )
+        self._touch(exp_id)
         return int(cur.lastrowid or 0)
 
     @_writes
@@ -192,6 +233,7 @@ class Ledger(Queries):
         budget_seconds: float | None = None,
     ) -> None:
         """Written before the executor starts the run: a crash right after leaves a traceable row."""
+        self._touch_run(run_id)
         self.db.execute(
             "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
             " started_at = ?, budget_seconds = ? WHERE id = ? AND status = 'queued'",
@@ -217,6 +259,7 @@ class Ledger(Queries):
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None or row["status"] not in ACTIVE:
                 return None
+            self._touch(row["experiment_id"])
             db.execute(
                 "UPDATE runs SET status = ?, metric = ?, figures = ?, reason = ?, ended_at = ? WHERE id = ?",
                 (str(status), metric, _dumps(figures or {}), reason, ended_at or self.clock(), run_id),
@@ -231,6 +274,7 @@ class Ledger(Queries):
     @_writes
     def requeue(self, run_id: int) -> None:
         """Put a queued-or-running run back in the queue (used when a start failed)."""
+        self._touch_run(run_id)
         self.db.execute(
             "UPDATE runs SET status = 'queued', worker = NULL, hardware = NULL, handle = NULL, started_at = NULL"
             " WHERE id = ? AND status IN ('queued', 'running')",
@@ -239,6 +283,7 @@ class Ledger(Queries):
 
     @_writes
     def decide(self, exp_id: int, decision: Decision, metric: float | None) -> None:
+        self._touch(exp_id)
         self.db.execute(
             "UPDATE experiments SET decision = ?, metric = ?, decided_at = ? WHERE id = ?",
             (str(decision), metric, self.clock(), exp_id),
@@ -247,6 +292,7 @@ class Ledger(Queries):
     @_writes
     def cancel_runs(self, exp_id: int) -> tuple[int, int]:
         """Queued runs become cancelled; running ones are flagged for the orchestrator to stop."""
+        self._touch(exp_id)
         with self.transaction() as db:
             queued = db.execute(
                 "UPDATE runs SET status = 'cancelled', ended_at = ?, reason = 'cancelled'"
@@ -260,11 +306,13 @@ class Ledger(Queries):
     @_writes
     def reopen(self, exp_id: int) -> None:
         """Back to pending (a discarded experiment promoted by hand is decided again)."""
+        self._touch(exp_id)
         self.db.execute("UPDATE experiments SET decision = 'pending', decided_at = NULL WHERE id = ?", (exp_id,))
 
     @_writes
     def set_metric(self, exp_id: int, metric: float) -> None:
         """Refine a decided experiment's figure (more seeds arrived) without changing its decision time."""
+        self._touch(exp_id)
         self.db.execute("UPDATE experiments SET metric = ? WHERE id = ?", (metric, exp_id))
 
     @_writes

@@ -26,15 +26,27 @@ class RandomResearcher(Researcher):
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
+        self._keys: dict[int, tuple[tuple[str, KnobValue], ...]] = {}  # experiment id -> its setting
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
             return []
-        picks = space.first_new(self._draws(state, n * MAX_DRAWS), space.tried(state), n)
+        picks = space.first_new(self._draws(state, n * MAX_DRAWS), self._tried(state), n)
         return [
             Proposal(description=f"random: {space.describe(knobs)}", knobs=knobs, parent=state.baseline.id)
             for knobs in picks
         ]
+
+    def _tried(self, state: SessionState) -> set[tuple[tuple[str, KnobValue], ...]]:
+        """``space.tried`` with each experiment's key computed once (its knobs never change)."""
+        keys = self._keys
+        seen = set()
+        for exp in (*(r.experiment for r in state.history), *state.pending):
+            k = keys.get(exp.id)
+            if k is None:
+                k = keys[exp.id] = space.key(exp.knobs)
+            seen.add(k)
+        return seen
 
     def _draws(self, state: SessionState, count: int) -> Iterator[dict[str, KnobValue]]:
         for _ in range(count):

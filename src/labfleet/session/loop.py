@@ -31,6 +31,7 @@ call in flight is not recorded until it answers: after a kill it is simply asked
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -80,7 +81,7 @@ from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noq
 from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
 from labfleet.session.config import SessionConfig
 from labfleet.sandbox import UNBOXED_PREFIX
-from labfleet.target import Target, Tiers, knob_patch
+from labfleet.target import Target, Tiers, format_value, knob_patch, render_knobs
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
@@ -163,6 +164,10 @@ class SessionLoop:
     # and longest pause, seconds; the session neither ends nor loses anything.
     proposer: Proposer | None = None
     outage_waits: tuple[float, float] = DEFAULT_WAITS
+    # With an executor that never reads versions (the simulator), knob-only experiments are
+    # hashed in-process (``workspace.LazyCommits``) and written when something reads them;
+    # at the end the unread ones are written too (True) or left (False: a throw-away clone).
+    write_unread: bool = True
     # runtime state, rebuilt from the ledger on start
     busy: dict[str, int] = field(default_factory=dict)  # worker id -> run id
     champion: _Champion = field(default_factory=_Champion)
@@ -184,6 +189,23 @@ class SessionLoop:
         self.workers: dict[str, Worker] = {w.id: w for w in self.executor.workers()}
         self.ledger.set_workers(self.session_id, self.workers.values())
         self.tiers: Tiers | None = self.target.config.tiers
+        # indexes kept beside ``busy`` so that no event costs a pass over the fleet
+        self._worker_list = list(self.workers.values())
+        self._index = {w.id: i for i, w in enumerate(self._worker_list)}
+        self._free = list(range(len(self._worker_list)))  # indexes of workers not busy, in fleet order
+        self._run_worker: dict[int, str] = {}  # run id -> worker id (``busy`` reversed)
+        self._all_available = type(self.executor).available is Executor.available  # no slot ever goes away
+        self._classes = tuple(dict.fromkeys(w.hardware for w in self._worker_list))
+        self._screeners = {w.id for w in self._worker_list if self._role_allows("screen", w.hardware)
+                           or (self._backfill and self._role_allows("validate", w.hardware))}
+        self._group_order: dict[Group, int] = {}  # noise groups in the order samples first had them
+        self._repeated: set[Group] = set()  # groups with at least two samples (the only ones noise reads)
+        self._proposed = (0, 0)  # (experiments counted, the highest id counted)
+        self._baseline_id: int | None = None
+        # the researcher's history, refreshed from the experiments the ledger says changed
+        self._history: dict[int, Result] | None = None
+        self._pending_exps: dict[int, Experiment] = {}
+        self._history_ids: list[int] = []
         # metrics of done runs that differ only by seed: the noise floor and the
         # champion's per-class figures come from here (rebuilt from the ledger in recover)
         self.samples: dict[Group, list[float]] = {}
@@ -202,6 +224,12 @@ class SessionLoop:
         self._run_seconds = 0.0  # running mean of finished screening runs' durations
         self._finished_runs = 0
         self._unboxed_said = False
+        self.lazy: workspace.LazyCommits | None = None
+        # Runs that never leave this process (the simulator) need no commit per ledger write:
+        # a step's writes are one transaction (a kill loses at most that step of a simulation).
+        self._batch_steps = not getattr(self.executor, "reads_commits", True)
+        if not getattr(self.executor, "reads_commits", True):
+            self.lazy = workspace.LazyCommits(self.target.root, lambda path, text, values: render_knobs(text, values, path))
 
     # ----------------------------------------------------------------- the loop
 
@@ -212,7 +240,11 @@ class SessionLoop:
         assert self.proposer is not None
         try:
             while True:
-                progressed = self.step()
+                if self._batch_steps:
+                    with self.ledger.batch():  # the simulator: one ledger commit per step
+                        progressed = self.step()
+                else:
+                    progressed = self.step()
                 if self.finished():
                     break
                 if not progressed:
@@ -225,6 +257,8 @@ class SessionLoop:
             raise
         finally:
             self.proposer.close()
+            if self.lazy is not None:
+                self.lazy.close(write_all=self.write_unread)
         self.executor.close()  # nothing runs any more: release the fleet (SkyPilot tears its clusters down)
         self.ledger.set_session_status(self.session_id, SessionStatus.FINISHED)
         self.ledger.event(self.session_id, "session_finished", reason=self.stop_reason)
@@ -235,7 +269,7 @@ class SessionLoop:
         """One tick: collect finished runs, place queued ones, take answers, ask the researcher."""
         progressed = False
         for run_id in self.ledger.cancel_requests(self.session_id):
-            if run_id in self.busy.values():
+            if run_id in self._run_worker:
                 self.executor.cancel(run_id)
         for finished in self.executor.poll():
             self.collect(finished)
@@ -259,18 +293,16 @@ class SessionLoop:
         while self._proposals and not self.stop_reason:
             self.materialize(self._proposals.pop(0))
             done = True
-            if self.tick != math.inf and self.free_workers() == []:
+            if self.tick != math.inf and not self.free_workers():
                 break
         return done
 
     def wanted(self, queued: int) -> int:
         """Proposals to ask for now: free screening workers plus the pipeline, less what is queued or asked."""
         assert self.proposer is not None
-        screeners = [w for w in self.workers.values() if self._role_allows(Role.SCREEN, w.hardware)
-                     or (self._backfill and self._role_allows(Role.VALIDATE, w.hardware))]
-        free = sum(1 for w in self.free_workers() if w in screeners)
+        free = sum(1 for w in self.free_workers() if w.id in self._screeners)
         run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
-        depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(screeners), run_seconds)
+        depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(self._screeners), run_seconds)
         return free + depth - queued - self._asked - len(self._proposals)
 
     def ask(self) -> bool:
@@ -278,7 +310,7 @@ class SessionLoop:
         assert self.proposer is not None
         if self.researcher_idle or not self.proposer.can_ask(self.clock()):
             return False
-        queued = len(self.ledger.run_rows(self.session_id, ["queued"]))
+        queued = self.ledger.count_runs(self.session_id, ["queued"])
         n = self.wanted(queued)
         if self.config.max_experiments is not None:
             n = min(n, self.config.max_experiments - self.proposed_count() - self._asked - len(self._proposals))
@@ -325,8 +357,7 @@ class SessionLoop:
     def finished(self) -> bool:
         if self.may_propose() or (self._proposals and not self.stop_reason):
             return False
-        active = self.ledger.run_rows(self.session_id, ["queued", "running"])
-        return not active
+        return self.ledger.count_runs(self.session_id, ["queued", "running"]) == 0
 
     def may_propose(self) -> bool:
         cfg = self.config
@@ -341,7 +372,7 @@ class SessionLoop:
             decided_since_keep=self.ledger.decided_since_keep(self.session_id) if cfg.patience is not None else 0,
             fleet_usd=cost.fleet_usd(self.ledger.worker_costs(self.session_id, self.clock())) if cfg.max_usd is not None else 0.0,
             researcher_done=self.researcher_idle and not pending_call,
-            active_runs=len(self.ledger.run_rows(self.session_id, ["queued", "running"])) if self.researcher_idle else 1,
+            active_runs=self.ledger.count_runs(self.session_id, ["queued", "running"]) if self.researcher_idle else 1,
         )
         if reason:
             self.stop_reason = reason
@@ -353,8 +384,11 @@ class SessionLoop:
         return True
 
     def proposed_count(self) -> int:
-        """Experiments proposed so far, the baseline not counted."""
-        return self.ledger.proposed_count(self.session_id)
+        """Experiments proposed so far, the baseline not counted (counted on from the last call)."""
+        counted, last = self._proposed
+        more, last = self.ledger.proposed_since(self.session_id, last)
+        self._proposed = (counted + more, last)
+        return counted + more
 
     def interrupt(self) -> None:
         """Ctrl-C or an error: stop local runs and queue them again for a resume."""
@@ -386,15 +420,21 @@ class SessionLoop:
         return Snapshot(
             direction=self.target.spec.direction, champion=self.champion.experiment,
             champion_metric=self.champion.metric, samples=self.samples, unbiased=self.unbiased,
-            classes=tuple(dict.fromkeys(w.hardware for w in self.workers.values())), tiers=self.tiers,
+            classes=self._classes, tiers=self.tiers,
             keep=cfg.keep, z=cfg.z, margin=cfg.margin, confirm_repeats=cfg.confirm_repeats,
             winding_down=bool(self.stop_reason),
         )
 
     def noise(self) -> dict[str, float]:
-        if self._noise is None:
-            self._noise = {hw: f.sd for hw, f in noise_floors(self.samples).items()}
+        if self._noise is None:  # only repeated groups carry noise: those, in the order samples has them
+            repeated = sorted(self._repeated, key=self._group_order.__getitem__)
+            self._noise = {hw: f.sd for hw, f in noise_floors({k: self.samples[k] for k in repeated}).items()}
         return self._noise
+
+    def _track_groups(self) -> None:
+        """Index the noise groups of ``samples`` (after ``recover`` rebuilt it)."""
+        self._group_order = {key: i for i, key in enumerate(self.samples)}
+        self._repeated = {key for key, values in self.samples.items() if len(values) >= 2}
 
     # ----------------------------------------------------------------- recovery
 
@@ -407,6 +447,7 @@ class SessionLoop:
         self.samples = samples_from_runs(runs)
         self.unbiased = samples_from_runs(runs, UNBIASED_ROLES)
         self._noise = None
+        self._track_groups()
         base = self.baseline()
         for key, values in self.samples.items():  # nothing chose the baseline's seeds
             if base is not None and key[0] == base.id:
@@ -419,7 +460,7 @@ class SessionLoop:
                 job = self._job(row, self.workers[next(iter(self.workers))])
                 self.executor.adopt(job, row["handle"] or "")
                 continue
-            self.busy[worker] = row["id"]
+            self._occupy(worker, row["id"])
             self.executor.adopt(self._job(row, self.workers[worker]), row["handle"] or "")
             self.ledger.event(self.session_id, "run_adopted", run=row["id"], worker=worker)
         # experiments whose runs were recorded but whose decision was not
@@ -451,7 +492,7 @@ class SessionLoop:
     def collect(self, finished: Finished) -> None:
         run_row = self.ledger.run_row(finished.run_id)
         self.researcher_idle = False
-        self.busy = {w: r for w, r in self.busy.items() if r != finished.run_id}
+        self._release(finished.run_id)
         if run_row is None or run_row["status"] != "running":
             return  # already final (e.g. recorded before a restart): never count twice
         exp_id = run_row["experiment_id"]
@@ -486,11 +527,16 @@ class SessionLoop:
             if run.role == Role.SCREEN and run.started_at is not None and run.ended_at is not None:
                 self._finished_runs += 1
                 self._run_seconds += (run.ended_at - run.started_at - self._run_seconds) / min(self._finished_runs, 16)
-            base = self.baseline()
+            if self._baseline_id is None:  # the baseline never changes: its id is read once
+                base = self.baseline()
+                self._baseline_id = base.id if base is not None else None
             for key, values in samples_from_runs([run]).items():
+                self._group_order.setdefault(key, len(self._group_order))
                 self.samples.setdefault(key, []).extend(values)
+                if len(self.samples[key]) >= 2:
+                    self._repeated.add(key)
                 self._noise = None
-                if run.role in UNBIASED_ROLES or (base is not None and key[0] == base.id):
+                if run.role in UNBIASED_ROLES or key[0] == self._baseline_id:
                     self.unbiased.setdefault(key, []).extend(values)
         self.decide(exp_id)
 
@@ -698,8 +744,24 @@ class SessionLoop:
     # ----------------------------------------------------------------- placing
 
     def free_workers(self) -> list[Worker]:
+        if self._all_available:
+            return [self._worker_list[i] for i in self._free]
         alive = {w.id for w in self.executor.available()}
-        return [w for w in self.workers.values() if w.id not in self.busy and w.id in alive]
+        return [w for w in (self._worker_list[i] for i in self._free) if w.id in alive]
+
+    def _occupy(self, worker_id: str, run_id: int) -> None:
+        self.busy[worker_id] = run_id
+        self._run_worker[run_id] = worker_id
+        index = self._index[worker_id]
+        at = bisect.bisect_left(self._free, index)
+        if at < len(self._free) and self._free[at] == index:
+            del self._free[at]
+
+    def _release(self, run_id: int) -> None:
+        worker_id = self._run_worker.pop(run_id, None)
+        if worker_id is not None and self.busy.get(worker_id) == run_id:
+            del self.busy[worker_id]
+            bisect.insort(self._free, self._index[worker_id])
 
     def place_queued(self) -> bool:
         free = self.free_workers()
@@ -738,11 +800,11 @@ class SessionLoop:
             row["id"], worker=worker.id, hardware=worker.hardware, run_dir=str(run_dir),
             log_path=str(run_dir / "run.log"), budget_seconds=job.request.budget_seconds,
         )
-        self.busy[worker.id] = row["id"]
+        self._occupy(worker.id, row["id"])
         try:
             handle = self.executor.start(job)
         except LabfleetError:
-            self.busy.pop(worker.id, None)
+            self._release(row["id"])
             self.ledger.requeue(row["id"])
             raise
         self.ledger.set_handle(row["id"], handle)
@@ -758,7 +820,7 @@ class SessionLoop:
 
     def state(self) -> SessionState:
         """A frozen snapshot of the ledger for the researcher."""
-        history, pending = self.ledger.history(self.session_id)
+        history, pending = self.history()
         baseline = self.baseline()
         return SessionState(
             session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
@@ -769,6 +831,35 @@ class SessionLoop:
             since_keep=self.ledger.decided_since_keep(self.session_id),
             findings=tuple(self.findings(history)) if self.researcher.wants_findings else (),
         )
+
+    def history(self) -> tuple[list[Result], list[Experiment]]:
+        """``Ledger.history``, kept up to date from the experiments the ledger reports changed
+        (``Ledger.touched``) instead of read whole for every researcher call."""
+        if self._history is None:
+            self.ledger.touched = set()
+            history, pending = self.ledger.history(self.session_id)
+            self._history = {r.experiment.id: r for r in history}
+            self._history_ids = [r.experiment.id for r in history]
+            self._pending_exps = {e.id: e for e in pending}
+        else:
+            touched, self.ledger.touched = self.ledger.touched or set(), set()
+            for exp_id in sorted(touched):
+                exp, result = self.ledger.result_of(exp_id)
+                if exp is None or exp.session_id != self.session_id:
+                    continue
+                self._pending_exps.pop(exp_id, None)
+                if exp.decision == Decision.PENDING or result is None:
+                    if exp_id in self._history:
+                        del self._history[exp_id]
+                        self._history_ids.remove(exp_id)
+                    if exp.decision == Decision.PENDING:
+                        self._pending_exps[exp_id] = exp
+                    continue
+                if exp_id not in self._history:
+                    bisect.insort(self._history_ids, exp_id)
+                self._history[exp_id] = result
+        pending = sorted(self._pending_exps.values(), key=lambda e: e.id)
+        return [self._history[i] for i in self._history_ids], pending
 
     def findings(self, history: list[Result]) -> list[str]:
         """The analysis in sentences: the phase, hardware differences, the latest waves' effects."""
@@ -792,7 +883,8 @@ class SessionLoop:
         champion = self.lead.experiment or self.champion.experiment or self.baseline()
         parent = self.ledger.experiment(proposal.parent) if proposal.parent is not None else champion
         assert parent is not None
-        exp_id, error = materialize(self.target, self.ledger, self.session_id, proposal, parent, self.config)
+        exp_id, error = materialize(self.target, self.ledger, self.session_id, proposal, parent, self.config,
+                                    lazy=self.lazy)
         if error:
             self.on_event(Event("rejected", f"e{exp_id} rejected: {error}  [{proposal.description}]"))
         return exp_id
@@ -800,19 +892,28 @@ class SessionLoop:
 
 def materialize(
     target: Target, ledger: Ledger, session_id: int, proposal: Proposal, parent: Experiment, config: SessionConfig,
+    lazy: workspace.LazyCommits | None = None,
 ) -> tuple[int, str]:
     """A proposal as an experiment: its commit (parent + patch + knob values), and a queued run.
 
     Returns the experiment id and "" , or the reason it was rejected (recorded as a
     failed experiment with a rejected run: a bad proposal costs no worker time).
-    The session loop and ``labfleet submit`` both come here.
+    The session loop and ``labfleet submit`` both come here. With ``lazy`` (an executor
+    that never reads versions), a knob-only proposal's commit is made in-process.
     """
     repo = target.root
     seed = proposal.seed if proposal.seed is not None else config.seed
     budget = proposal.budget_seconds or config.budget_seconds or target.spec.budget_seconds
     common = dict(parent_id=parent.id, description=proposal.description, hypothesis=proposal.hypothesis,
                   tags=proposal.tags, seed=seed, budget_seconds=budget)
+    files = _knob_files(target)
     try:
+        if lazy is not None and not proposal.patch and not any("/" in f for f in files):
+            commit, full_patch, knobs = _knob_commit(target, lazy, proposal, parent)
+            exp_id, _ = ledger.add_experiment(session_id, commit=commit, patch=full_patch, knobs=knobs,
+                                              **common)  # type: ignore[arg-type]
+            lazy.name(commit, f"refs/labfleet/s{session_id}/e{exp_id}")
+            return exp_id, ""
         commit = parent.commit
         if proposal.patch:
             commit = workspace.commit_patch(repo, commit, proposal.patch, proposal.description, target.spec.editable)
@@ -836,6 +937,37 @@ def materialize(
     exp_id, _ = ledger.add_experiment(session_id, commit=commit, patch=full_patch, knobs=knobs, **common)  # type: ignore[arg-type]
     workspace.update_ref(repo, f"refs/labfleet/s{session_id}/e{exp_id}", commit)
     return exp_id, ""
+
+
+def _knob_commit(
+    target: Target, lazy: workspace.LazyCommits, proposal: Proposal, parent: Experiment,
+) -> tuple[str, str, dict[str, Any]]:
+    """A knob-only proposal's (commit, patch, knob values) with no git process: what the
+    git path records, the patch in ``knob_patch``'s spelling (no ``index`` line)."""
+    sources = {f: lazy.text(parent.commit, f) for f in _knob_files(target)}
+    # the parent's recorded knobs are what reading its files gives (read again if the knobs changed)
+    current = dict(parent.knobs) if set(parent.knobs) == set(target.knobs) else target.read_knobs(sources)
+    changed = {k: v for k, v in proposal.knobs.items() if current.get(k) != v}
+    if not changed:
+        raise PatchError("the proposal changes nothing")
+    patch = knob_patch(target, changed, sources)  # unknown knobs, values out of range: ConfigError
+    outside = sorted({target.knobs[k].file for k in changed} - set(target.spec.editable))
+    if outside:
+        raise PatchError(f"the patch touches {', '.join(outside)}, which is not editable")
+    by_file: dict[str, dict[str, Any]] = {}
+    for name, value in changed.items():
+        by_file.setdefault(target.knobs[name].file, {})[name] = value
+    commit = lazy.commit(parent.commit, by_file, proposal.description)
+    # what reading the new file gives back: the value as rendered (format_value rounds floats)
+    knobs = {**current, **{name: _as_rendered(value) for name, value in changed.items()}}
+    return commit, patch, knobs
+
+
+def _as_rendered(value: Any) -> Any:
+    """``ast.literal_eval(format_value(value))`` without compiling: a float comes back rounded."""
+    if isinstance(value, bool | str | int):
+        return value
+    return float(format_value(value))
 
 
 def _finite(value: float | None) -> float | None:

@@ -69,6 +69,7 @@ def open_session(
     clock: Callable[[], float] | None = None,
     on_event: Callable[[Event], None] = lambda event: None,
     on_warning: Callable[[str], None] | None = None,
+    write_unread: bool = True,
 ) -> Iterator[WiredSession]:
     """Wire a session on ``target`` and hand it over; the ledger closes and the lock goes on exit.
 
@@ -135,6 +136,8 @@ def open_session(
             extra["tick"] = math.inf if hasattr(clock, "advance_to") else TICK_SECONDS
         if proposer is not None:
             extra["proposer"] = proposer(researcher, settings)
+        if not write_unread:
+            extra["write_unread"] = False
         loop = SessionLoop(target=target, ledger=ledger, executor=executor, researcher=researcher,
                            session_id=session_id, config=settings, state_dir=target.state_dir, on_event=on_event,
                            **extra)
