@@ -61,6 +61,7 @@ from labfleet.scheduler import (
     Wait,
     becomes_lead,
     champion_metrics,
+    class_noise,
     compared,
     decide,
     decide_baseline,
@@ -76,7 +77,14 @@ from labfleet.scheduler import (
     stop_reason,
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
-from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
+from labfleet.scheduler.proposing import (
+    DEFAULT_WAITS,
+    Proposer,
+    ThreadProposer,
+    VirtualProposer,
+    pipeline_depth,
+    runs_due,
+)
 from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.target import Target, Tiers, knob_patch
 
@@ -176,14 +184,17 @@ def start_session(target: Target, ledger: Ledger, config: SessionConfig) -> int:
     return session_id
 
 
-def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str) -> Experiment:
+def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str, runs: int | None = None) -> Experiment:
     """Queue validation runs (new seeds, validate-tier workers, placed before any screening).
 
     The session's loop and ``labfleet promote`` both come here; the experiment is
-    decided again, on its validation runs, once they are all final.
+    decided again, on its validation runs, once they are all final. ``runs``: how many
+    to queue now (default [tiers.validate] repeats); the session queues one under the
+    noise-aware rule and adds seeds only while the result is within the noise
+    (``scheduler.decide``), so the scarce validate class decides clear winners in one run.
     """
     exp = ledger.experiment(exp_id)
-    repeats = (target.config.tiers or Tiers()).validate_.repeats
+    repeats = (target.config.tiers or Tiers()).validate_.repeats if runs is None else runs
     ledger.reopen(exp_id)
     for k in range(repeats):
         ledger.queue_run(exp.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role="validate")
@@ -325,7 +336,13 @@ class SessionLoop:
                      or (self._backfill and self._role_allows("validate", w.hardware))]
         free = sum(1 for w in self.free_workers() if w in screeners)
         run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
-        depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(screeners), run_seconds)
+        latency = self.proposer.latency
+        depth = pipeline_depth(self.config.lookahead, latency, len(screeners), run_seconds)
+        if latency > 0:  # bursts: the runs that end before the answer after next, from their start times
+            ids = {w.id for w in screeners}
+            started = [r["started_at"] for r in self.ledger.run_rows(self.session_id, ["running"])
+                       if r["worker"] in ids and r["started_at"] is not None]
+            depth = max(depth, self.config.lookahead + runs_due(started, self.clock(), run_seconds, latency))
         return free + depth - queued - self._asked - len(self._proposals)
 
     def ask(self) -> bool:
@@ -448,7 +465,7 @@ class SessionLoop:
 
     def noise(self) -> dict[str, float]:
         if self._noise is None:
-            self._noise = {hw: f.sd for hw, f in noise_floors(self.samples).items()}
+            self._noise = class_noise(noise_floors(self.samples))
         return self._noise
 
     # ----------------------------------------------------------------- recovery
@@ -569,7 +586,9 @@ class SessionLoop:
             self.tell(Result(self.ledger.experiment(exp_id), run))
             return
         if isinstance(decision, Validate):
-            if self.config.provisional and becomes_lead(snap, decision):
+            lead = self.lead.experiment
+            beats = lead is not None and still_leads(self.snapshot(), runs, self.noise())
+            if self.config.provisional and becomes_lead(snap, decision, beats):
                 self.take_lead(exp)
             self.await_validation(exp, decision.verdict)
             return
@@ -684,14 +703,15 @@ class SessionLoop:
         self.apply_queue(plan_champion_calibration(exp, screen, self.tiers, self.unbiased, budgets))
 
     def promote(self, exp_id: int, reason: str = "screened winner") -> None:
-        exp = queue_validation(self.ledger, self.target, exp_id, reason)
+        exp = queue_validation(self.ledger, self.target, exp_id, reason, runs=1 if self.config.keep == "noise" else None)
         self.on_event(Event("promoted", f"e{exp_id} promoted to validation ({reason})  [{exp.description}]", exp))
 
     def validation_slots(self) -> int:
         """Winners under validation at once: [tiers.validate] promote, or enough to fill the validate class."""
         assert self.tiers is not None
         fast = sum(1 for w in self.workers.values() if self._role_allows("validate", w.hardware))
-        return max(self.tiers.validate_.promote, math.ceil(fast / self.tiers.validate_.repeats))
+        per_winner = 1 if self.config.keep == "noise" else self.tiers.validate_.repeats  # see promote
+        return max(self.tiers.validate_.promote, math.ceil(fast / per_winner))
 
     def promote_waiting(self) -> None:
         """Rank the waiting screened winners; promote the best, drop the passed, confirm the rest cheaply."""
@@ -764,7 +784,8 @@ class SessionLoop:
         if not queued:
             return False
         by_id = {r["id"]: r for r in queued}
-        placements = place(queued, free, self.tiers, backfill=self._backfill)
+        lead = self.lead.experiment
+        placements = place(queued, free, self.tiers, backfill=self._backfill, first=(lead.id,) if lead else ())
         for placement in placements:
             self.place(by_id[placement.run_id], self.workers[placement.worker_id])
         return bool(placements)
@@ -823,7 +844,20 @@ class SessionLoop:
             seed=self.config.seed, noise=dict(self.noise()),
             since_keep=self.ledger.decided_since_keep(self.session_id),
             findings=tuple(self.findings(history)) if self.researcher.wants_findings else (),
+            screened=tuple(self.screened(pending)),
         )
+
+    def screened(self, pending: list[Experiment]) -> list[Result]:
+        """Pending experiments' done screening runs (winners waiting for validation, confirmations due)."""
+        out = []
+        for exp in pending:
+            if exp.parent_id is None:
+                continue
+            done = [r for r in self.ledger.runs_of(exp.id)
+                    if r.role == "screen" and r.status == RunStatus.DONE and r.metric is not None]
+            if done:
+                out.append(Result(exp, done[0]))
+        return out
 
     def findings(self, history: list[Result]) -> list[str]:
         """The analysis in sentences: the phase, hardware differences, the latest waves' effects."""
