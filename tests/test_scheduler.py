@@ -214,6 +214,9 @@ def test_runs_due_counts_the_runs_that_end_before_the_answer_after_next():
     assert runs_due([0.0] * 16, now=100.0, run_seconds=320.0, latency=90.0) == 0  # 280 < 320: none yet
     assert runs_due([0.0, 200.0, 400.0], now=100.0, run_seconds=320.0, latency=120.0) == 1  # ends 320 < 340
     assert runs_due([0.0] * 4, now=0.0, run_seconds=320.0, latency=0.0) == 0  # no latency: no pipeline
+    # proposing stops at 300: workers freed after that take nothing new, so nothing is queued for them
+    assert runs_due([0.0] * 16, now=250.0, run_seconds=320.0, latency=90.0, until=300.0) == 0
+    assert runs_due([0.0, 100.0], now=250.0, run_seconds=300.0, latency=90.0, until=350.0) == 1
 
 
 def test_baseline_decisions():

@@ -342,7 +342,11 @@ class SessionLoop:
             ids = {w.id for w in screeners}
             started = [r["started_at"] for r in self.ledger.run_rows(self.session_id, ["running"])
                        if r["worker"] in ids and r["started_at"] is not None]
-            depth = max(depth, self.config.lookahead + runs_due(started, self.clock(), run_seconds, latency))
+            now = self.clock()
+            end = self.session["created_at"] + self.config.hours * 3600 if self.config.hours is not None else None
+            due = runs_due(started, now, run_seconds, latency, until=end)
+            near_end = end is not None and end - now < 2 * latency
+            depth = self.config.lookahead + due if near_end else max(depth, self.config.lookahead + due)
         return free + depth - queued - self._asked - len(self._proposals)
 
     def ask(self) -> bool:

@@ -113,18 +113,21 @@ def pipeline_depth(lookahead: int, latency: float, workers: int, run_seconds: fl
     return lookahead + math.ceil(1.5 * workers * latency / run_seconds)
 
 
-def runs_due(started: Sequence[float], now: float, run_seconds: float, latency: float) -> int:
+def runs_due(started: Sequence[float], now: float, run_seconds: float, latency: float,
+             until: float | None = None) -> int:
     """Running runs expected to end before the answer after next: what the queue must feed.
 
     One call in flight: a call asked now answers at ``now + latency``, and the next one
     (asked then) at ``now + 2 * latency``; every run ending before that takes its next
     run from the queue this call fills. Counting expected ends (start + the mean run
     time) instead of an average rate covers bursts: a fleet started together finishes
-    together. Runs past the mean count as due now.
+    together. Runs past the mean count as due now. ``until``: when proposing stops
+    (--hours): a worker freed after it takes nothing new, so nothing is queued for it
+    (a deeper queue would only stretch the session's tail).
     """
     if latency <= 0 or run_seconds <= 0:
         return 0
-    horizon = now + 2 * latency
+    horizon = now + 2 * latency if until is None else min(now + 2 * latency, until)
     return sum(1 for start in started if start + run_seconds <= horizon)
 
 
