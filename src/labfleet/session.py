@@ -682,8 +682,10 @@ class SessionLoop:
     def calibrate_champion(self, exp: Experiment) -> None:
         """One fresh-seed run of a new champion on every class it has no unbiased run on."""
         budgets = {role: self.run_budget(exp, role) for role in ("calibrate", "validate")}
-        self.apply_queue(plan_champion_calibration(exp, [w.hardware for w in self.workers.values()], self.tiers,
-                                                   self.unbiased, budgets))
+        # a class where its calibration as the lead is still queued or running gets no second one
+        active = {r.place_on for r in self.ledger.runs_of(exp.id) if r.role == "calibrate" and not r.status.final}
+        classes = [w.hardware for w in self.workers.values() if w.hardware not in active]
+        self.apply_queue(plan_champion_calibration(exp, classes, self.tiers, self.unbiased, budgets))
 
     # ----------------------------------------------------------------- tiers
 
