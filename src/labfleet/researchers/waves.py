@@ -15,6 +15,10 @@ never studied twice at the same step around the same knob values, and a wave who
 cells were all tried already is skipped; when nothing is left around the champion
 (every group at every step), it returns [].
 
+A wave is finished once every cell has a result, decided or not: with [tiers] the
+best cells wait for validation, and their screening runs (``state.screened``) count
+at once, so the wave's best guess is proposed without waiting for the fast class.
+
 Stateless in substance: the wave number, group, step, centre and design are written
 into each proposal's tags, and the current wave and its placed cells are read back
 from ``state.history`` and ``state.pending`` (a restarted session resumes the same
