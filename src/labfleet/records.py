@@ -121,6 +121,9 @@ class SessionState:
     # What the analysis says in words (phase, hardware, effects of the latest waves); filled
     # only for researchers that read it (``wants_findings``), since it costs a pass over the ledger.
     findings: tuple[str, ...] = ()
+    # Pending experiments whose screening run is done (with [tiers]: winners waiting for or under
+    # validation): their screen results, so a researcher can use them before they are decided.
+    screened: tuple[Result, ...] = ()
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is better than ``b`` in this session's direction."""

@@ -150,10 +150,11 @@ promote = 1
     sid = loop.session_id
     exps = {e.description: e for e in ledger.experiments(sid)}
     best = ledger.runs_of(exps["lr best"].id)
-    assert [(r.role, r.hardware) for r in best] == [
-        ("screen", "slow"), ("validate", "fast"), ("validate", "fast"),
-        ("calibrate", "slow"),  # the new champion's fresh seed on the screening class
-    ]
+    roles = [(r.role, r.hardware) for r in best]
+    # one validation seed first; more (up to repeats + 1) only while it is within the noise
+    validations = [x for x in roles if x == ("validate", "fast")]
+    assert roles[0] == ("screen", "slow") and roles[1] == ("validate", "fast") and 1 <= len(validations) <= 3
+    assert roles[1 + len(validations):] == [("calibrate", "slow")]  # the new champion's fresh seed on the screening class
     assert exps["lr best"].decision == Decision.KEPT
     worse = ledger.runs_of(exps["lr worse"].id)
     assert [(r.role, r.hardware) for r in worse] == [("screen", "slow")]  # screened out, never validated

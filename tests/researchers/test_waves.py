@@ -287,6 +287,30 @@ def test_a_finished_wave_is_followed_by_its_best_guess():
     assert not any("best_of_wave" in p.tags for p in fresh.propose(state(history=done), 2))
 
 
+def test_a_wave_whose_winners_still_wait_for_validation_counts_as_done_on_their_screen_results():
+    """With tiers the best cells stay pending while the fast class validates them: their
+    screening runs (state.screened) finish the wave, so its best guess does not wait."""
+    researcher = make_researcher("waves")
+    wave = researcher.propose(state(), 8)
+    lr_low = min(p.knobs["LEARNING_RATE"] for p in wave)
+    done = finish(wave, metric=lambda knobs: 2.0 - 0.05 * (knobs["LEARNING_RATE"] > lr_low))
+    decided = [r for r in done if r.run.metric == 2.0]  # the losers were discarded at once
+    waiting = [replace(r, experiment=replace(r.experiment, decision=Decision.PENDING)) for r in done
+               if r.run.metric != 2.0]
+    assert len(decided) == len(waiting) == 4
+    partial = replace(state(history=decided, pending=[r.experiment for r in waiting]), noise={"cpu": 0.01})
+    assert not any("best_of_wave" in p.tags for p in researcher.propose(partial, 2))  # half a wave: no guess
+    fresh = make_researcher("waves")
+    fresh.propose(state(), 8)
+    screened = replace(partial, screened=tuple(waiting))
+    [guess, *_] = fresh.propose(screened, 2)
+    assert guess.tags == {"best_of_wave": "1"}
+    assert guess.knobs["LEARNING_RATE"] == max(p.knobs["LEARNING_RATE"] for p in wave)
+    # once they are decided they come from the history: the guess is not proposed twice
+    later = replace(state(history=done, pending=pending_of([guess])), noise={"cpu": 0.01})
+    assert not any("best_of_wave" in p.tags for p in fresh.propose(later, 4))
+
+
 # --------------------------------------------------------------------------- ideas as factors: composing cells
 
 from labfleet.researchers import ideas as ideas_mod  # noqa: E402

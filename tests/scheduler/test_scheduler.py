@@ -46,6 +46,7 @@ from labfleet.scheduler.proposing import (
     VirtualProposer,
     parse_latency,
     pipeline_depth,
+    runs_due,
 )
 from labfleet.target import Tiers
 
@@ -170,6 +171,52 @@ def test_a_lead_stays_only_while_it_still_beats_a_newly_kept_champion():
     passed = snap(TIERS, {"H100": [0.91], "H200": [0.86]})  # the new champion's H100 run: 0.91
     assert not still_leads(passed, lead_runs, NOISE)
     assert not still_leads(snap(TIERS), [run(2, None, status=RunStatus.CRASHED)], NOISE)
+
+
+def test_one_validation_run_decides_a_clear_result_and_more_seeds_come_only_while_unsure():
+    s = snap(TIERS)  # the champion's H200 run: 0.95; one run each: keep needs a gain above 0.0283
+    assert isinstance(decide(s, exp(2), [run(2, 0.96), run(2, 0.91, "H200", "validate")], NOISE), Keep)
+    assert isinstance(decide(s, exp(3), [run(3, 0.96), run(3, 0.96, "H200", "validate")], NOISE), Discard)
+    more = decide(s, exp(4, seed=5), [run(4, 0.96), run(4, 0.94, "H200", "validate")], NOISE)  # gain 0.01: unsure
+    assert isinstance(more, Repeat) and more.role == "validate" and more.place_on == "H200"
+    assert more.seed == 5 + VALIDATION_SEED_OFFSET + 1  # the next validation seed, never the first again
+    # at most repeats + confirm_repeats validation seeds (2 + 1): then the mean decides
+    three = [run(4, 0.96)] + [run(4, 0.94, "H200", "validate") for _ in range(3)]
+    assert isinstance(decide(s, exp(4), three, NOISE), Discard)  # 0.01 gain, se 0.01*sqrt(1/3+1) = 0.0115: not 2 se
+
+
+def test_a_better_winner_within_the_leads_noise_takes_the_lead_only_if_it_clearly_beats_the_champion():
+    s = snap(TIERS)
+    lead = lead_snapshot(Snapshot("minimize", s.champion, 1.0, {**s.samples, (2, "H100", 300.0): [0.96]},
+                                  s.unbiased, classes=s.classes, tiers=TIERS), exp(2), 0.96)
+    close = decide(lead, exp(3), [run(3, 0.95)], NOISE)  # 0.01 better than the lead: within its noise
+    assert isinstance(close, Validate) and close.verdict.outcome == "unsure"
+    assert not becomes_lead(lead, close)  # without knowing it beats the champion: the first lead stays
+    beats = still_leads(s, [run(3, 0.95)], NOISE)  # 0.05 below the champion's 1.00: beyond its noise
+    assert beats and becomes_lead(lead, close, beats_champion=beats)
+    tie = decide(lead, exp(4), [run(4, 0.96)], NOISE)  # no better than the lead: it never takes over
+    assert not becomes_lead(lead, tie, beats_champion=True)
+    assert not becomes_lead(snap(), close, beats_champion=True)  # no tiers: no leads at all
+
+
+def test_the_leads_validation_is_placed_before_older_winners_extra_seeds():
+    fleet = [Worker("H100-0", "H100"), Worker("H200-0", "H200")]
+    queued = [dict(row(1, "validate"), experiment_id=7), dict(row(2, "validate"), experiment_id=9),
+              dict(row(3, "screen"), experiment_id=10)]
+    assert [(p.run_id, p.worker_id) for p in place(queued, fleet, TIERS)] == [(1, "H200-0"), (3, "H100-0")]
+    # the lead's run first (one fast worker); the screen still takes the screen worker
+    assert [(p.run_id, p.worker_id) for p in place(queued, fleet, TIERS, first=(9,))] == [(2, "H200-0"), (3, "H100-0")]
+
+
+def test_runs_due_counts_the_runs_that_end_before_the_answer_after_next():
+    # a fleet started together finishes together: the queue must hold a proposal for each
+    assert runs_due([0.0] * 16, now=250.0, run_seconds=320.0, latency=90.0) == 16  # all end at 320 < 430
+    assert runs_due([0.0] * 16, now=100.0, run_seconds=320.0, latency=90.0) == 0  # 280 < 320: none yet
+    assert runs_due([0.0, 200.0, 400.0], now=100.0, run_seconds=320.0, latency=120.0) == 1  # ends 320 < 340
+    assert runs_due([0.0] * 4, now=0.0, run_seconds=320.0, latency=0.0) == 0  # no latency: no pipeline
+    # proposing stops at 300: workers freed after that take nothing new, so nothing is queued for them
+    assert runs_due([0.0] * 16, now=250.0, run_seconds=320.0, latency=90.0, until=300.0) == 0
+    assert runs_due([0.0, 100.0], now=250.0, run_seconds=300.0, latency=90.0, until=350.0) == 1
 
 
 def test_baseline_decisions():

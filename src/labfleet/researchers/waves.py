@@ -15,6 +15,10 @@ never studied twice at the same step around the same knob values, and a wave who
 cells were all tried already is skipped; when nothing is left around the champion
 (every group at every step), it returns [].
 
+A wave is finished once every cell has a result, decided or not: with [tiers] the
+best cells wait for validation, and their screening runs (``state.screened``) count
+at once, so the wave's best guess is proposed without waiting for the fast class.
+
 Stateless in substance: the wave number, group, step, centre and design are written
 into each proposal's tags, and the current wave and its placed cells are read back
 from ``state.history`` and ``state.pending`` (a restarted session resumes the same
@@ -152,7 +156,16 @@ class WavesResearcher(Researcher):
             if info is not None:
                 tagged.setdefault(info.wave, []).append(info)
 
-        proposals: list[Proposal] = self._best_guesses(state, seen, knobs_by_id, followed, n)
+        # a wave counts as done on its screen results: winners still waiting for validation
+        # (state.screened) give their screening run now, not once their validation decides
+        results = {number: list(items) for number, items in self._results.items()}
+        wave_tags = {number: list(items) for number, items in self._tagged.items()}
+        for result in state.screened:
+            info = self._read_tags(result.experiment)
+            if info is not None and result.experiment.id not in self._done_ids:
+                results.setdefault(info.wave, []).append(result)
+                wave_tags.setdefault(info.wave, []).append(info)
+        proposals: list[Proposal] = self._best_guesses(state, seen, knobs_by_id, followed, n, results, wave_tags)
         last: _Tagged | None = None
         if tagged:
             number = max(tagged)
@@ -195,20 +208,24 @@ class WavesResearcher(Researcher):
 
     def _best_guesses(
         self, state: SessionState, seen: set[Key], knobs_by_id: Mapping[int, Mapping[str, KnobValue]],
-        followed: set[int], n: int,
+        followed: set[int], n: int, results_by_wave: Mapping[int, Sequence[Result]] | None = None,
+        tags_by_wave: Mapping[int, Sequence[_Tagged]] | None = None,
     ) -> list[Proposal]:
         """For each finished wave: its centre with every clearly helpful level applied at once.
 
         A single cell rarely beats the champion beyond the noise, but a main effect
         averages half the wave's runs against the other half; combining the levels
         whose effects are beyond 2 standard errors is the wave's best guess, and the
-        session keeps it if it is truly better.
+        session keeps it if it is truly better. A wave is finished once every cell has a
+        result: a decided one (``results_by_wave``, default the history read so far) or a
+        screened one still waiting for validation.
         """
         out: list[Proposal] = []
-        for number, results in sorted(self._results.items()):
+        tagged = self._tagged if tags_by_wave is None else tags_by_wave
+        for number, results in sorted((self._results if results_by_wave is None else results_by_wave).items()):
             if len(out) >= n or number in followed:
                 continue
-            info = self._tagged[number][0]
+            info = tagged[number][0]
             if len(results) < info.runs or info.centre not in knobs_by_id:
                 continue  # the wave is not finished
             followed.add(number)

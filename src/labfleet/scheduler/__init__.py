@@ -31,6 +31,7 @@ from labfleet.scheduler.base import (
 from labfleet.scheduler.deciding import (
     becomes_lead,
     champion_metrics,
+    class_noise,
     compared,
     decide,
     decide_baseline,
@@ -60,6 +61,7 @@ __all__ = [
     "Wait",
     "becomes_lead",
     "champion_metrics",
+    "class_noise",
     "compared",
     "decide",
     "decide_baseline",

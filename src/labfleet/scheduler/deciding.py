@@ -25,7 +25,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from labfleet.analysis.noise import Verdict, judge
+from labfleet.analysis.noise import NoiseFloor, Verdict, judge
 from labfleet.enums import Role, VerdictOutcome
 from labfleet.records import Decision, Experiment, Run, RunStatus
 from labfleet.scheduler.base import (
@@ -82,7 +82,10 @@ def champion_metrics(snap: Snapshot, hardware: str, budget: float) -> list[float
     champion = snap.champion
     assert champion is not None and snap.champion_metric is not None
     key = (champion.id, hardware, budget)
-    own = snap.unbiased.get(key) or snap.samples.get(key)
+    own = snap.unbiased.get(key)
+    if own:
+        return list(own) + _shifted_from_other_classes(snap, champion.id, hardware, budget)
+    own = snap.samples.get(key)
     if own:
         return list(own)
     for (exp_id, other, b), values in snap.unbiased.items():
@@ -91,6 +94,53 @@ def champion_metrics(snap: Snapshot, hardware: str, budget: float) -> list[float
             if offset is not None:
                 return [v + offset for v in values]
     return [snap.champion_metric]
+
+
+MIN_OFFSET_EXPERIMENTS = 2  # experiments (besides the champion) a class offset must come from to pool across it
+
+
+def _shifted_from_other_classes(snap: Snapshot, champion_id: int, hardware: str, budget: float) -> list[float]:
+    """The champion's unbiased runs on other classes, shifted onto ``hardware`` by the measured offset.
+
+    Every comparison on the validate class is against the champion there, often one
+    validation run: its other unbiased runs (calibration on the screen class) add to
+    that reference once the offset between the classes is measured on at least
+    ``MIN_OFFSET_EXPERIMENTS`` other experiments (never on the champion alone, which
+    would only copy its own mean back).
+    """
+    others = {k: v for k, v in snap.unbiased.items() if k[0] != champion_id}
+    out: list[float] = []
+    for (exp_id, other, b), values in snap.unbiased.items():
+        if exp_id != champion_id or b != budget or other == hardware:
+            continue
+        both = {k[0] for k in others if k[1] == hardware and k[2] == budget} & \
+            {k[0] for k in others if k[1] == other and k[2] == budget}
+        offset = hardware_offset(others, hardware, other, budget)
+        if offset is not None and len(both) >= MIN_OFFSET_EXPERIMENTS:
+            out += [v + offset for v in values]
+    return out
+
+
+def class_noise(floors: Mapping[str, NoiseFloor], prior_df: int = 8) -> dict[str, float]:
+    """Per-class noise sd, each partly pooled with the other classes' (``prior_df`` degrees of freedom at most).
+
+    A class with few repeats (the validate class: a few H200s, one validation seed per
+    winner) has a noisy sd of its own: an estimate too high makes every validation
+    "unsure" and costs another scarce run, one too low keeps lucky winners. Its own
+    figure is combined with the others' pooled one, weighted by degrees of freedom,
+    the others counting for ``prior_df`` at most; a well-measured class keeps its own.
+    """
+    out = {}
+    for hw, floor in floors.items():
+        rest = [f for h, f in floors.items() if h != hw]
+        df_rest = sum(f.df for f in rest)
+        if not rest or df_rest == 0:
+            out[hw] = floor.sd
+            continue
+        var_rest = sum(f.df * f.sd**2 for f in rest) / df_rest
+        w = min(df_rest, prior_df)
+        out[hw] = math.sqrt((floor.df * floor.sd**2 + w * var_rest) / (floor.df + w))
+    return out
 
 
 def judge_on(snap: Snapshot, metrics: Sequence[float], hardware: str, budget: float,
@@ -251,9 +301,17 @@ def lead_snapshot(snap: Snapshot, lead: Experiment | None, lead_metric: float | 
     return dataclasses.replace(snap, champion=lead, champion_metric=lead_metric)
 
 
-def becomes_lead(snap: Snapshot, decision: object) -> bool:
-    """A screened winner (``Validate``) that beats the lead beyond the screen noise leads provisionally."""
-    return snap.tiers is not None and isinstance(decision, Validate) and decision.verdict.outcome == VerdictOutcome.BETTER
+def becomes_lead(snap: Snapshot, decision: object, beats_champion: bool = False) -> bool:
+    """Whether a screened winner (``Validate``; ``snap``: judged against the lead) leads provisionally.
+
+    It leads when it beats the lead beyond the screen noise; or, with ``beats_champion``
+    (it beats the confirmed champion beyond the noise, see ``still_leads``), when it beats
+    the lead at all: winners that arrive together are then not led by whichever was
+    collected first, and the researcher centres on the best screened estimate.
+    """
+    if snap.tiers is None or not isinstance(decision, Validate):
+        return False
+    return decision.verdict.outcome == VerdictOutcome.BETTER or (beats_champion and decision.verdict.improvement > 0)
 
 
 def still_leads(snap: Snapshot, runs: Sequence[Run], noise: Mapping[str, float]) -> bool:

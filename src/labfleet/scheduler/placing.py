@@ -9,7 +9,7 @@ fast worker idle while proposals wait is time the fleet pays for and wastes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from labfleet.enums import Role
@@ -36,15 +36,19 @@ def eligible(tiers: Tiers | None, row: Mapping[str, Any], worker: Worker, backfi
 
 def place(
     queued: Sequence[Mapping[str, Any]], free: Sequence[Worker], tiers: Tiers | None, backfill: bool = False,
+    first: Collection[int] = (),
 ) -> list[Placement]:
     """Pairs of (queued run, free worker), in priority order; each worker at most once.
 
     With ``backfill``, a screen goes to a validate-class worker only after every run
     that class may take has been placed, and only when no screen-class worker is free.
+    ``first``: experiments whose runs go first within their role (the provisional lead:
+    its validation decides what the researcher builds on, so it never queues behind
+    older winners' extra seeds).
     """
     free = list(free)
     placements: list[Placement] = []
-    rows = sorted(queued, key=lambda r: (ROLE_PRIORITY.get(r["role"], 9), r["id"]))
+    rows = sorted(queued, key=lambda r: (ROLE_PRIORITY.get(r["role"], 9), bool(first) and r["experiment_id"] not in first, r["id"]))
     left = []
     for row in rows:
         if not free:

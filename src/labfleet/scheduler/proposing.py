@@ -25,7 +25,8 @@ Two implementations behind the same contract:
   ``mean:sd``); an optional ``TokenModel`` records each call's tokens and dollars.
 
 ``pipeline_depth`` sizes how many proposals to keep queued ahead of the workers:
-enough to cover the runs that finish during one call.
+enough to cover the runs that finish during one call; ``runs_due`` counts them from
+the running runs' start times (bursts included), and the loop takes the larger.
 """
 
 from __future__ import annotations
@@ -110,6 +111,24 @@ def pipeline_depth(lookahead: int, latency: float, workers: int, run_seconds: fl
     if latency <= 0 or run_seconds <= 0:
         return lookahead
     return lookahead + math.ceil(1.5 * workers * latency / run_seconds)
+
+
+def runs_due(started: Sequence[float], now: float, run_seconds: float, latency: float,
+             until: float | None = None) -> int:
+    """Running runs expected to end before the answer after next: what the queue must feed.
+
+    One call in flight: a call asked now answers at ``now + latency``, and the next one
+    (asked then) at ``now + 2 * latency``; every run ending before that takes its next
+    run from the queue this call fills. Counting expected ends (start + the mean run
+    time) instead of an average rate covers bursts: a fleet started together finishes
+    together. Runs past the mean count as due now. ``until``: when proposing stops
+    (--hours): a worker freed after it takes nothing new, so nothing is queued for it
+    (a deeper queue would only stretch the session's tail).
+    """
+    if latency <= 0 or run_seconds <= 0:
+        return 0
+    horizon = now + 2 * latency if until is None else min(now + 2 * latency, until)
+    return sum(1 for start in started if start + run_seconds <= horizon)
 
 
 class Proposer:
@@ -278,6 +297,7 @@ class VirtualProposer(Proposer):
                  calls: int = 1) -> None:
         super().__init__(researcher, clock, waits)
         self.mean, self.sd = latency, sd
+        self.latency = latency  # the simulated model's speed is known before the first call ends
         self.rng = random.Random(f"researcher-latency-{seed}")
         self.tokens = tokens
         self.max_calls = calls

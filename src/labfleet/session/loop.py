@@ -63,6 +63,7 @@ from labfleet.scheduler import (
     Wait,
     becomes_lead,
     champion_metrics,
+    class_noise,
     compared,
     decide,
     decide_baseline,
@@ -78,7 +79,14 @@ from labfleet.scheduler import (
     stop_reason,
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
-from labfleet.scheduler.proposing import DEFAULT_WAITS, Proposer, ThreadProposer, VirtualProposer, pipeline_depth
+from labfleet.scheduler.proposing import (
+    DEFAULT_WAITS,
+    Proposer,
+    ThreadProposer,
+    VirtualProposer,
+    pipeline_depth,
+    runs_due,
+)
 from labfleet.session.config import SessionConfig
 from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.target import Target, Tiers, format_value, knob_patch, render_knobs
@@ -122,14 +130,17 @@ def start_session(target: Target, ledger: Ledger, config: SessionConfig) -> int:
     return session_id
 
 
-def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str) -> Experiment:
+def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str, runs: int | None = None) -> Experiment:
     """Queue validation runs (new seeds, validate-tier workers, placed before any screening).
 
     The session's loop and ``labfleet promote`` both come here; the experiment is
-    decided again, on its validation runs, once they are all final.
+    decided again, on its validation runs, once they are all final. ``runs``: how many
+    to queue now (default [tiers.validate] repeats); the session queues one under the
+    noise-aware rule and adds seeds only while the result is within the noise
+    (``scheduler.decide``), so the scarce validate class decides clear winners in one run.
     """
     exp = ledger.experiment(exp_id)
-    repeats = (target.config.tiers or Tiers()).validate_.repeats
+    repeats = (target.config.tiers or Tiers()).validate_.repeats if runs is None else runs
     ledger.reopen(exp_id)
     for k in range(repeats):
         ledger.queue_run(exp.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role=Role.VALIDATE)
@@ -302,7 +313,17 @@ class SessionLoop:
         assert self.proposer is not None
         free = sum(1 for w in self.free_workers() if w.id in self._screeners)
         run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
-        depth = pipeline_depth(self.config.lookahead, self.proposer.latency, len(self._screeners), run_seconds)
+        latency = self.proposer.latency
+        depth = pipeline_depth(self.config.lookahead, latency, len(self._screeners), run_seconds)
+        if latency > 0:  # bursts: the runs that end before the answer after next, from their start times
+            ids = self._screeners
+            started = [r["started_at"] for r in self.ledger.run_rows(self.session_id, ["running"])
+                       if r["worker"] in ids and r["started_at"] is not None]
+            now = self.clock()
+            end = self.session["created_at"] + self.config.hours * 3600 if self.config.hours is not None else None
+            due = runs_due(started, now, run_seconds, latency, until=end)
+            near_end = end is not None and end - now < 2 * latency
+            depth = self.config.lookahead + due if near_end else max(depth, self.config.lookahead + due)
         return free + depth - queued - self._asked - len(self._proposals)
 
     def ask(self) -> bool:
@@ -428,7 +449,7 @@ class SessionLoop:
     def noise(self) -> dict[str, float]:
         if self._noise is None:  # only repeated groups carry noise: those, in the order samples has them
             repeated = sorted(self._repeated, key=self._group_order.__getitem__)
-            self._noise = {hw: f.sd for hw, f in noise_floors({k: self.samples[k] for k in repeated}).items()}
+            self._noise = class_noise(noise_floors({k: self.samples[k] for k in repeated}))
         return self._noise
 
     def _track_groups(self) -> None:
@@ -560,7 +581,9 @@ class SessionLoop:
             self.tell(Result(self.ledger.experiment(exp_id), run))
             return
         if isinstance(decision, Validate):
-            if self.config.provisional and becomes_lead(snap, decision):
+            lead = self.lead.experiment
+            beats = lead is not None and still_leads(self.snapshot(), runs, self.noise())
+            if self.config.provisional and becomes_lead(snap, decision, beats):
                 self.take_lead(exp)
             self.await_validation(exp, decision.verdict)
             return
@@ -650,8 +673,10 @@ class SessionLoop:
     def calibrate_champion(self, exp: Experiment) -> None:
         """One fresh-seed run of a new champion on every class it has no unbiased run on."""
         budgets: dict[str, float] = {role: self.run_budget(exp, role) for role in (Role.CALIBRATE, Role.VALIDATE)}
-        self.apply_queue(plan_champion_calibration(exp, [w.hardware for w in self.workers.values()], self.tiers,
-                                                   self.unbiased, budgets))
+        # a class where its calibration as the lead is still queued or running gets no second one
+        active = {r.place_on for r in self.ledger.runs_of(exp.id) if r.role == Role.CALIBRATE and not r.status.final}
+        classes = [w.hardware for w in self.workers.values() if w.hardware not in active]
+        self.apply_queue(plan_champion_calibration(exp, classes, self.tiers, self.unbiased, budgets))
 
     # ----------------------------------------------------------------- tiers
 
@@ -675,14 +700,15 @@ class SessionLoop:
         self.apply_queue(plan_champion_calibration(exp, screen, self.tiers, self.unbiased, budgets))
 
     def promote(self, exp_id: int, reason: str = "screened winner") -> None:
-        exp = queue_validation(self.ledger, self.target, exp_id, reason)
+        exp = queue_validation(self.ledger, self.target, exp_id, reason, runs=1 if self.config.keep == "noise" else None)
         self.on_event(Event("promoted", f"e{exp_id} promoted to validation ({reason})  [{exp.description}]", exp))
 
     def validation_slots(self) -> int:
         """Winners under validation at once: [tiers.validate] promote, or enough to fill the validate class."""
         assert self.tiers is not None
         fast = sum(1 for w in self.workers.values() if self._role_allows(Role.VALIDATE, w.hardware))
-        return max(self.tiers.validate_.promote, math.ceil(fast / self.tiers.validate_.repeats))
+        per_winner = 1 if self.config.keep == "noise" else self.tiers.validate_.repeats  # see promote
+        return max(self.tiers.validate_.promote, math.ceil(fast / per_winner))
 
     def promote_waiting(self) -> None:
         """Rank the waiting screened winners; promote the best, drop the passed, confirm the rest cheaply."""
@@ -771,7 +797,8 @@ class SessionLoop:
         if not queued:
             return False
         by_id = {r["id"]: r for r in queued}
-        placements = place(queued, free, self.tiers, backfill=self._backfill)
+        lead = self.lead.experiment
+        placements = place(queued, free, self.tiers, backfill=self._backfill, first=(lead.id,) if lead else ())
         for placement in placements:
             self.place(by_id[placement.run_id], self.workers[placement.worker_id])
         return bool(placements)
@@ -830,6 +857,7 @@ class SessionLoop:
             seed=self.config.seed, noise=dict(self.noise()),
             since_keep=self.ledger.decided_since_keep(self.session_id),
             findings=tuple(self.findings(history)) if self.researcher.wants_findings else (),
+            screened=tuple(self.screened(pending)),
         )
 
     def history(self) -> tuple[list[Result], list[Experiment]]:
@@ -860,6 +888,18 @@ class SessionLoop:
                 self._history[exp_id] = result
         pending = sorted(self._pending_exps.values(), key=lambda e: e.id)
         return [self._history[i] for i in self._history_ids], pending
+
+    def screened(self, pending: list[Experiment]) -> list[Result]:
+        """Pending experiments' done screening runs (winners waiting for validation, confirmations due)."""
+        out = []
+        for exp in pending:
+            if exp.parent_id is None:
+                continue
+            done = [r for r in self.ledger.runs_of(exp.id)
+                    if r.role == Role.SCREEN and r.status == RunStatus.DONE and r.metric is not None]
+            if done:
+                out.append(Result(exp, done[0]))
+        return out
 
     def findings(self, history: list[Result]) -> list[str]:
         """The analysis in sentences: the phase, hardware differences, the latest waves' effects."""
