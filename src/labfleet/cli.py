@@ -261,6 +261,7 @@ def run(
     ideas: Annotated[int | None, typer.Option(help="LLM and hybrid researchers: ideas per model call, run as a factorial wave (0: single experiments). (default 0 for llm, 3 for hybrid)", min=0)] = None,
     sampler: Annotated[str | None, typer.Option(help="Hybrid researcher: the Optuna sampler that re-tunes the knobs, tpe or cmaes. (default tpe)")] = None,
     tune_experiments: Annotated[int | None, typer.Option(help="Hybrid researcher: experiments of knob re-tuning after each structural keep. (default 8)", min=1)] = None,
+    ideas_from: Annotated[str | None, typer.Option(help="Hybrid researcher: where the structural ideas come from: llm (--provider/--model), or external (an agent submits them with `labfleet submit --factor` or MCP; the session serves the queue like `labfleet serve`). (default llm)")] = None,
     executor: Annotated[str | None, typer.Option(help="local (processes on this machine), ray, or skypilot. (default local)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray: auto or HOST:PORT. (default auto)")] = None,
     fleet: Annotated[str | None, typer.Option(help="fleet.toml for --executor skypilot (pools of clusters).")] = None,
@@ -289,7 +290,9 @@ def run(
     ).items() if v is not None}
     llm = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, api_key_env=api_key_env,
                                  max_usd=max_llm_usd, ideas=ideas, sampler=sampler,
-                                 tune_experiments=tune_experiments).items() if v is not None}
+                                 tune_experiments=tune_experiments, source=ideas_from).items() if v is not None}
+    if ideas_from is not None and ideas_from not in ("llm", "external"):
+        raise LabfleetError(f"--ideas-from {ideas_from!r}: use llm or external")
     _run_session(target, {**given, "serve": False}, llm, resume=resume, new=new)
 
 
@@ -343,6 +346,10 @@ def _run_session(target: Path, given: dict[str, Any], llm: dict[str, Any], *, re
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
         else:
             config = SessionConfig(**given, researcher_options=llm)
+        if "source" in config.researcher_options and config.researcher != "hybrid":
+            raise LabfleetError("--ideas-from applies to --researcher hybrid only")
+        if config.researcher_options.get("source") == "external":  # the hybrid's ideas come from an agent
+            config = replace(config, serve=True)
         if config.device not in ("cpu", "cuda", "mps"):
             raise LabfleetError(f"--device {config.device!r}: use cpu, cuda or mps")
         from labfleet import frozen, sandbox
