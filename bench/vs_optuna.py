@@ -61,6 +61,7 @@ RESEARCHERS = ("random", "optuna", "cmaes", "waves", "hybrid")
 LABELS = {"optuna": "TPE", "cmaes": "CMA-ES"}
 FRACTIONS = (0.5, 0.75, 0.9)
 TIMEOUT = 400  # seconds, wall: the target's 90 s killed loaded runs that had trained within budget
+HYBRID_VERSION = 2  # bumped when the hybrid's code changes, so sessions of an older one are not mixed in
 BENCH_TAG = "vs_optuna"  # researcher_options key naming the bench run a session belongs to
 
 
@@ -111,7 +112,7 @@ def curve(ledger: Ledger, session_id: int) -> tuple[float, list[float]]:
 def key_of(researcher: str, seed: int, args: argparse.Namespace) -> str:
     parts = [researcher, f"seed{seed}", f"e{args.experiments}", f"b{args.budget:g}", f"w{args.workers}", args.clock]
     if researcher == "hybrid":
-        parts += [f"ideas{args.ideas}", f"tune{args.tune}"]
+        parts += [f"ideas{args.ideas}", f"tune{args.tune}"] + ([f"v{args.hybrid_version}"] if args.hybrid_version > 1 else [])
     return "/".join(parts)
 
 
@@ -191,6 +192,9 @@ def main() -> None:
     parser.add_argument("--researchers", default=",".join(RESEARCHERS))
     parser.add_argument("--ideas", type=int, default=2, help="hybrid: ideas per model call")
     parser.add_argument("--tune", type=int, default=4, help="hybrid: re-tuning experiments after each structural keep")
+    parser.add_argument("--hybrid-version", type=int, default=HYBRID_VERSION,
+                        help="which hybrid's finished sessions count (1: before its tuning budget counted proposals"
+                             " not yet recorded); a run is always the current code")
     parser.add_argument("--work", type=Path, default=Path("/tmp/labfleet-vs-optuna"),
                         help="folder for the target and its ledger; a run there before is resumed")
     parser.add_argument("--also", type=Path, action="append", default=[],
