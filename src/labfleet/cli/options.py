@@ -24,7 +24,7 @@ _RENAMED = {"budget": "budget_seconds"}
 # options that go to the researcher (SessionConfig.researcher_options), by the name the researcher takes
 _RESEARCHER_OPTIONS = {"provider": "provider", "model": "model", "base_url": "base_url", "api_key_env": "api_key_env",
                        "max_llm_usd": "max_usd", "ideas": "ideas", "sampler": "sampler",
-                       "tune_experiments": "tune_experiments"}
+                       "tune_experiments": "tune_experiments", "ideas_from": "source"}
 
 
 def _settings(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

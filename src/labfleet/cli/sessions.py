@@ -39,6 +39,7 @@ def run(
     ideas: Annotated[int | None, typer.Option(help="LLM and hybrid researchers: ideas per model call, run as a factorial wave (0: single experiments). (default 0 for llm, 3 for hybrid)", min=0)] = None,
     sampler: Annotated[str | None, typer.Option(help="Hybrid researcher: the Optuna sampler that re-tunes the knobs, tpe or cmaes. (default tpe)")] = None,
     tune_experiments: Annotated[int | None, typer.Option(help="Hybrid researcher: experiments of knob re-tuning after each structural keep. (default 8)", min=1)] = None,
+    ideas_from: Annotated[str | None, typer.Option(help="Hybrid researcher: where the structural ideas come from: llm (--provider/--model), or external (an agent submits them with `labfleet submit --factor` or MCP; the session serves the queue like `labfleet serve`). (default llm)")] = None,
     executor: Annotated[str | None, typer.Option(help="local (processes on this machine), ray, or skypilot. (default local)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray: auto or HOST:PORT. (default auto)")] = None,
     fleet: Annotated[str | None, typer.Option(help="fleet.toml for --executor skypilot (pools of clusters).")] = None,
@@ -56,6 +57,8 @@ def run(
     """
     if keep is not None and keep not in ("noise", "margin"):
         raise LabfleetError(f"--keep {keep!r}: use noise or margin")
+    if ideas_from is not None and ideas_from not in ("llm", "external"):
+        raise LabfleetError(f"--ideas-from {ideas_from!r}: use llm or external")
     options, researcher_options = _settings(ctx.params)
     _run_session(target, {**options, "serve": False}, researcher_options, resume=resume, new=new)
 

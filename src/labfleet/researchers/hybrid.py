@@ -21,11 +21,14 @@ Workers the tuning phase cannot fill (its budget nearly spent) go to ideas, so
 none idles. State is the ledger: the latest structural keep and how many
 experiments name it in ``tune_of`` say which phase holds; a restarted session
 rebuilds the study from those experiments (as the optuna researcher does), and
-the LLM's wave from its tags.
+the LLM's wave from its tags. Within one process the tuning proposals handed out
+but not yet in the ledger count too (the session records an answer's proposals
+one git commit per tick, so the next call can see a state without them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from labfleet.errors import ConfigError
@@ -33,7 +36,7 @@ from labfleet.records import Decision, Experiment, Proposal, Result, SessionStat
 from labfleet.researchers import space
 from labfleet.researchers.base import Researcher
 from labfleet.researchers.llm import LLMResearcher
-from labfleet.researchers.optuna import SAMPLERS, OptunaResearcher
+from labfleet.researchers.optuna import SAMPLERS, STUDY_TAG, TRIAL_TAG, OptunaResearcher
 from labfleet.target import Knob, KnobValue
 
 if TYPE_CHECKING:
@@ -99,6 +102,7 @@ class HybridResearcher(Researcher):
         elif llm_options:
             raise ConfigError(f"researcher 'hybrid': {', '.join(llm_options)} apply only with source llm")
         self._tuners: dict[int, OptunaResearcher] = {}
+        self._handed: dict[int, set[tuple[str, str]]] = {}  # keep id -> (study, trial) of tuning proposals handed out
         self.phase = "ideas"  # what the latest propose did first: ideas or tune
 
     # ------------------------------------------------------------------ usage (the session records the model's calls)
@@ -121,13 +125,31 @@ class HybridResearcher(Researcher):
         keep = structural_keep(state) or state.baseline
         self.phase = "ideas"
         if keep is not None and state.knobs:
-            left = self.tune_experiments - tuned_count(state, keep.id)
+            left = self.tune_experiments - tuned_count(state, keep.id) - len(self._unrecorded(state, keep.id))
             if left > 0:
                 self.phase = "tune"
-                proposals += self.tuner(keep, state).propose(state, min(n, left))
+                tune = self.tuner(keep, state).propose(state, min(n, left))
+                self._handed.setdefault(keep.id, set()).update(_trial_key(p.tags) for p in tune)
+                proposals += tune
         if len(proposals) < n and self.ideas is not None:
             proposals += self.ideas.propose(state, n - len(proposals))
         return proposals[:n]
+
+    def _unrecorded(self, state: SessionState, keep_id: int) -> set[tuple[str, str]]:
+        """Tuning proposals around ``keep_id`` this instance handed out that the ledger does not show yet.
+
+        The session records answered proposals one git commit per tick, so the next
+        ``propose`` can see a state without them: counted from the ledger alone, the
+        tuning budget was overspent (5 experiments for a budget of 4, measured in
+        bench/vs_optuna.py). After a restart this is empty and the ledger is the truth
+        (a proposal never recorded never ran).
+        """
+        handed = self._handed.get(keep_id, set())
+        if not handed:
+            return set()
+        seen = {_trial_key(e.tags) for e in [r.experiment for r in state.history] + list(state.pending)}
+        handed -= seen
+        return handed
 
     def tuner(self, keep: Experiment, state: SessionState) -> OptunaResearcher:
         """The study around ``keep`` (made on first use; after a restart it reads its trials from the ledger)."""
@@ -144,6 +166,11 @@ class HybridResearcher(Researcher):
             )
             self._tuners[keep.id] = tuner
         return tuner
+
+
+def _trial_key(tags: Mapping[str, str]) -> tuple[str, str]:
+    """A tuning proposal's identity: its study and trial number (``researchers.optuna`` tags)."""
+    return tags.get(STUDY_TAG, ""), tags.get(TRIAL_TAG, "")
 
 
 def structural_keep(state: SessionState) -> Experiment | None:

@@ -23,8 +23,12 @@ How results reach the in-memory study (each finished experiment exactly once):
 - Experiment ids already synced are remembered, and an open trial is told at most
   once (it leaves ``open`` when told), so nothing counts twice.
 - An asked trial whose experiment is in neither the history nor the pending list at
-  the next ``propose`` was dropped by the caller: it is told ``FAIL`` (TPE ignores
-  failed trials) rather than left running forever.
+  ``MISSING_SYNCS`` proposes in a row was dropped by the caller: it is told ``FAIL``
+  (TPE ignores failed trials) rather than left running forever. Not at the first
+  miss: the session records answered proposals one git commit per tick, so the next
+  ``propose`` often sees a state without the previous answer; failing those at once
+  cost CMA-ES their results (a result that arrives for a closed trial is added with
+  ``create_trial``, which CMA-ES's generations ignore) and TPE its liar.
 - An ask that lands on a setting already run or pending is told ``FAIL`` and asked
   again; ``FAIL`` rather than ``PRUNED`` because TPE ranks pruned trials as bad.
 """
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
 STUDY_TAG = "optuna_study"
 TRIAL_TAG = "optuna_trial"
 MAX_ASKS = 20  # per proposal, to get past settings already tried
+MISSING_SYNCS = 3  # proposes in a row an asked trial may be missing from the ledger before it counts as dropped
 
 
 def distribution(knob: Knob) -> optuna.distributions.BaseDistribution:
@@ -135,6 +140,7 @@ class OptunaResearcher(Researcher):
         self.study_id = uuid.uuid4().hex[:8]  # tells this instance's trials from a previous one's
         self.synced: set[int] = set()  # experiment ids already in the study
         self.open: set[int] = set()  # trial numbers asked and not yet told
+        self.missing: dict[int, int] = {}  # open trial -> proposes in a row it was in neither history nor pending
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
@@ -209,9 +215,13 @@ class OptunaResearcher(Researcher):
                 continue  # a setting outside the search space (e.g. a baseline off-range): nothing to learn
             study.add_trial(trial)
         waiting = {self._own_trial(exp.tags) for exp in state.pending}
-        for number in sorted(self.open - finished - waiting):  # asked, never recorded
-            self.open.discard(number)
-            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        absent = self.open - finished - waiting
+        self.missing = {number: self.missing.get(number, 0) + 1 for number in absent}
+        for number in sorted(absent):
+            if self.missing[number] >= MISSING_SYNCS:  # asked, never recorded: dropped
+                self.open.discard(number)
+                del self.missing[number]
+                study.tell(number, state=optuna.trial.TrialState.FAIL)
         return study
 
     def _knobs(self, state: SessionState) -> Mapping[str, Knob]:

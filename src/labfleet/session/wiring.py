@@ -104,6 +104,10 @@ def open_session(
         else:
             settings = config or SessionConfig()
         settings = settings.with_options(options or {}, researcher_options)
+        if "source" in settings.researcher_options and settings.researcher != "hybrid":
+            raise LabfleetError("--ideas-from applies to --researcher hybrid only")
+        if settings.researcher_options.get("source") == "external":  # the hybrid's ideas come from an agent
+            settings = settings.with_options({"serve": True})
         if settings.device not in DEVICES:
             raise LabfleetError(f"--device {settings.device!r}: use cpu, cuda or mps")
         # changed frozen files refuse before anything runs (a new session checks in start_session)
