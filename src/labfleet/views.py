@@ -17,7 +17,8 @@ from typing import Any
 
 from labfleet.errors import LabfleetError
 from labfleet.ledger import Ledger, LlmUsage, ResultRow, SessionRow, StatusSummary, lock_holder
-from labfleet.ledger.export import TSV_COLUMNS, results_tsv as _tsv
+from labfleet.ledger.export import TSV_COLUMNS
+from labfleet.ledger.export import results_tsv as _tsv
 from labfleet.records import Run
 
 __all__ = ["TSV_COLUMNS", "best_view", "llm_json", "llm_view", "noise_json", "noise_view", "results_from",

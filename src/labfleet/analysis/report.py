@@ -25,7 +25,6 @@ from labfleet.analysis.cost import cost_over_time, fleet_usd
 from labfleet.analysis.hardware import HardwareReport, hardware_report
 from labfleet.analysis.noise import NoiseFloor, noise_floors, samples_from_runs
 from labfleet.analysis.phases import Point, Progress, points_from_snapshot, progress
-from labfleet.errors import LabfleetError
 from labfleet.ledger import Ledger, Snapshot
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 from labfleet.views import llm_json

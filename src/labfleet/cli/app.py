@@ -17,7 +17,6 @@ import typer
 from labfleet.cli.render import _fail
 from labfleet.errors import LabfleetError
 
-
 app = typer.Typer(
     name="labfleet",
     help="Autonomous ML research in parallel over a fleet of accelerators.",

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-
 TargetOption = Annotated[
     Path, typer.Option("--target", "-C", help="Target folder (a git repo with labfleet.toml).")
 ]

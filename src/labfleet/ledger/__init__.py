@@ -10,8 +10,20 @@
 
 from labfleet.ledger.lock import LOCK_FILE, SessionLock, lock_holder
 from labfleet.ledger.rows import (
-    LedgerError, LedgerReadOnly, LlmUsage, ResultRow, RunningRun, RunRow, SessionLocked, SessionRow, Snapshot,
-    StatusSummary, WorkerCost, WorkerRow, experiment_record, run_record,
+    LedgerError,
+    LedgerReadOnly,
+    LlmUsage,
+    ResultRow,
+    RunningRun,
+    RunRow,
+    SessionLocked,
+    SessionRow,
+    Snapshot,
+    StatusSummary,
+    WorkerCost,
+    WorkerRow,
+    experiment_record,
+    run_record,
 )
 from labfleet.ledger.schema import ACTIVE, MIGRATIONS, SCHEMA, VERSION
 from labfleet.ledger.store import LEDGER_FILE, Ledger, open  # noqa: A004

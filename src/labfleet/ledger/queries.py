@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from labfleet.ledger.rows import (
-    RUN_COLUMNS, SESSION_COLUMNS, LedgerError, LlmUsage, ResultRow, RunningRun, RunRow, SessionRow, Snapshot,
-    StatusSummary, WorkerCost, WorkerRow, experiment_record, frozen_map, run_record,
+    RUN_COLUMNS,
+    SESSION_COLUMNS,
+    LedgerError,
+    LlmUsage,
+    ResultRow,
+    RunningRun,
+    RunRow,
+    SessionRow,
+    Snapshot,
+    StatusSummary,
+    WorkerCost,
+    WorkerRow,
+    experiment_record,
+    frozen_map,
+    run_record,
 )
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 

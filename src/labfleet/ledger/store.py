@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from labfleet.ledger.queries import Queries
 from labfleet.errors import LedgerError, LedgerReadOnly
+from labfleet.ledger.queries import Queries
 from labfleet.ledger.schema import ACTIVE, prepare
 from labfleet.records import Decision, RunStatus
 

@@ -88,7 +88,6 @@ from labfleet.scheduler.proposing import (
     runs_due,
 )
 from labfleet.session.config import SessionConfig
-from labfleet.sandbox import UNBOXED_PREFIX
 from labfleet.target import Target, Tiers, format_value, knob_patch, render_knobs
 
 BRANCH_PREFIX = "labfleet/s"
