@@ -22,12 +22,14 @@ from labfleet.session.loop import (
     queue_validation,
     start_session,
 )
+from labfleet.session.wiring import WiredSession, open_session
 
 __all__ = [
     "BRANCH_PREFIX",
     "ROLE_PRIORITY",
     "TICK_SECONDS",
     "VALIDATION_SEED_OFFSET",
+    "WiredSession",
     "Event",
     "FleetSettings",
     "KeepRule",
@@ -37,6 +39,7 @@ __all__ = [
     "SessionError",
     "SessionLoop",
     "materialize",
+    "open_session",
     "queue_validation",
     "start_session",
 ]
