@@ -154,3 +154,21 @@ def test_two_knobs_on_one_line_and_values_over_lines_take_the_general_path():
     text = 'A = 1; B = 2\nC = (\n    3\n)\nD = ("x"\n     "y")\n'
     values = {"A": 5, "B": 6, "C": 7, "D": "z"}
     assert render_knobs(text, values) == _render_ast(text, values, "<source>") == "A = 5; B = 6\nC = (\n    7\n)\nD = ('z')\n"
+
+
+def test_the_loops_history_follows_writes_from_other_connections(tmp_path):
+    """`labfleet promote` or a daemon's agent write through their own connection: the loop reads again."""
+    from tests.conftest import make_target
+    from tests.test_simulated import KNOBS_TOML, TRAIN
+    from tests.test_simulated import simulate as simulate_session
+
+    folder = make_target(tmp_path / "lab", TRAIN, signed=False, budget=300, timeout=600, extra_toml=KNOBS_TOML)
+    ledger, loop, _ = simulate_session(folder, experiments=6)
+    assert loop.history() == ledger.history(loop.session_id)
+    decided = loop.history()[0][-1].experiment.id
+    other = Ledger(ledger.path)
+    other.reopen(decided)  # back to pending, written by another connection
+    other.close()
+    history, pending = loop.history()
+    assert (history, pending) == ledger.history(loop.session_id)
+    assert decided in {e.id for e in pending} and decided not in {r.experiment.id for r in history}

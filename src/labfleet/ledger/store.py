@@ -71,6 +71,10 @@ class Ledger(Queries):
         self.db.row_factory = sqlite3.Row
         prepare(self.db)
 
+    def data_version(self) -> int:
+        """Moves whenever another connection (another process, a daemon's thread) commits."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def _touch(self, exp_id: int) -> None:
         if self.touched is not None:
             self.touched.add(exp_id)

@@ -214,6 +214,7 @@ class SessionLoop:
         self._baseline_id: int | None = None
         # the researcher's history, refreshed from the experiments the ledger says changed
         self._history: dict[int, Result] | None = None
+        self._data_version = -1
         self._pending_exps: dict[int, Experiment] = {}
         self._history_ids: list[int] = []
         # metrics of done runs that differ only by seed: the noise floor and the
@@ -861,8 +862,11 @@ class SessionLoop:
 
     def history(self) -> tuple[list[Result], list[Experiment]]:
         """``Ledger.history``, kept up to date from the experiments the ledger reports changed
-        (``Ledger.touched``) instead of read whole for every researcher call."""
-        if self._history is None:
+        (``Ledger.touched``) instead of read whole for every researcher call; read whole again
+        whenever another connection wrote (``labfleet submit``, ``promote``, a daemon's agents)."""
+        version = self.ledger.data_version()
+        if self._history is None or version != self._data_version:
+            self._data_version = version
             self.ledger.touched = set()
             history, pending = self.ledger.history(self.session_id)
             self._history = {r.experiment.id: r for r in history}
