@@ -85,8 +85,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> list[dict]:
             fleet = simulate(folder, args.fleet, researcher=args.fleet_researcher, hours=args.fleet_hours,
                              seed=seed, budget_seconds=BUDGET, surrogate=model, **tiers)
         assert fleet.model is not None
-        # the earliest a keep can land: setup, then the baseline's and a screen's run (and a
-        # validation's, with tiers) back to back; no search reaches the target sooner
+        # the soonest a proposal made after seeing any result can be kept: setup, then the
+        # baseline's and a screen's run (and a validation's, with tiers) back to back; only a
+        # lucky first-round cell, proposed blind, could beat it
         run = fleet.model.overhead_seconds + BUDGET
         earliest = (fleet.model.setup_seconds + (3 if tiers else 2) * run) / 3600
         fleet_curve = expected_curve(fleet)
@@ -138,7 +139,8 @@ def main() -> None:
     verdict = "not worse" if statistics.median(tiered) >= statistics.median(flat) else "WORSE"
     print(f"over all {len(seeds)} seeds (never = 0x): tiers median {statistics.median(tiered):.1f}x vs no tiers"
           f" {statistics.median(flat):.1f}x ({verdict})")
-    print("bound: t_seq over the earliest a keep can land (setup + baseline + screen [+ validation] back to back)")
+    print("bound: t_seq over setup + baseline + screen [+ validation] back to back, the soonest a proposal made"
+          " after seeing any result can be kept")
     print(f"anchor 9x, goal >= 12x; utilization goal >= 97% (zero-latency researcher); wall {time.time() - started:.0f} s")
 
 

@@ -28,6 +28,8 @@ from labfleet.scheduler import (
     Validate,
     Wait,
     becomes_lead,
+    champion_metrics,
+    class_noise,
     decide,
     decide_baseline,
     lead_snapshot,
@@ -217,6 +219,30 @@ def test_runs_due_counts_the_runs_that_end_before_the_answer_after_next():
     # proposing stops at 300: workers freed after that take nothing new, so nothing is queued for them
     assert runs_due([0.0] * 16, now=250.0, run_seconds=320.0, latency=90.0, until=300.0) == 0
     assert runs_due([0.0, 100.0], now=250.0, run_seconds=300.0, latency=90.0, until=350.0) == 1
+
+
+def test_a_class_with_few_repeats_has_its_noise_partly_pooled_with_the_others():
+    from labfleet.analysis.noise import NoiseFloor
+
+    floors = {"H100": NoiseFloor("H100", 0.002, 40, 20), "H200": NoiseFloor("H200", 0.004, 2, 2)}
+    sd = class_noise(floors)
+    assert sd["H200"] == pytest.approx(((2 * 0.004**2 + 8 * 0.002**2) / 10) ** 0.5)  # 8 df from the others at most
+    assert sd["H100"] == pytest.approx(((40 * 0.002**2 + 2 * 0.004**2) / 42) ** 0.5)  # well measured: mostly its own
+    assert class_noise({"H100": floors["H100"]}) == {"H100": 0.002}  # one class: its own
+
+
+def test_the_champions_reference_on_a_class_pools_its_other_classes_through_a_measured_offset():
+    champion = exp(1, parent=None, decision=Decision.BASELINE)
+    unbiased = {(1, "H200", 300.0): [0.95], (1, "H100", 300.0): [0.99, 1.01]}
+    # two other experiments ran on both classes: H200 is 0.04 lower
+    unbiased |= {(2, "H100", 300.0): [0.90], (2, "H200", 300.0): [0.86], (3, "H100", 300.0): [0.80],
+                 (3, "H200", 300.0): [0.76]}
+    s = Snapshot("minimize", champion, 1.0, unbiased, unbiased, classes=("H100", "H200"), tiers=TIERS)
+    assert champion_metrics(s, "H200", 300.0) == pytest.approx([0.95, 0.95, 0.97])
+    # an offset measured on one other experiment only is not trusted for pooling
+    few = {k: v for k, v in unbiased.items() if k[0] != 3}
+    s = Snapshot("minimize", champion, 1.0, few, few, classes=("H100", "H200"), tiers=TIERS)
+    assert champion_metrics(s, "H200", 300.0) == [0.95]
 
 
 def test_baseline_decisions():
