@@ -160,8 +160,8 @@ def measure(experiments: int, runs: int) -> dict[str, float]:
         for n in (100, runs):
             folder = make_folder(Path(tmp), n)
             ledger = Ledger.for_target(folder / ".labfleet")
-            out[f"status_view() {n:,} runs"] = timed(lambda: status_view(ledger, folder / ".labfleet")) * 1000
-            out[f"results_view(last=50) {n:,} runs"] = timed(lambda: results_view(ledger, last=50)) * 1000
+            out[f"status_view() {n:,} runs"] = timed(lambda ledger=ledger, folder=folder: status_view(ledger, folder / ".labfleet")) * 1000
+            out[f"results_view(last=50) {n:,} runs"] = timed(lambda ledger=ledger: results_view(ledger, last=50)) * 1000
             ledger.close()
             out[f"labfleet status --json {n:,} runs"] = command(["status", "--json", "-C", str(folder)]) * 1000
             out[f"labfleet results --json {n:,} runs"] = command(["results", "--json", "-C", str(folder)], 3) * 1000

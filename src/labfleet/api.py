@@ -148,7 +148,7 @@ def simulate(
     model_choice: Any = dict(noise_sd=noise, crash_rate=crash_rate, hang_rate=hang_rate, setup_seconds=setup_seconds)
     if surrogate == "measured":
         model_choice = "measured"
-    limits = {k: v for k, v in dict(until=until, patience=patience, max_usd=max_usd).items() if v is not None}
+    limits: dict[str, Any] = {k: v for k, v in dict(until=until, patience=patience, max_usd=max_usd).items() if v is not None}
     try:
         with clone_target(target.resolve() if target else None, keep=save) as folder:
             return run_simulation(

@@ -440,11 +440,14 @@ def _layout(text: str, file: str) -> tuple[list[str], dict[str, tuple[int, str, 
     used: dict[int, int] = {}
     tree = _parse(text, file)
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
-            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None)
-        if not isinstance(target, ast.Name) or target.id in spots or node.value is None:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, v = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, v = node.target, node.value
+        else:
             continue
-        v = node.value
+        if not isinstance(target, ast.Name) or target.id in spots:
+            continue
         if v.end_lineno != v.lineno or v.end_col_offset is None:
             continue
         line = lines[v.lineno - 1]

@@ -151,7 +151,7 @@ def best_view(ledger: Ledger, repo: Path, session_id: int | None = None) -> dict
         "description": best.description,
         "metric": best.metric,
         "baseline_metric": baseline.metric,
-        "improvement": None if best.metric is None else round(best.metric - baseline.metric, 6),
+        "improvement": None if best.metric is None or baseline.metric is None else round(best.metric - baseline.metric, 6),
         "commit": best.commit,
         "branch": session.branch,
         "keeps": len(rows) - 1,

@@ -176,4 +176,4 @@ class SessionConfig:
     def with_options(self, options: Mapping[str, Any], researcher_options: Mapping[str, Any] | None = None) -> SessionConfig:
         """These settings with ``options`` (flat names) over them; researcher options merge key by key."""
         merged = {**self.researcher_options, **(researcher_options or {})}
-        return dataclasses.replace(self, **options, researcher_options=merged)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **options, researcher_options=merged)  # type: ignore[arg-type, call-arg]

@@ -98,6 +98,7 @@ def open_session(
         latest = ledger.session()
         resuming = not new and latest is not None and latest["status"] != "finished"
         if resuming:
+            assert latest is not None
             settings = SessionConfig.from_json(json.loads(latest["config"]))
         elif resume:
             raise LabfleetError("no unfinished session to resume (start one with `labfleet run`)")
@@ -112,6 +113,7 @@ def open_session(
             raise LabfleetError(f"--device {settings.device!r}: use cpu, cuda or mps")
         # changed frozen files refuse before anything runs (a new session checks in start_session)
         if resuming:
+            assert latest is not None
             frozen.check(target, json.loads(latest["frozen_hashes"]), latest["id"])
         if on_warning is not None:
             from labfleet import sandbox
@@ -130,6 +132,7 @@ def open_session(
 
             executor = make_executor(settings.fleet_settings, root)
         if resuming:
+            assert latest is not None
             session_id = int(latest["id"])
             ledger.set_session_config(session_id, settings.to_json())
         else:
