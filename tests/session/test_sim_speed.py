@@ -21,7 +21,7 @@ from labfleet.session import SessionLoop
 from labfleet.simulate import clone_target, simulate
 from labfleet.target import _render_ast, knob_patch, load_target, read_constant, render_knobs, unified_diff
 
-TINYGPT = Path(__file__).resolve().parents[1] / "src" / "labfleet" / "targets" / "tinygpt"
+TINYGPT = Path(__file__).resolve().parents[2] / "src" / "labfleet" / "targets" / "tinygpt"
 
 
 def _changed_lines(patch: str) -> list[str]:
@@ -159,8 +159,8 @@ def test_two_knobs_on_one_line_and_values_over_lines_take_the_general_path():
 def test_the_loops_history_follows_writes_from_other_connections(tmp_path):
     """`labfleet promote` or a daemon's agent write through their own connection: the loop reads again."""
     from tests.conftest import make_target
-    from tests.test_simulated import KNOBS_TOML, TRAIN
-    from tests.test_simulated import simulate as simulate_session
+    from tests.executors.test_simulated import KNOBS_TOML, TRAIN
+    from tests.executors.test_simulated import simulate as simulate_session
 
     folder = make_target(tmp_path / "lab", TRAIN, signed=False, budget=300, timeout=600, extra_toml=KNOBS_TOML)
     ledger, loop, _ = simulate_session(folder, experiments=6)
