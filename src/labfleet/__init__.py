@@ -10,6 +10,7 @@ LLM SDKs, pydantic) are never imported here.
 from labfleet.enums import Decision, Direction, Outcome, Role, RunStatus, SessionStatus, VerdictOutcome
 from labfleet.errors import (
     AgentError,
+    BrowserError,
     ConfigError,
     ExecutorError,
     FrozenChanged,
@@ -18,6 +19,7 @@ from labfleet.errors import (
     IdeaError,
     LabfleetError,
     LedgerError,
+    LedgerReadOnly,
     LLMError,
     NoLedger,
     PatchError,
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentError",
+    "BrowserError",
     "ConfigError",
     "Decision",
     "Direction",
@@ -42,6 +45,7 @@ __all__ = [
     "LLMError",
     "LabfleetError",
     "LedgerError",
+    "LedgerReadOnly",
     "NoLedger",
     "Outcome",
     "PatchError",

@@ -14,7 +14,8 @@
      ├── ExecutorError       an executor cannot be made or reached (bad fleet, SDK missing)
      ├── LLMError            a model call failed or answered without the tool
      ├── IdeaError           an idea or a wave of ideas cannot be built (also a ValueError)
-     └── NoLedger            no ledger file or no session yet (the dashboard waits)
+     ├── NoLedger            no ledger file or no session yet (the dashboard waits)
+     └── BrowserError        headless Chromium did not start or the page did not answer in time
 
 Outcomes of experiments (crashed, timeout, nan, ...) are not exceptions: they are
 recorded results. Exceptions are for the caller's mistakes. A module may keep a
@@ -86,3 +87,7 @@ class IdeaError(LabfleetError, ValueError):
 
 class NoLedger(LabfleetError):
     """No ledger file or no session yet: the page says it is waiting."""
+
+
+class BrowserError(LabfleetError):
+    """Chromium did not start, or the page did not do what was asked in time (the report's PNGs)."""

@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from labfleet.errors import LabfleetError
+from labfleet.errors import BrowserError
 
 CHROMIUM_ENV = "LABFLEET_CHROMIUM"
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH = 1080  # px: under the page's 1100 px break, every panel takes the full width
 HEIGHT = 900
-
-
-class BrowserError(LabfleetError):
-    """Chromium did not start, or the page did not do what was asked in time."""
 
 
 def _check(ok: Any, message: str | bytes) -> None:
