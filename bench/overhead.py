@@ -11,7 +11,9 @@
    synthetic runs (16 priced workers, 1,000 model-call events), and the view functions
    alone. Goal: status --json on 100k runs <= 200 ms.
 
-Every figure is measured for an earlier commit (``--before REF``, default 2fb60fb, the
+Whole commands run with their bytecode cached (as after ``pip install``; this machine's shell
+sets PYTHONDONTWRITEBYTECODE, under which every start recompiles labfleet's sources: about
+100 ms of the earlier figures). Every figure is measured for an earlier commit (``--before REF``, default 2fb60fb, the
 commit before the ledger/ package; its ``src`` from ``git archive``, on ``PYTHONPATH``,
 with its own freshly built ledgers) and for this tree, in alternating rounds, and
 printed side by side (medians over the rounds). ``--before none``: this tree only.
@@ -80,13 +82,18 @@ class TimedExecutor(LocalExecutor):
         return handle
 
 
-def dispatch_latency(experiments: int, workers: int = 2) -> list[float]:
+def dispatch_latency(experiments: int, workers: int = 2, earlier_runs: int = 0) -> list[float]:
+    """Free-worker -> started latencies of a new session; ``earlier_runs``: the ledger already holds
+    a session of that many runs (what a long-lived target's ledger looks like)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "noop"
         folder.mkdir()
         (folder / "labfleet.toml").write_text(NOOP_TOML)
         (folder / "train.py").write_text(NOOP_TRAIN)
         workspace.init_repo(folder, "noop target")
+        if earlier_runs:
+            (folder / ".labfleet").mkdir()
+            fill_ledger(folder / ".labfleet" / "ledger.sqlite", earlier_runs)
         target = load_target(folder)
         config = SessionConfig(researcher="random", workers=workers, max_experiments=experiments)
         executor = TimedExecutor(workers)
@@ -144,17 +151,21 @@ def make_folder(root: Path, runs: int) -> Path:
 
 
 def command(argv: list[str], repeat: int = 5) -> float:
+    """A whole command, bytecode cached as after `pip install` (one warm-up run writes it)."""
     cmd = [sys.executable, "-m", "labfleet", *argv]
-    return timed(lambda: subprocess.run(cmd, capture_output=True, check=True), repeat=repeat)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run(cmd, capture_output=True, check=True, env=env)
+    return timed(lambda: subprocess.run(cmd, capture_output=True, check=True, env=env), repeat=repeat)
 
 
 def measure(experiments: int, runs: int) -> dict[str, float]:
     """Every figure, in ms, for the labfleet this process imports."""
     out: dict[str, float] = {}
-    lat = sorted(dispatch_latency(experiments))
-    out["dispatch p50"] = statistics.median(lat) * 1000
-    out["dispatch p95"] = lat[int(0.95 * (len(lat) - 1))] * 1000
-    out["dispatch max"] = lat[-1] * 1000
+    for earlier, label in ((0, ""), (runs, f" ({runs:,}-run ledger)")):
+        lat = sorted(dispatch_latency(experiments, earlier_runs=earlier))
+        out[f"dispatch p50{label}"] = statistics.median(lat) * 1000
+        out[f"dispatch p95{label}"] = lat[int(0.95 * (len(lat) - 1))] * 1000
+        out[f"dispatch max{label}"] = lat[-1] * 1000
     out["labfleet --help"] = command(["--help"]) * 1000
     with tempfile.TemporaryDirectory() as tmp:
         for n in (100, runs):
@@ -168,8 +179,8 @@ def measure(experiments: int, runs: int) -> dict[str, float]:
     return out
 
 
-def child(src: Path, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(src)}
+def child(src: Path, args: argparse.Namespace, extra_path: str = "") -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (extra_path, str(src)) if p)}
     proc = subprocess.run([sys.executable, __file__, "--measure", "--experiments", str(args.experiments),
                            "--runs", str(args.runs)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -183,6 +194,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--before", default="2fb60fb", help="the commit to compare with ('none': this tree only)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per tree (with --before)")
+    parser.add_argument("--before-path", default="",
+                        help="folders put first on the before tree's PYTHONPATH: its own pinned packages, e.g."
+                             " `pip install --no-deps --target /tmp/typer029 typer==0.29.2`")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # the child's mode: JSON out
     args = parser.parse_args()
     if args.measure:
@@ -201,7 +215,7 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for _ in range(args.rounds):
             for name, src in trees.items():
-                results[name].append(child(src, args))
+                results[name].append(child(src, args, args.before_path if name != "this tree" else ""))
     medians = {name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} for name, rounds in results.items()}
     names = list(trees)
     print(f"labfleet overhead, ms (median of {len(results[names[0]])} round(s); whole commands are new processes;"

@@ -55,7 +55,7 @@ __all__ = [
 
 
 def state_dir(target: Path) -> Path:
-    from labfleet.target import STATE_DIR
+    from labfleet.ledger import STATE_DIR
 
     return Path(target).resolve() / STATE_DIR
 

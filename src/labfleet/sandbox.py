@@ -65,7 +65,7 @@ class Support:
     """Whether runs on this machine are boxed, and how (or why not)."""
 
     boxed: bool
-    detail: str  # "bubblewrap 0.8.0" or the reason it is not available
+    detail: str  # "bubblewrap (/usr/bin/bwrap)" or the reason it is not available
 
     @property
     def warning(self) -> str:
@@ -125,8 +125,19 @@ def support() -> Support:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         why = lines[-1] if lines else f"exit {proc.returncode}"
         return Support(False, f"bwrap cannot build a box here ({why}): user namespaces may be disabled")
-    version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
-    return Support(True, version or "bubblewrap")
+    return Support(True, f"bubblewrap ({bwrap})")  # one process: `status` probes too; doctor adds the version
+
+
+@functools.cache
+def version() -> str:
+    """bwrap's own version line ("bubblewrap 0.8.0"), or "" without one."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return ""
+    try:
+        return subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 def required() -> bool:
@@ -176,7 +187,7 @@ def protections() -> list[tuple[str, bool, str]]:
     has = {tool: shutil.which(tool) is not None for tool in ("taskset", "prlimit")}
     why = s.detail
     rows = [
-        ("box (bubblewrap)", s.boxed, s.detail),
+        ("box (bubblewrap)", s.boxed, (version() or s.detail) if s.boxed else s.detail),
         ("own PID namespace: no process outlives its run", s.boxed, "the box's init is killed with the run" if s.boxed else why),
         ("read-only target, .git, venv, setup cache; ledger hidden", s.boxed,
          "only the run directory is writable" if s.boxed else why),

@@ -30,9 +30,9 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from labfleet.errors import ConfigError
+from labfleet.ledger.store import STATE_DIR  # noqa: F401  (re-exported: labfleet.target.STATE_DIR)
 
 CONFIG_FILE = "labfleet.toml"
-STATE_DIR = ".labfleet"  # per-target ledger, runs and logs; git-excluded
 KnobValue = int | float | str | bool
 
 _KNOB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

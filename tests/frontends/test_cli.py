@@ -26,6 +26,44 @@ def test_help_is_light():
         assert command in help_text
 
 
+def test_each_command_is_dispatched_by_an_app_of_that_command_alone():
+    """``main`` builds only the command it runs; its help and its errors are the whole app's."""
+    from typer.testing import CliRunner
+
+    from labfleet.cli.app import _name, _narrowed, app
+
+    names = [_name(c) for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert len(names) > 20 and "status" in names and "target" in names
+    runner = CliRunner()
+    for name in names:
+        narrow = _narrowed([name, "--help"])
+        assert narrow is not app
+        assert [_name(c) for c in narrow.registered_commands] + [g.name for g in narrow.registered_groups] == [name]
+        whole, alone = runner.invoke(app, [name, "--help"]), runner.invoke(narrow, [name, "--help"])
+        assert (alone.exit_code, alone.output) == (whole.exit_code, whole.output), name
+    bad = runner.invoke(_narrowed(["status", "--bogus"]), ["status", "--bogus"])
+    assert bad.exit_code == 2 and "No such option" in bad.output
+    for argv in ([], ["--help"], ["statuz"]):
+        assert _narrowed(argv) is app  # the whole app: every command listed, "did you mean" for a typo
+
+
+def test_status_json_start_up_imports_no_pydantic_or_target(tmp_path):
+    """The read commands stay fast on big ledgers: no config model (pydantic) on the way."""
+    state = tmp_path / ".labfleet"
+    from labfleet.ledger import Ledger
+
+    with Ledger.for_target(state) as ledger:
+        ledger.create_session("t", "random", {"workers": 1}, "labfleet/1", "0" * 40, {})
+    code = ("import sys, io, contextlib; sys.argv = ['labfleet', 'status', '--json', '-C', sys.argv[1]]\n"
+            "from labfleet.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main()\n"
+            "    except SystemExit: pass\n"
+            "print(sorted({'pydantic', 'labfleet.target', 'labfleet.session', 'rich.console'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
 def test_wrong_flag_exits_non_zero():
     proc = run_cli("baseline", "--sead", "1")
     assert proc.returncode == 2

@@ -26,10 +26,10 @@ from labfleet.ledger.rows import (
     run_record,
 )
 from labfleet.ledger.schema import ACTIVE, MIGRATIONS, SCHEMA, VERSION
-from labfleet.ledger.store import LEDGER_FILE, Ledger, open  # noqa: A004
+from labfleet.ledger.store import LEDGER_FILE, STATE_DIR, Ledger, open  # noqa: A004
 
 __all__ = [
-    "ACTIVE", "LEDGER_FILE", "LOCK_FILE", "MIGRATIONS", "SCHEMA", "VERSION", "Ledger", "LedgerError",
+    "ACTIVE", "LEDGER_FILE", "LOCK_FILE", "MIGRATIONS", "SCHEMA", "STATE_DIR", "VERSION", "Ledger", "LedgerError",
     "LedgerReadOnly", "LlmUsage", "ResultRow", "RunRow", "RunningRun", "SessionLock", "SessionLocked",
     "SessionRow", "Snapshot", "StatusSummary", "WorkerCost", "WorkerRow", "experiment_record", "lock_holder",
     "open", "run_record",

@@ -28,6 +28,7 @@ from labfleet.ledger.rows import (
     frozen_map,
     run_record,
 )
+from labfleet.ledger.schema import TALLIED
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 
 BUSY_SQL = """
@@ -35,7 +36,7 @@ SELECT r.worker AS worker, w.hardware AS hardware, w.price_per_hour AS price,
        SUM(MAX(0, COALESCE(r.ended_at, :now) - r.started_at)) AS busy
 FROM runs r JOIN workers w ON w.session_id = r.session_id AND w.id = r.worker
 WHERE r.session_id = :sid AND r.started_at IS NOT NULL
-GROUP BY r.worker
+GROUP BY r.worker ORDER BY r.worker
 """
 # The experiment's latest run joined to it, the ``last`` newest experiments (-1: all).
 RESULTS_SQL = """SELECT * FROM (
@@ -134,7 +135,23 @@ class Queries:
         ).fetchone()
         return int(row["n"])
 
+    def _tallied(self) -> bool:
+        """Whether the file keeps the trigger tallies (schema.TALLIED); read once per connection."""
+        tallied = getattr(self, "_has_tallies", None)
+        if tallied is None:
+            tallied = self._has_tallies = self.db.execute("PRAGMA user_version").fetchone()[0] >= TALLIED
+        return tallied
+
     def decision_counts(self, session_id: int) -> dict[str, int]:
+        if not self._tallied():
+            return self.decision_counts_scan(session_id)
+        rows = self.db.execute(
+            "SELECT decision, n FROM decision_tally WHERE session_id = ? AND n > 0 ORDER BY decision", (session_id,)
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def decision_counts_scan(self, session_id: int) -> dict[str, int]:
+        """``decision_counts`` counted from every experiment (the reference the tally is checked against)."""
         rows = self.db.execute(
             "SELECT decision, COUNT(*) AS n FROM experiments WHERE session_id = ? GROUP BY decision", (session_id,)
         )
@@ -227,6 +244,15 @@ class Queries:
         return [r["id"] for r in rows]
 
     def status_counts(self, session_id: int) -> dict[str, int]:
+        if not self._tallied():
+            return self.status_counts_scan(session_id)
+        rows = self.db.execute(
+            "SELECT status, n FROM run_tally WHERE session_id = ? AND n > 0 ORDER BY status", (session_id,)
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def status_counts_scan(self, session_id: int) -> dict[str, int]:
+        """``status_counts`` counted from every run (the reference)."""
         rows = self.db.execute(
             "SELECT status, COUNT(*) AS n FROM runs WHERE session_id = ? GROUP BY status", (session_id,)
         )
@@ -269,13 +295,23 @@ class Queries:
 
     def repeated_done_runs(self, session_id: int) -> list[Run]:
         """Done runs of every (experiment, class) done more than once: what the noise floor is measured on."""
+        if not self._tallied():
+            return self.repeated_done_runs_scan(session_id)
+        rows = self.db.execute(
+            "SELECT r.* FROM done_tally t JOIN runs r ON r.experiment_id = t.experiment_id AND r.hardware = t.hardware"
+            " WHERE t.session_id = ? AND t.n > 1 AND r.status = 'done' ORDER BY r.id", (session_id,),
+        )
+        return [run_record(r) for r in rows]
+
+    def repeated_done_runs_scan(self, session_id: int) -> list[Run]:
+        """``repeated_done_runs`` found by grouping every done run (the reference)."""
         rows = self.db.execute(
             "SELECT * FROM runs WHERE session_id = ? AND status = 'done' AND (experiment_id, hardware) IN"
             " (SELECT experiment_id, hardware FROM runs WHERE session_id = ? AND status = 'done'"
             "  GROUP BY experiment_id, hardware HAVING COUNT(*) > 1)",
             (session_id, session_id),
         )
-        return [run_record(r) for r in rows]
+        return sorted((run_record(r) for r in rows), key=lambda r: r.id)
 
     def done_counts(self, session_id: int) -> dict[tuple[int, str | None], int]:
         """(experiment id, class) -> done runs: the n behind each mean."""
@@ -353,7 +389,22 @@ class Queries:
     # ----------------------------------------------------------------- cost, events, model calls
 
     def worker_costs(self, session_id: int, now: float) -> list[WorkerCost]:
-        """Each worker's price and busy time (running runs counted up to ``now``)."""
+        """Each worker's price and busy time (running runs counted up to ``now``), by worker."""
+        if not self._tallied():
+            return self.worker_costs_scan(session_id, now)
+        live = dict(self.db.execute(
+            "SELECT worker, SUM(MAX(0, ? - started_at)) FROM runs INDEXED BY runs_session_open WHERE session_id = ?"
+            " AND started_at IS NOT NULL AND ended_at IS NULL GROUP BY worker", (now, session_id),
+        ).fetchall())
+        rows = self.db.execute(
+            "SELECT t.worker, w.hardware, w.price_per_hour, t.busy FROM worker_tally t"
+            " JOIN workers w ON w.session_id = t.session_id AND w.id = t.worker"
+            " WHERE t.session_id = ? AND t.started > 0 ORDER BY t.worker", (session_id,),
+        )
+        return [WorkerCost(r[0], r[1], r[2], max(0.0, r[3]) + (live.get(r[0]) or 0.0)) for r in rows]
+
+    def worker_costs_scan(self, session_id: int, now: float) -> list[WorkerCost]:
+        """``worker_costs`` summed over every run (the reference)."""
         rows = self.db.execute(BUSY_SQL, {"now": now, "sid": session_id})
         return [WorkerCost(r["worker"], r["hardware"], r["price"], r["busy"] or 0.0) for r in rows]
 

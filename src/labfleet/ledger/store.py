@@ -27,6 +27,7 @@ from labfleet.ledger.queries import Queries
 from labfleet.ledger.schema import ACTIVE, prepare
 from labfleet.records import Decision, RunStatus
 
+STATE_DIR = ".labfleet"  # a target's ledger, runs and logs (git-excluded); here so a read needs no target.py
 LEDGER_FILE = "ledger.sqlite"
 F = TypeVar("F", bound=Callable[..., Any])
 
