@@ -146,7 +146,9 @@ class Queries:
         if not self._tallied():
             return self.decision_counts_scan(session_id)
         rows = self.db.execute(
-            "SELECT decision, n FROM decision_tally WHERE session_id = ? AND n > 0 ORDER BY decision", (session_id,)
+            "SELECT decision, n FROM decision_tally WHERE session_id = ? AND n > 0 UNION ALL"
+            " SELECT decision, COUNT(*) FROM experiments WHERE session_id = ? AND decision = 'pending'"
+            " GROUP BY decision ORDER BY 1", (session_id, session_id),
         )
         return {r[0]: r[1] for r in rows}
 
@@ -247,7 +249,9 @@ class Queries:
         if not self._tallied():
             return self.status_counts_scan(session_id)
         rows = self.db.execute(
-            "SELECT status, n FROM run_tally WHERE session_id = ? AND n > 0 ORDER BY status", (session_id,)
+            "SELECT status, n FROM run_tally WHERE session_id = ? AND n > 0 UNION ALL"
+            " SELECT status, COUNT(*) FROM runs WHERE session_id = ? AND status IN ('queued', 'running')"
+            " GROUP BY status ORDER BY 1", (session_id, session_id),
         )
         return {r[0]: r[1] for r in rows}
 
@@ -392,16 +396,15 @@ class Queries:
         """Each worker's price and busy time (running runs counted up to ``now``), by worker."""
         if not self._tallied():
             return self.worker_costs_scan(session_id, now)
-        live = dict(self.db.execute(
-            "SELECT worker, SUM(MAX(0, ? - started_at)) FROM runs INDEXED BY runs_session_open WHERE session_id = ?"
-            " AND started_at IS NOT NULL AND ended_at IS NULL GROUP BY worker", (now, session_id),
-        ).fetchall())
-        rows = self.db.execute(
-            "SELECT t.worker, w.hardware, w.price_per_hour, t.busy FROM worker_tally t"
-            " JOIN workers w ON w.session_id = t.session_id AND w.id = t.worker"
-            " WHERE t.session_id = ? AND t.started > 0 ORDER BY t.worker", (session_id,),
+        rows = self.db.execute(  # ended runs from the tally, running ones (few: a partial index) up to now
+            "SELECT b.worker, w.hardware, w.price_per_hour, SUM(b.busy) FROM ("
+            "  SELECT worker, MAX(0.0, busy) AS busy FROM worker_tally WHERE session_id = :sid AND n > 0 UNION ALL"
+            "  SELECT worker, MAX(0, :now - started_at) FROM runs INDEXED BY runs_session_open"
+            "  WHERE session_id = :sid AND started_at IS NOT NULL AND ended_at IS NULL AND worker IS NOT NULL) b"
+            " JOIN workers w ON w.session_id = :sid AND w.id = b.worker GROUP BY b.worker ORDER BY b.worker",
+            {"sid": session_id, "now": now},
         )
-        return [WorkerCost(r[0], r[1], r[2], max(0.0, r[3]) + (live.get(r[0]) or 0.0)) for r in rows]
+        return [WorkerCost(r[0], r[1], r[2], r[3] or 0.0) for r in rows]
 
     def worker_costs_scan(self, session_id: int, now: float) -> list[WorkerCost]:
         """``worker_costs`` summed over every run (the reference)."""

@@ -114,73 +114,84 @@ CREATE INDEX IF NOT EXISTS events_session_kind ON events(session_id, kind);
 """
 
 # Tallies kept by triggers, so `labfleet status` and the cost checks read a handful of rows
-# instead of every run (100k runs: a status as one command under 200 ms). The scans they
-# replace stay in ``queries`` as the reference (``*_scan``): a ledger opened read-only before
-# its file was upgraded uses them, and the ledger contract checks the two agree.
-_CHANGED = ("OLD.worker IS NOT NEW.worker OR OLD.started_at IS NOT NEW.started_at"
-            " OR OLD.ended_at IS NOT NEW.ended_at")
-_BUSY = "MAX(0, COALESCE({r}.ended_at - {r}.started_at, 0))"  # an ended run's busy seconds; 0 until it ends
-_DONE_MOVED = ("OLD.status IS NOT NEW.status OR OLD.hardware IS NOT NEW.hardware"
-               " OR OLD.experiment_id IS NOT NEW.experiment_id")
+# instead of every run (100k runs: a status as one command under 200 ms). Only what has
+# left the queue is tallied (final runs, decided experiments, ended runs' busy time, done
+# repeats): each run's life costs three primary-key upserts and its experiment's decision
+# one; queued, running and pending rows are few and counted from their indexes. The scans
+# they replace stay in ``queries`` as the reference (``*_scan``): a ledger opened read-only
+# before its file was upgraded uses them, and tests/ledger/test_tallies.py checks both agree.
+_ACTIVE_SQL = "('queued', 'running')"
+_ENDED = "{r}.worker IS NOT NULL AND {r}.started_at IS NOT NULL AND {r}.ended_at IS NOT NULL"
+_BUSY = "MAX(0, {r}.ended_at - {r}.started_at)"  # an ended run's busy seconds
 TALLIES = (
     "CREATE TABLE IF NOT EXISTS run_tally (session_id INTEGER NOT NULL, status TEXT NOT NULL,"
-    " n INTEGER NOT NULL, PRIMARY KEY (session_id, status)) WITHOUT ROWID",
+    " n INTEGER NOT NULL, PRIMARY KEY (session_id, status)) WITHOUT ROWID",  # final statuses
     "CREATE TABLE IF NOT EXISTS decision_tally (session_id INTEGER NOT NULL, decision TEXT NOT NULL,"
-    " n INTEGER NOT NULL, PRIMARY KEY (session_id, decision)) WITHOUT ROWID",
-    # per worker: runs started on it, and the busy seconds of those that ended
+    " n INTEGER NOT NULL, PRIMARY KEY (session_id, decision)) WITHOUT ROWID",  # every decision but pending
+    # per worker: its ended runs and their busy seconds (running ones are added live)
     "CREATE TABLE IF NOT EXISTS worker_tally (session_id INTEGER NOT NULL, worker TEXT NOT NULL,"
-    " started INTEGER NOT NULL, busy REAL NOT NULL, PRIMARY KEY (session_id, worker)) WITHOUT ROWID",
+    " n INTEGER NOT NULL, busy REAL NOT NULL, PRIMARY KEY (session_id, worker)) WITHOUT ROWID",
     # done runs per (experiment, class): where n > 1 is what the noise floor is measured on
     "CREATE TABLE IF NOT EXISTS done_tally (session_id INTEGER NOT NULL, experiment_id INTEGER NOT NULL,"
     " hardware TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (experiment_id, hardware)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS done_tally_repeated ON done_tally(session_id) WHERE n > 1",
     "CREATE INDEX IF NOT EXISTS runs_session_open ON runs(session_id, worker)"
     " WHERE started_at IS NOT NULL AND ended_at IS NULL",
-    f"""CREATE TRIGGER IF NOT EXISTS runs_tally_insert AFTER INSERT ON runs BEGIN
+    # a row counts once it is final; final statuses never change, but if one did it would move
+    f"""CREATE TRIGGER IF NOT EXISTS runs_tally_insert AFTER INSERT ON runs
+  WHEN NEW.status NOT IN {_ACTIVE_SQL} BEGIN
   INSERT INTO run_tally VALUES (NEW.session_id, NEW.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+  INSERT INTO done_tally SELECT NEW.session_id, NEW.experiment_id, NEW.hardware, 1
+    WHERE NEW.status = 'done' AND NEW.hardware IS NOT NULL ON CONFLICT DO UPDATE SET n = n + 1;
   INSERT INTO worker_tally SELECT NEW.session_id, NEW.worker, 1, {_BUSY.format(r="NEW")}
-    WHERE NEW.worker IS NOT NULL AND NEW.started_at IS NOT NULL
-    ON CONFLICT DO UPDATE SET started = started + 1, busy = busy + excluded.busy;
+    WHERE {_ENDED.format(r="NEW")} ON CONFLICT DO UPDATE SET n = n + 1, busy = busy + excluded.busy;
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS runs_tally_final AFTER UPDATE OF status ON runs
+  WHEN OLD.status IS NOT NEW.status AND (OLD.status NOT IN {_ACTIVE_SQL} OR NEW.status NOT IN {_ACTIVE_SQL}) BEGIN
+  UPDATE run_tally SET n = n - 1
+    WHERE OLD.status NOT IN {_ACTIVE_SQL} AND session_id = OLD.session_id AND status = OLD.status;
+  INSERT INTO run_tally SELECT NEW.session_id, NEW.status, 1
+    WHERE NEW.status NOT IN {_ACTIVE_SQL} ON CONFLICT DO UPDATE SET n = n + 1;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS runs_tally_done AFTER UPDATE OF status, hardware, experiment_id ON runs
+  WHEN (OLD.status = 'done' OR NEW.status = 'done') AND (OLD.status IS NOT NEW.status
+    OR OLD.hardware IS NOT NEW.hardware OR OLD.experiment_id IS NOT NEW.experiment_id) BEGIN
+  UPDATE done_tally SET n = n - 1
+    WHERE OLD.status = 'done' AND experiment_id = OLD.experiment_id AND hardware = OLD.hardware;
   INSERT INTO done_tally SELECT NEW.session_id, NEW.experiment_id, NEW.hardware, 1
     WHERE NEW.status = 'done' AND NEW.hardware IS NOT NULL ON CONFLICT DO UPDATE SET n = n + 1;
 END""",
-    f"""CREATE TRIGGER IF NOT EXISTS runs_tally_update AFTER UPDATE ON runs BEGIN
-  UPDATE run_tally SET n = n - 1
-    WHERE OLD.status IS NOT NEW.status AND session_id = OLD.session_id AND status = OLD.status;
-  INSERT INTO run_tally SELECT NEW.session_id, NEW.status, 1
-    WHERE OLD.status IS NOT NEW.status ON CONFLICT DO UPDATE SET n = n + 1;
-  UPDATE worker_tally SET started = started - 1, busy = busy - {_BUSY.format(r="OLD")}
-    WHERE OLD.worker IS NOT NULL AND OLD.started_at IS NOT NULL AND ({_CHANGED})
-      AND session_id = OLD.session_id AND worker = OLD.worker;
+    f"""CREATE TRIGGER IF NOT EXISTS runs_tally_ended AFTER UPDATE OF worker, started_at, ended_at ON runs
+  WHEN ({_ENDED.format(r="OLD")}) OR ({_ENDED.format(r="NEW")}) BEGIN
+  UPDATE worker_tally SET n = n - 1, busy = busy - {_BUSY.format(r="OLD")}
+    WHERE {_ENDED.format(r="OLD")} AND session_id = OLD.session_id AND worker = OLD.worker;
   INSERT INTO worker_tally SELECT NEW.session_id, NEW.worker, 1, {_BUSY.format(r="NEW")}
-    WHERE NEW.worker IS NOT NULL AND NEW.started_at IS NOT NULL AND ({_CHANGED})
-    ON CONFLICT DO UPDATE SET started = started + 1, busy = busy + excluded.busy;
-  UPDATE done_tally SET n = n - 1
-    WHERE OLD.status = 'done' AND OLD.hardware IS NOT NULL AND ({_DONE_MOVED})
-      AND experiment_id = OLD.experiment_id AND hardware = OLD.hardware;
-  INSERT INTO done_tally SELECT NEW.session_id, NEW.experiment_id, NEW.hardware, 1
-    WHERE NEW.status = 'done' AND NEW.hardware IS NOT NULL AND ({_DONE_MOVED})
-    ON CONFLICT DO UPDATE SET n = n + 1;
+    WHERE {_ENDED.format(r="NEW")} ON CONFLICT DO UPDATE SET n = n + 1, busy = busy + excluded.busy;
 END""",
-    """CREATE TRIGGER IF NOT EXISTS experiments_tally_insert AFTER INSERT ON experiments BEGIN
+    """CREATE TRIGGER IF NOT EXISTS experiments_tally_insert AFTER INSERT ON experiments
+  WHEN NEW.decision IS NOT 'pending' BEGIN
   INSERT INTO decision_tally VALUES (NEW.session_id, NEW.decision, 1) ON CONFLICT DO UPDATE SET n = n + 1;
 END""",
     """CREATE TRIGGER IF NOT EXISTS experiments_tally_update AFTER UPDATE OF decision ON experiments
   WHEN OLD.decision IS NOT NEW.decision BEGIN
-  UPDATE decision_tally SET n = n - 1 WHERE session_id = OLD.session_id AND decision = OLD.decision;
-  INSERT INTO decision_tally VALUES (NEW.session_id, NEW.decision, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+  UPDATE decision_tally SET n = n - 1 WHERE OLD.decision IS NOT 'pending'
+    AND session_id = OLD.session_id AND decision = OLD.decision;
+  INSERT INTO decision_tally SELECT NEW.session_id, NEW.decision, 1
+    WHERE NEW.decision IS NOT 'pending' ON CONFLICT DO UPDATE SET n = n + 1;
 END""",
 )
 # Rebuilt from the rows whenever the tallies are (re)created: idempotent, so two processes
 # upgrading one file at once cannot count twice.
 TALLY_REBUILD = (
     "DELETE FROM run_tally",
-    "INSERT INTO run_tally SELECT session_id, status, COUNT(*) FROM runs GROUP BY session_id, status",
+    "INSERT INTO run_tally SELECT session_id, status, COUNT(*) FROM runs"
+    f" WHERE status NOT IN {_ACTIVE_SQL} GROUP BY session_id, status",
     "DELETE FROM decision_tally",
-    "INSERT INTO decision_tally SELECT session_id, decision, COUNT(*) FROM experiments GROUP BY session_id, decision",
+    "INSERT INTO decision_tally SELECT session_id, decision, COUNT(*) FROM experiments"
+    " WHERE decision IS NOT 'pending' GROUP BY session_id, decision",
     "DELETE FROM worker_tally",
     f"INSERT INTO worker_tally SELECT session_id, worker, COUNT(*), SUM({_BUSY.format(r='runs')}) FROM runs"
-    " WHERE worker IS NOT NULL AND started_at IS NOT NULL GROUP BY session_id, worker",
+    f" WHERE {_ENDED.format(r='runs')} GROUP BY session_id, worker",
     "DELETE FROM done_tally",
     "INSERT INTO done_tally SELECT MIN(session_id), experiment_id, hardware, COUNT(*) FROM runs"
     " WHERE status = 'done' AND hardware IS NOT NULL GROUP BY experiment_id, hardware",
