@@ -145,10 +145,15 @@ class Queries:
     def decision_counts(self, session_id: int) -> dict[str, int]:
         if not self._tallied():
             return self.decision_counts_scan(session_id)
+        return self._tally_counts("decision", "decision_tally", "experiments", "decision = 'pending'", session_id)
+
+    def _tally_counts(self, column: str, tally: str, table: str, unsettled: str, session_id: int) -> dict[str, int]:
+        """Counts by ``column``: the settled ones from the trigger ``tally``, the ``unsettled`` few
+        (queued/running runs, pending experiments) counted from ``table``'s index."""
         rows = self.db.execute(
-            "SELECT decision, n FROM decision_tally WHERE session_id = ? AND n > 0 UNION ALL"
-            " SELECT decision, COUNT(*) FROM experiments WHERE session_id = ? AND decision = 'pending'"
-            " GROUP BY decision ORDER BY 1", (session_id, session_id),
+            f"SELECT {column}, n FROM {tally} WHERE session_id = ? AND n > 0 UNION ALL"
+            f" SELECT {column}, COUNT(*) FROM {table} WHERE session_id = ? AND {unsettled}"
+            f" GROUP BY {column} ORDER BY 1", (session_id, session_id),
         )
         return {r[0]: r[1] for r in rows}
 
@@ -248,12 +253,7 @@ class Queries:
     def status_counts(self, session_id: int) -> dict[str, int]:
         if not self._tallied():
             return self.status_counts_scan(session_id)
-        rows = self.db.execute(
-            "SELECT status, n FROM run_tally WHERE session_id = ? AND n > 0 UNION ALL"
-            " SELECT status, COUNT(*) FROM runs WHERE session_id = ? AND status IN ('queued', 'running')"
-            " GROUP BY status ORDER BY 1", (session_id, session_id),
-        )
-        return {r[0]: r[1] for r in rows}
+        return self._tally_counts("status", "run_tally", "runs", "status IN ('queued', 'running')", session_id)
 
     def status_counts_scan(self, session_id: int) -> dict[str, int]:
         """``status_counts`` counted from every run (the reference)."""
