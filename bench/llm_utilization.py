@@ -44,12 +44,12 @@ def main() -> None:
 
     def model(request):  # type: ignore[no-untyped-def]
         time.sleep(args.latency)
-        edits = []
+        edits = []  # distinct code per idea (a comment alone is the parent's code: the novelty check rejects it)
         for _ in range(args.per_call):
             k = next(ideas)
             edits.append({"description": f"idea {k}", "hypothesis": "a note the code carries",
                           "edits": [{"file": "train.py", "search": "import torch\n",
-                                     "replace": f"import torch\n# idea {k}\n"}]})
+                                     "replace": f"import torch\nIDEA_{k} = {k}\n"}]})
         return Reply(edits)
 
     os.environ.setdefault("ANTHROPIC_API_KEY", "sk-bench-not-a-key")

@@ -6,9 +6,9 @@ and applies what it gets back (see ``base.py`` for the call order).
 
 - ``deciding``: keep, discard, fail, repeat (seed, role, class), validate, wait;
   the baseline; ranking of screened winners for the scarce validate class;
-  calibration plans.
+  calibration plans; baseline seeds to fill the fleet while the first call is in flight.
 - ``placing``: which queued run goes on which free worker.
-- ``stopping``: whether to stop proposing, and why.
+- ``stopping``: whether to stop proposing, and why; how many runs can still start before --hours.
 - ``proposing``: the researcher off the loop (a thread, or virtual latency on the
   simulator's clock), with timeouts, backoff and a pipeline sized from latency.
 """
@@ -40,12 +40,13 @@ from labfleet.scheduler.deciding import (
     lead_snapshot,
     plan_calibration,
     plan_champion_calibration,
+    plan_noise_fill,
     probability_better,
     rank_winners,
     still_leads,
 )
 from labfleet.scheduler.placing import place, role_allows
-from labfleet.scheduler.stopping import stop_reason
+from labfleet.scheduler.stopping import starts_left, stop_reason
 
 __all__ = [
     "Baseline",
@@ -71,9 +72,11 @@ __all__ = [
     "place",
     "plan_calibration",
     "plan_champion_calibration",
+    "plan_noise_fill",
     "probability_better",
     "rank_winners",
     "role_allows",
+    "starts_left",
     "still_leads",
     "stop_reason",
 ]

@@ -46,6 +46,7 @@ class Snapshot:
     margin: float = 0.0
     confirm_repeats: int = 1
     winding_down: bool = False  # proposing has stopped: decide what is pending, start nothing new
+    ended: bool = False  # --hours has passed: no run of any role starts any more (nothing is repeated)
 
     @property
     def minimize(self) -> bool:

@@ -162,6 +162,11 @@ def _done(runs: Iterable[Run]) -> list[Run]:
     return [r for r in runs if r.status == RunStatus.DONE and r.metric is not None]
 
 
+# a winner the session's end (--hours) left unconfirmed: never kept on one lucky seed
+ENDED_WITHIN_NOISE = "within the noise, and the session ended before another seed"
+ENDED_UNVALIDATED = "the session ended before it could be validated"
+
+
 def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[str, float]) -> object:
     """Keep | Discard | Fail | Repeat | Validate | Wait for a proposed experiment once its runs are final."""
     # a provisional lead's calibration run measures it for later screens: its decision does not wait for it
@@ -179,12 +184,16 @@ def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[
     last = done[-1]
     if not validated and verdict.outcome != VerdictOutcome.WORSE:
         if snap.tiers is not None:
-            return Validate(verdict, last)
+            return Validate(verdict, last)  # after the end, rank_winners decides it
         if verdict.outcome == VerdictOutcome.UNSURE and len(metrics) <= snap.confirm_repeats:
+            if snap.ended:
+                return Discard(_avg(metrics), verdict, last, ENDED_WITHIN_NOISE)
             return Repeat(exp.seed + len(runs), Role.CONFIRM, hardware, verdict, last)
     repeats = (snap.tiers or Tiers()).validate_.repeats
     if validated and verdict.outcome == VerdictOutcome.UNSURE and len(metrics) < repeats + snap.confirm_repeats:
         # better on the fast class but within its noise: one more seed there, then decide
+        if snap.ended:
+            return Discard(_avg(metrics), verdict, last, ENDED_WITHIN_NOISE)
         return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(metrics), Role.VALIDATE, hardware, verdict, last)
     if verdict.outcome == VerdictOutcome.BETTER:
         return Keep(_avg(metrics), verdict, last)
@@ -232,6 +241,9 @@ def rank_winners(
         verdict = judge_on(snap, metrics, hardware, budget, noise)
         if verdict.outcome == VerdictOutcome.WORSE:
             discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1], "no longer beats the best")))
+            continue
+        if snap.ended:  # nothing starts after --hours: a winner not validated by then is not kept
+            discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1], ENDED_UNVALIDATED)))
             continue
         ranked.append((-probability_better(verdict), -verdict.improvement, exp.id, done))
     ranked.sort(key=lambda r: r[:3])
@@ -321,3 +333,24 @@ def still_leads(snap: Snapshot, runs: Sequence[Run], noise: Mapping[str, float])
         return False
     hardware, budget, metrics = compared(done)
     return judge_on(snap, metrics, hardware, budget, noise).outcome == VerdictOutcome.BETTER
+
+
+def plan_noise_fill(base: Experiment, runs: Sequence[Run], free: Sequence[str], tiers: Tiers | None) -> list[Queue]:
+    """Extra seeds of the baseline for free workers while the researcher's first call is in flight.
+
+    Before the first answer there is nothing to run but the baseline, and a slow model
+    would leave the fleet idle for the whole call. Another seed of the baseline is a
+    noise measurement the session needs anyway (every keep is judged against it), so
+    each free worker (``free``: its hardware class) gets one, pinned to its class: a
+    noise run on a screen class, a validation-role run on a validate-only class (as
+    ``plan_calibration`` does). Seeds follow the highest the baseline has used.
+    """
+    if not free:
+        return []
+    screen = [c for c in dict.fromkeys(free) if role_allows(tiers, "screen", c)]
+    seed = max([r.seed for r in runs if r.seed is not None] + [base.seed + len(runs) - 1, base.seed]) + 1
+    out = []
+    for k, hw in enumerate(free):
+        role = Role.NOISE if tiers is None or hw in screen else Role.VALIDATE
+        out.append(Queue(base.id, seed + k, role, hw))
+    return out

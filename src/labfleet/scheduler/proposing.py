@@ -131,6 +131,37 @@ def runs_due(started: Sequence[float], now: float, run_seconds: float, latency: 
     return sum(1 for start in started if start + run_seconds <= horizon)
 
 
+class RunRate:
+    """The mean run time the pipeline is sized from: every run end counts (any role, crashes too).
+
+    A worker's first run is cold (setup, compilation, a data download) and takes longer
+    than the rest; cold runs count only until a warm one has ended, then warm ones alone.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._cold = (0, 0.0)  # (count, mean seconds)
+        self._warm = (0, 0.0)
+
+    def add(self, worker: str, seconds: float) -> None:
+        if seconds < 0 or not math.isfinite(seconds):
+            return
+        cold = worker not in self._seen
+        self._seen.add(worker)
+        count, mean = self._cold if cold else self._warm
+        count += 1
+        mean += (seconds - mean) / min(count, 16)
+        if cold:
+            self._cold = (count, mean)
+        else:
+            self._warm = (count, mean)
+
+    @property
+    def seconds(self) -> float:
+        """0 until a run has ended."""
+        return self._warm[1] if self._warm[0] else self._cold[1]
+
+
 class Proposer:
     """Base: observes delivered in order, backoff after failures, latency measured."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from labfleet.scheduler.base import Limits
 
 
@@ -25,3 +28,24 @@ def stop_reason(
     if limits.max_usd is not None and fleet_usd >= limits.max_usd:
         return f"reached --max-usd {limits.max_usd:g}"
     return ""
+
+
+def starts_left(now: float, end: float | None, run_seconds: float, running_starts: Sequence[float],
+                free: int) -> int | None:
+    """Runs that can still start before the session's end (``--hours``): what the queue may hold.
+
+    Each free worker starts one now and then one every ``run_seconds``; each running
+    run's worker its next at the run's expected end (``start + run_seconds``, now if
+    it is overdue). Whatever would start after ``end`` never starts: proposals queued
+    for it are model calls and commits for nothing, and the session's end waits on no
+    run. None: no end (no --hours), or no run time known yet.
+    """
+    if end is None or run_seconds <= 0:
+        return None
+    if now >= end:
+        return 0
+
+    def slots(t: float) -> int:
+        return math.ceil((end - t) / run_seconds) if t < end else 0
+
+    return free * slots(now) + sum(slots(max(start + run_seconds, now)) for start in running_starts)

@@ -73,8 +73,10 @@ from labfleet.scheduler import (
     place,
     plan_calibration,
     plan_champion_calibration,
+    plan_noise_fill,
     rank_winners,
     role_allows,
+    starts_left,
     still_leads,
     stop_reason,
 )
@@ -82,6 +84,7 @@ from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noq
 from labfleet.scheduler.proposing import (
     DEFAULT_WAITS,
     Proposer,
+    RunRate,
     ThreadProposer,
     VirtualProposer,
     pipeline_depth,
@@ -232,8 +235,10 @@ class SessionLoop:
                                                timeout=self.config.researcher_timeout)
         self._asked = 0  # proposals asked for by calls still in flight
         self._proposals: list[Proposal] = []  # answered, not yet materialized (a commit each)
-        self._run_seconds = 0.0  # running mean of finished screening runs' durations
-        self._finished_runs = 0
+        self._rate = RunRate()  # the mean run time the pipeline is sized from
+        # --hours: when the session ends; no run of any role starts after it
+        self._end: float | None = (self.session["created_at"] + self.config.hours * 3600
+                                   if self.config.hours is not None else None)
         self._unboxed_said = False
         self.lazy: workspace.LazyCommits | None = None
         # Runs that never leave this process (the simulator) need no commit per ledger write:
@@ -260,7 +265,7 @@ class SessionLoop:
                     break
                 if not progressed:
                     now = self.clock()
-                    due = self.proposer.next_event(now)
+                    due = self.next_due(now)
                     self.executor.wait(self.tick if due is None else max(0.0, min(self.tick, due - now)))
             self.decide_leftovers()
         except BaseException:
@@ -276,16 +281,40 @@ class SessionLoop:
         self.on_event(Event("finished", self.stop_reason))
         return self.stop_reason
 
+    def next_due(self, now: float) -> float | None:
+        """The next time the loop has something to do besides a run's end (the executor wakes for those):
+        a researcher's answer or retry, a running run falling due (the pipeline counts it from then),
+        the session's end."""
+        assert self.proposer is not None
+        times = [t for t in (self.proposer.next_event(now), self._end) if t is not None and t > now]
+        if self.proposer.can_ask(now) and not self.stop_reason and not self.researcher_idle:
+            run_seconds = self.run_seconds()
+            times += [r["started_at"] + run_seconds for r in self.ledger.run_rows(self.session_id, ["running"])
+                      if r["started_at"] is not None and r["started_at"] + run_seconds > now]
+        return min(times) if times else None
+
+    def past_end(self, now: float | None = None) -> bool:
+        """--hours has passed: nothing more starts (queued runs are dropped, pending winners decided)."""
+        return self._end is not None and (self.clock() if now is None else now) >= self._end
+
+    def run_seconds(self) -> float:
+        return self._rate.seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
+
     def step(self) -> bool:
         """One tick: collect finished runs, place queued ones, take answers, ask the researcher."""
         progressed = False
+        if not self.stop_reason:
+            self.may_propose()  # --hours first: results collected at the end are decided as the end's
         for run_id in self.ledger.cancel_requests(self.session_id):
             if run_id in self._run_worker:
                 self.executor.cancel(run_id)
         for finished in self.executor.poll():
             self.collect(finished)
             progressed = True
+        if self.past_end():
+            progressed |= self.drop_queued()
         progressed |= self.place_queued()
+        progressed |= self.fill_with_noise()
         progressed |= self.take_answers()
         if self.ask():
             progressed = True
@@ -293,6 +322,30 @@ class SessionLoop:
         progressed |= self.materialize_next()
         progressed |= self.place_queued()
         return progressed
+
+    def drop_queued(self) -> bool:
+        """--hours has passed: queued runs never start; their experiments are decided on what they have."""
+        queued = self.ledger.run_rows(self.session_id, ["queued"])
+        reason = f"not started: the session reached --hours {self.config.hours:g}"
+        for row in queued:
+            self.ledger.finish_run(row["id"], RunStatus.CANCELLED, reason=reason)
+        if queued:
+            self.ledger.event(self.session_id, "queue_dropped", count=len(queued), reason=reason)
+        for exp_id in dict.fromkeys(row["experiment_id"] for row in queued):
+            self.decide(exp_id)
+        return bool(queued)
+
+    def fill_with_noise(self) -> bool:
+        """While the researcher's first call is in flight, free workers run more seeds of the baseline."""
+        assert self.proposer is not None
+        if self.proposer.calls or not self.proposer.in_flight or self.stop_reason or self.past_end():
+            return False
+        base = self.baseline()
+        free = self.free_workers()
+        if base is None or not free:
+            return False
+        self.apply_queue(plan_noise_fill(base, self.ledger.runs_of(base.id), [w.hardware for w in free], self.tiers))
+        return self.place_queued()
 
     def materialize_next(self) -> bool:
         """Record answered proposals as experiments while a worker can take one (a git commit each).
@@ -312,19 +365,24 @@ class SessionLoop:
         """Proposals to ask for now: free screening workers plus the pipeline, less what is queued or asked."""
         assert self.proposer is not None
         free = sum(1 for w in self.free_workers() if w.id in self._screeners)
-        run_seconds = self._run_seconds or (self.config.budget_seconds or self.target.spec.budget_seconds)
+        run_seconds = self.run_seconds()
         latency = self.proposer.latency
         depth = pipeline_depth(self.config.lookahead, latency, len(self._screeners), run_seconds)
-        if latency > 0:  # bursts: the runs that end before the answer after next, from their start times
+        end, now = self._end, self.clock()
+        started: list[float] = []
+        if latency > 0 or end is not None:
             ids = self._screeners
             started = [r["started_at"] for r in self.ledger.run_rows(self.session_id, ["running"])
                        if r["worker"] in ids and r["started_at"] is not None]
-            now = self.clock()
-            end = self.session["created_at"] + self.config.hours * 3600 if self.config.hours is not None else None
+        if latency > 0:  # bursts: the runs that end before the answer after next, from their start times
             due = runs_due(started, now, run_seconds, latency, until=end)
             near_end = end is not None and end - now < 2 * latency
             depth = self.config.lookahead + due if near_end else max(depth, self.config.lookahead + due)
-        return free + depth - queued - self._asked - len(self._proposals)
+        want = free + depth
+        room = starts_left(now, end, run_seconds, started, free)
+        if room is not None:  # near --hours: nothing queued that could not start before the end
+            want = min(want, room)
+        return want - queued - self._asked - len(self._proposals)
 
     def ask(self) -> bool:
         """Start a researcher call when the pipeline runs low (never one per freed worker)."""
@@ -443,7 +501,7 @@ class SessionLoop:
             champion_metric=self.champion.metric, samples=self.samples, unbiased=self.unbiased,
             classes=self._classes, tiers=self.tiers,
             keep=cfg.keep, z=cfg.z, margin=cfg.margin, confirm_repeats=cfg.confirm_repeats,
-            winding_down=bool(self.stop_reason),
+            winding_down=bool(self.stop_reason), ended=self.past_end(),
         )
 
     def noise(self) -> dict[str, float]:
@@ -524,6 +582,7 @@ class SessionLoop:
             self.decide(exp_id)
             return
         if result is None:
+            self._count_end(run_row, self.clock())
             retry = run_row["attempt"] < self.config.max_attempts
             self.ledger.finish_run(finished.run_id, RunStatus.LOST, reason=finished.reason, retry=retry)
             self.ledger.event(self.session_id, "run_lost", run=finished.run_id, reason=finished.reason, retry=retry)
@@ -545,9 +604,7 @@ class SessionLoop:
         row = self.ledger.run_row(finished.run_id)
         if row is not None:
             run = row.record()
-            if run.role == Role.SCREEN and run.started_at is not None and run.ended_at is not None:
-                self._finished_runs += 1
-                self._run_seconds += (run.ended_at - run.started_at - self._run_seconds) / min(self._finished_runs, 16)
+            self._count_end(run_row, run.ended_at)
             if self._baseline_id is None:  # the baseline never changes: its id is read once
                 base = self.baseline()
                 self._baseline_id = base.id if base is not None else None
@@ -560,6 +617,11 @@ class SessionLoop:
                 if run.role in UNBIASED_ROLES or key[0] == self._baseline_id:
                     self.unbiased.setdefault(key, []).extend(values)
         self.decide(exp_id)
+
+    def _count_end(self, run_row: Any, ended_at: float | None) -> None:
+        """Every run end sizes the pipeline (any role, crashes and losses too: each frees a worker)."""
+        if run_row["started_at"] is not None and ended_at is not None and run_row["worker"]:
+            self._rate.add(run_row["worker"], ended_at - run_row["started_at"])
 
     def decide(self, exp_id: int) -> None:
         """Ask the scheduler about an experiment whose runs are final, and apply its decision."""
@@ -791,7 +853,7 @@ class SessionLoop:
 
     def place_queued(self) -> bool:
         free = self.free_workers()
-        if not free:
+        if not free or self.past_end():
             return False
         queued = self.ledger.run_rows(self.session_id, ["queued"])
         if not queued:
