@@ -36,13 +36,17 @@ from labfleet.scheduler import (
     place,
     plan_calibration,
     plan_champion_calibration,
+    plan_noise_fill,
     probability_better,
     rank_winners,
+    starts_left,
     still_leads,
     stop_reason,
 )
 from labfleet.scheduler.base import VALIDATION_SEED_OFFSET
+from labfleet.scheduler.deciding import ENDED_UNVALIDATED, ENDED_WITHIN_NOISE
 from labfleet.scheduler.proposing import (
+    RunRate,
     ThreadProposer,
     TokenModel,
     VirtualProposer,
@@ -318,6 +322,61 @@ def test_calibration_plans_are_idempotent_and_use_the_validate_role_on_the_fast_
     done = {(7, "H100", 300.0): [0.9]}
     assert len(plan_champion_calibration(champion, ["H100", "H200"], TIERS, done, {"calibrate": 300.0,
                                                                                   "validate": 300.0})) == 1
+
+
+def test_a_slow_first_call_gets_one_baseline_seed_per_free_worker_pinned_to_its_class():
+    base = exp(1, parent=None, seed=10)
+    runs = [run(1, 1.0, role="calibrate"), run(1, None, "H200", "validate", RunStatus.RUNNING, "H200")]
+    fill = plan_noise_fill(base, runs, ["H100", "H100", "H200"], TIERS)
+    # seeds after the two the baseline has (10, 11); the validate-only class runs it in the validate role
+    assert [(q.experiment_id, q.seed, q.role, q.place_on) for q in fill] == [
+        (1, 12, "noise", "H100"), (1, 13, "noise", "H100"), (1, 14, "validate", "H200")]
+    assert [q.role for q in plan_noise_fill(base, runs, ["H100", "H200"], None)] == ["noise", "noise"]
+    assert plan_noise_fill(base, runs, [], TIERS) == []
+    seeded = [run(1, 1.0)] + [Run(**{**run(1, 1.0).__dict__, "seed": 40})]
+    assert plan_noise_fill(base, seeded, ["H100"], None)[0].seed == 41  # past every seed used, never one again
+
+
+def test_an_unconfirmed_winner_at_the_end_is_decided_within_the_noise_and_nothing_repeats():
+    ended = snap(ended=True)
+    unsure = decide(ended, exp(3, seed=7), [run(3, 0.99)], NOISE)  # would repeat before the end
+    assert isinstance(unsure, Discard) and unsure.reason == ENDED_WITHIN_NOISE and unsure.metric == 0.99
+    assert isinstance(decide(ended, exp(2), [run(2, 0.96)], NOISE), Keep)  # beyond the noise: kept as before
+    validated = [run(6, 0.9), run(6, 0.94, "H200", "validate"), run(6, 0.94, "H200", "validate")]
+    assert isinstance(decide(snap(TIERS), exp(6), validated, NOISE), Repeat)
+    late = decide(snap(TIERS, ended=True), exp(6), validated, NOISE)
+    assert isinstance(late, Discard) and late.reason == ENDED_WITHIN_NOISE
+    # winners still waiting for the validate class: none promoted or confirmed, all decided
+    waiting = [(exp(2), [run(2, 0.995)]), (exp(3), [run(3, 0.97)]), (exp(5), [run(5, 1.01)])]
+    promote, discards, confirms = rank_winners(snap(TIERS, ended=True), waiting, 2, NOISE)
+    assert promote == [] and confirms == []
+    assert [(i, d.reason) for i, d in discards] == [
+        (2, ENDED_UNVALIDATED), (3, ENDED_UNVALIDATED), (5, "no longer beats the best")]
+
+
+def test_the_queue_holds_only_what_can_start_before_the_end():
+    # end in 1000 s, runs of 300 s: a free worker starts at 0, 300, 600, 900 (4); a run started
+    # at 0 frees its worker at 300 (3 more); one overdue since 100 frees it now (4); one that
+    # ends after the end (started at 800) starts nothing more
+    assert starts_left(0.0, 1000.0, 300.0, [], 2) == 8
+    assert starts_left(0.0, 1000.0, 300.0, [0.0, -200.0, -400.0, 800.0], 0) == 3 + 3 + 4 + 0
+    assert starts_left(999.0, 1000.0, 300.0, [900.0], 1) == 1
+    assert starts_left(1000.0, 1000.0, 300.0, [], 5) == 0
+    assert starts_left(0.0, None, 300.0, [], 5) is None  # no --hours: no cap
+    assert starts_left(0.0, 1000.0, 0.0, [], 5) is None  # no run time known
+
+
+def test_the_run_rate_counts_every_end_and_cold_first_runs_only_until_a_warm_one_ended():
+    rate = RunRate()
+    assert rate.seconds == 0.0
+    rate.add("w1", 100.0)  # first runs: cold (setup), all there is
+    rate.add("w2", 50.0)
+    assert rate.seconds == pytest.approx(75.0)
+    rate.add("w1", 30.0)  # a warm end: from now on warm runs alone
+    assert rate.seconds == pytest.approx(30.0)
+    rate.add("w3", 500.0)  # a later cold start does not count
+    rate.add("w2", 10.0)  # a crash ends early: it freed its worker all the same
+    assert rate.seconds == pytest.approx(20.0)
 
 
 # ------------------------------------------------------------------------------- stopping

@@ -12,7 +12,8 @@ def stop_reason(
     limits: Limits, *, direction: str, proposed: int, elapsed_seconds: float, champion_metric: float | None,
     decided_since_keep: int, fleet_usd: float, researcher_done: bool, active_runs: int,
 ) -> str:
-    """Why proposing should stop now ("" to go on). Runs already queued or running still finish."""
+    """Why proposing should stop now ("" to go on). Runs already queued or running still finish,
+    except at --hours: then nothing more starts (the loop drops the queue; see ``starts_left``)."""
     if researcher_done and not limits.serve and not active_runs:
         return "the researcher has nothing more to propose"
     if limits.max_experiments is not None and proposed >= limits.max_experiments:

@@ -10,9 +10,12 @@ controller:
     recover()                      # once: adopt runs a killed orchestrator left behind;
                                    # queue the baseline's noise and calibration runs
     while not finished:
+        check the limits           # --hours before collecting: what ends at the end is decided as such
         stop runs `labfleet cancel` asked for
         collect finished runs      # ledger first, then scheduler.decide, then apply
+        past --hours: drop the queue  # no run of any role starts after the end (starts_left caps the queue)
         place queued runs          # scheduler.place: validation, calibration, confirmation, screening
+        first call in flight: fill free workers with the baseline's seeds (scheduler.plan_noise_fill)
         take researcher answers    # proposals materialized; usage recorded; failures back off
         ask the researcher         # when the pipeline runs low: one call for many workers
         wait if idle               # executor.wait: a sleep, or the simulator's clock jump
@@ -287,7 +290,8 @@ class SessionLoop:
         the session's end."""
         assert self.proposer is not None
         times = [t for t in (self.proposer.next_event(now), self._end) if t is not None and t > now]
-        if self.proposer.can_ask(now) and not self.stop_reason and not self.researcher_idle:
+        if self.proposer.latency > 0 and self.proposer.can_ask(now) and not self.stop_reason \
+                and not self.researcher_idle:  # the pipeline counts running runs due only with a latency
             run_seconds = self.run_seconds()
             times += [r["started_at"] + run_seconds for r in self.ledger.run_rows(self.session_id, ["running"])
                       if r["started_at"] is not None and r["started_at"] + run_seconds > now]
@@ -340,9 +344,11 @@ class SessionLoop:
         assert self.proposer is not None
         if self.proposer.calls or not self.proposer.in_flight or self.stop_reason or self.past_end():
             return False
-        base = self.baseline()
         free = self.free_workers()
-        if base is None or not free:
+        if not free or self.proposed_count():  # a resumed session asks again: not its first call
+            return False
+        base = self.baseline()
+        if base is None:
             return False
         self.apply_queue(plan_noise_fill(base, self.ledger.runs_of(base.id), [w.hardware for w in free], self.tiers))
         return self.place_queued()
