@@ -96,6 +96,7 @@ class Repeat:
     place_on: str | None
     verdict: Verdict
     run: Run
+    extra: tuple[Queue, ...] = ()  # runs queued with it (a screen-class confirmation beside a validation seed)
 
 
 @dataclass(frozen=True)
