@@ -38,11 +38,11 @@ def run(exp_id: int, metric: float, hardware: str = "H100", role: str = "screen"
                None, None, role=role, budget_seconds=300.0)
 
 
-def snap(winding_down: bool = False, tiers: Tiers | None = TIERS) -> Snapshot:
+def snap(winding_down: bool = False, tiers: Tiers | None = TIERS, drop_below: float = 0.0) -> Snapshot:
     champion = Experiment(1, 1, None, "c1", "", "baseline", "", {}, {}, 0, 300.0, Decision.BASELINE, 0.0)
     samples = {(1, "H100", 300.0): [1.00], (1, "H200", 300.0): [0.95]}
     return Snapshot("minimize", champion, 1.00, samples, dict(samples), classes=("H100", "H200"), tiers=tiers,
-                    winding_down=winding_down)
+                    winding_down=winding_down, drop_below=drop_below)
 
 
 # ------------------------------------------------------------------------------- pooled judging
@@ -114,3 +114,13 @@ def test_a_validation_gets_a_confirmation_beside_it_unless_it_has_a_fresh_seed_a
     assert plan_beside_validation(exp(2, seed=3), screened, TIERS) == [Queue(2, 3 + CONFIRM_SEED_OFFSET, "confirm", "H100")]
     assert plan_beside_validation(exp(2), screened + [run(2, 0.98, "H100", "calibrate")], TIERS) == []
     assert plan_beside_validation(exp(2), screened, None) == []  # no tiers: nothing to pool
+
+
+def test_a_winner_that_falls_behind_is_dropped_before_it_costs_a_run():
+    # one screen run each against one champion run: se 0.01414; 0.99 is P(better) = 0.76, 0.998 is 0.56
+    waiting = [(exp(2), [run(2, 0.99)]), (exp(3), [run(3, 0.998)])]
+    promote, discards, confirms = rank_winners(snap(drop_below=0.7), waiting, 0, NOISE)
+    assert not promote and [q.experiment_id for q in confirms] == [2]
+    assert [exp_id for exp_id, _ in discards] == [3] and "P(better) 0.56 < 0.70" in discards[0][1].reason
+    _, kept_waiting, _ = rank_winners(snap(), waiting, 0, NOISE)
+    assert not kept_waiting  # off by default: both wait

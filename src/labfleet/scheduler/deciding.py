@@ -293,6 +293,11 @@ def rank_winners(
         if verdict.outcome == VerdictOutcome.WORSE:
             discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1], "no longer beats the best")))
             continue
+        p_better = probability_better(verdict)
+        if p_better < snap.drop_below:
+            discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1],
+                                             f"fell behind: P(better) {p_better:.2f} < {snap.drop_below:.2f}")))
+            continue
         ranked.append((-probability_better(verdict), -verdict.improvement, exp.id, done))
     ranked.sort(key=lambda r: r[:3])
     promote = [exp_id for _, _, exp_id, _ in ranked[:max(slots, 0)]]
