@@ -15,7 +15,10 @@ setup, crashes and hangs):
 With tiers, a screened winner that beats the lead beyond the screen noise leads
 provisionally (the researcher proposes around it at once) while the H200s validate
 it; only a *confirmed* champion counts here (a keep, recorded when its validation
-decides it), so the tiered variant's t_fleet is the time to a trustworthy best.
+decides it), so the tiered variant's t_fleet is the time to a trustworthy best. The
+``t_lead``/``lead x`` columns say when that confirmed best first led provisionally (the
+fleet worked from it from then on; what keeping provisionally and validating in the
+background would record as its keep time). Without tiers they equal t_fleet.
 
 "Reached" compares noise-free values of the champion's knobs on an H100 (the
 surrogate's expected metric), so neither noise luck nor the H200's speed counts.
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import statistics
 import time
 
@@ -84,6 +88,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> list[dict]:
         with clone_target(None) as folder:
             fleet = simulate(folder, args.fleet, researcher=args.fleet_researcher, hours=args.fleet_hours,
                              seed=seed, budget_seconds=BUDGET, surrogate=model, **tiers)
+            led = lead_times(folder, fleet)
         assert fleet.model is not None
         # the soonest a proposal made after seeing any result can be kept: setup, then the
         # baseline's and a screen's run (and a validation's, with tiers) back to back; only a
@@ -92,10 +97,31 @@ def run_seed(seed: int, args: argparse.Namespace) -> list[dict]:
         earliest = (fleet.model.setup_seconds + (3 if tiers else 2) * run) / 3600
         fleet_curve = expected_curve(fleet)
         t_fleet = first_time(fleet_curve, goal)
+        # the confirmed champions at the time each first led provisionally (tiers; without, the keep)
+        lead_curve = sorted((min(h, led.get(i, h)), v) for (h, v), i in zip(fleet_curve, led["ids"], strict=True))
+        t_lead = first_time(lead_curve, goal)
         rows.append(dict(seed=seed, name=name, goal=goal, t_seq=t_seq, best=min(v for _, v in fleet_curve),
-                         t_fleet=t_fleet, experiments=fleet.experiments, utilization=fleet.utilization,
+                         t_fleet=t_fleet, t_lead=t_lead, experiments=fleet.experiments, utilization=fleet.utilization,
                          cost=fleet.cost_usd, bound=t_seq / earliest, wall=time.time() - started))
     return rows
+
+
+def lead_times(folder, sim: Simulation) -> dict:
+    """Kept experiment id -> virtual hours when it first led provisionally; "ids": the lineage's ids in order."""
+    from labfleet.ledger import Ledger
+
+    ledger = Ledger.for_target(folder / ".labfleet")
+    try:
+        start = ledger.run_span(sim.session_id)[0]
+        out: dict = {"ids": [e.id for e in ledger.lineage(sim.session_id)]}
+        rows = ledger.db.execute("SELECT data, at FROM events WHERE session_id = ? AND kind = 'lead' ORDER BY id",
+                                 (sim.session_id,))
+        for row in rows:
+            exp_id = json.loads(row["data"])["experiment"]
+            out.setdefault(exp_id, (row["at"] - start) / 3600)
+        return out
+    finally:
+        ledger.close()
 
 
 def main() -> None:
@@ -112,9 +138,10 @@ def main() -> None:
     started = time.time()
     print(f"surrogate: {args.surrogate}; sequential {args.seq_hours:g} h, fleet {args.fleet_hours:g} h")
     print(f"{'seed':>4} {'variant':<44}{'seq best':>9}{'t_seq h':>8}{'best':>8}{'t_fleet h':>10}{'exps':>6}"
-          f"{'speedup':>9}{'bound':>7}{'util':>7}{'fleet $':>8}{'wall s':>7}")
+          f"{'speedup':>9}{'bound':>7}{'t_lead h':>9}{'lead x':>7}{'util':>7}{'fleet $':>8}{'wall s':>7}")
     speedups: dict[str, list[float]] = {v: [] for v in VARIANTS}
     utils: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    leads: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs)) as pool:
         results = pool.map(run_seed, seeds, [args] * len(seeds)) if args.jobs > 1 else map(
             run_seed, seeds, [args] * len(seeds))
@@ -125,9 +152,13 @@ def main() -> None:
                     speedups[r["name"]].append(speedup)
                 utils[r["name"]].append(r["utilization"])
                 t_fleet = r["t_fleet"] if r["t_fleet"] is not None else float("nan")
+                t_lead = r["t_lead"] if r["t_lead"] is not None else float("nan")
+                lead = r["t_seq"] / r["t_lead"] if r["t_lead"] else None
+                leads[r["name"]].append(lead or 0.0)
                 print(f"{r['seed']:>4} {r['name']:<44}{r['goal']:>9.4f}{r['t_seq']:>8.1f}{r['best']:>8.4f}"
                       f"{t_fleet:>10.2f}{r['experiments']:>6}{f'{speedup:.1f}x' if speedup else 'never':>9}"
-                      f"{r['bound']:>6.1f}x{r['utilization']:>7.1%}{r['cost']:>8.0f}{r['wall']:>7.0f}", flush=True)
+                      f"{r['bound']:>6.1f}x{t_lead:>9.2f}{f'{lead:.1f}x' if lead else 'never':>7}"
+                      f"{r['utilization']:>7.1%}{r['cost']:>8.0f}{r['wall']:>7.0f}", flush=True)
     for name in VARIANTS:
         if speedups[name]:
             print(f"{name}: speedup median {statistics.median(speedups[name]):.1f}x over {len(speedups[name])} seeds"
@@ -139,6 +170,8 @@ def main() -> None:
     verdict = "not worse" if statistics.median(tiered) >= statistics.median(flat) else "WORSE"
     print(f"over all {len(seeds)} seeds (never = 0x): tiers median {statistics.median(tiered):.1f}x vs no tiers"
           f" {statistics.median(flat):.1f}x ({verdict})")
+    print(f"lead x (t_seq over t_lead: when a champion that validation later confirmed first led provisionally;"
+          f" never = 0x): tiers median {statistics.median(leads[next(iter(VARIANTS))]):.1f}x")
     print("bound: t_seq over setup + baseline + screen [+ validation] back to back, the soonest a proposal made"
           " after seeing any result can be kept")
     print(f"anchor 9x, goal >= 12x; utilization goal >= 97% (zero-latency researcher); wall {time.time() - started:.0f} s")

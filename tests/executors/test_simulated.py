@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 import time
@@ -383,6 +384,10 @@ def test_every_waiting_winner_is_decided_when_a_session_winds_down(tmp_path):
         decided_at = ledger.decided_at(sim.session_id)
         late = [e for e in ledger.experiments(sim.session_id) if e.parent_id is not None and decided_at[e.id] >= end]
         runs = ledger.runs(sim.session_id)
+        kinds = [r["kind"] for r in ledger.db.execute("SELECT kind FROM events ORDER BY id")]
+        winners = {json.loads(r["data"])["experiment"] for r in ledger.db.execute(
+            "SELECT data FROM events WHERE kind = 'screen_winner'")}
+        decided = {e.id: e.decision for e in ledger.experiments(sim.session_id)}
         ledger.close()
     assert sim.stop_reason == "reached --hours 0.5"
     assert sim.decisions.get("pending", 0) == 0, sim.decisions
@@ -392,3 +397,7 @@ def test_every_waiting_winner_is_decided_when_a_session_winds_down(tmp_path):
     assert late and all(e.decision != "kept" or e.id in {r.experiment_id for r in runs if r.role == "validate"}
                         for e in late)
     assert max(r.started_at for r in runs if r.started_at is not None) < end
+    # every screened winner was validated, confirmed or dropped (saying why): none is left pending,
+    # and nothing was started after the last decision
+    assert winners and all(decided[w] in ("kept", "discarded") for w in winners), (winners, decided)
+    assert kinds[-1] == "session_finished" and "stop_proposing" in kinds

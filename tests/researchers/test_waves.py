@@ -273,7 +273,7 @@ def test_a_finished_wave_is_followed_by_its_best_guess():
     done = finish(wave, metric=lambda knobs: 2.0 - 0.05 * (knobs["LEARNING_RATE"] > lr_low))
     snapshot = replace(state(history=done), noise={"cpu": 0.01})
     [guess, *rest] = researcher.propose(snapshot, 2)
-    assert guess.tags == {"best_of_wave": "1"} and guess.description.startswith("wave 1 best guess: LEARNING_RATE=")
+    assert guess.tags == {"best_of_wave": "1", "tier": "validate"} and guess.description.startswith("wave 1 best guess: LEARNING_RATE=")
     assert guess.knobs["LEARNING_RATE"] == max(p.knobs["LEARNING_RATE"] for p in wave)
     assert guess.knobs["N_LAYER"] == BASE["N_LAYER"] and guess.knobs["WARMUP"] == BASE["WARMUP"]
     assert all("wave" in p.tags for p in rest)  # then the next wave
@@ -304,7 +304,7 @@ def test_a_wave_whose_winners_still_wait_for_validation_counts_as_done_on_their_
     fresh.propose(state(), 8)
     screened = replace(partial, screened=tuple(waiting))
     [guess, *_] = fresh.propose(screened, 2)
-    assert guess.tags == {"best_of_wave": "1"}
+    assert guess.tags == {"best_of_wave": "1", "tier": "validate"}
     assert guess.knobs["LEARNING_RATE"] == max(p.knobs["LEARNING_RATE"] for p in wave)
     # once they are decided they come from the history: the guess is not proposed twice
     later = replace(state(history=done, pending=pending_of([guess])), noise={"cpu": 0.01})

@@ -177,8 +177,12 @@ class Ledger(Queries):
         self, session_id: int, *, parent_id: int | None, commit: str, patch: str, description: str,
         hypothesis: str, knobs: Mapping[str, Any], tags: Mapping[str, Any], seed: int,
         budget_seconds: float, decision: Decision = Decision.PENDING, queue: bool = True,
+        role: str = "screen", seed_run: int | None = None,
     ) -> tuple[int, int | None]:
-        """Record an experiment and (with ``queue``) its first queued run, in one transaction."""
+        """Record an experiment and (with ``queue``) its first queued run, in one transaction.
+
+        ``role``: the first run's role (``validate`` for an experiment that skips screening;
+        ``seed_run``: that run's seed, default the experiment's)."""
         now = self.clock()
         with self.transaction() as db:
             cur = db.execute(
@@ -188,7 +192,7 @@ class Ledger(Queries):
                  seed, budget_seconds, str(decision), now),
             )
             exp_id = int(cur.lastrowid or 0)
-            run_id = self._queue_run(db, session_id, exp_id, 1, now) if queue else None
+            run_id = self._queue_run(db, session_id, exp_id, 1, now, seed_run, role) if queue else None
         self._touch(exp_id)
         return exp_id, run_id
 

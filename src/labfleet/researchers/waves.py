@@ -257,7 +257,7 @@ class WavesResearcher(Researcher):
             out.append(Proposal(
                 description=f"wave {number} best guess: {values}",
                 hypothesis=f"the main effects of wave {number} beyond the noise, combined",
-                knobs=guess, parent=info.centre, tags={FOLLOWUP_TAG: str(number)},
+                knobs=guess, parent=info.centre, tags={FOLLOWUP_TAG: str(number), "tier": "validate"},
             ))
         return out
 

@@ -47,6 +47,10 @@ class Snapshot:
     confirm_repeats: int = 1
     winding_down: bool = False  # proposing has stopped: decide what is pending, start nothing new
     ended: bool = False  # --hours has passed: no run of any role starts any more (nothing is repeated)
+    # with [tiers]: a waiting winner whose probability of beating the champion falls below this is
+    # dropped before it costs a run (``rank_winners``); 0: only those the champion has passed.
+    # 0.6 / 0.75 / 0.9 measured no better on bench/speedup.py's bowl (10 seeds), so off by default
+    drop_below: float = 0.0
 
     @property
     def minimize(self) -> bool:
@@ -97,6 +101,7 @@ class Repeat:
     place_on: str | None
     verdict: Verdict
     run: Run
+    extra: tuple[Queue, ...] = ()  # runs queued with it (a screen-class confirmation beside a validation seed)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,47 @@ def champion_metrics(snap: Snapshot, hardware: str, budget: float) -> list[float
     return [snap.champion_metric]
 
 
+CONFIRM_SEED_OFFSET = 100  # seeds of confirmations queued beside a validation (never a screening seed)
+POOL_MIN_EXPERIMENTS = 1  # other experiments a class offset must come from to pool a candidate's runs across it
+
+
+def pooled_evidence(snap: Snapshot, exp_id: int, done: Sequence[Run]) -> tuple[str, float, list[float]]:
+    """A validated candidate's unbiased runs on every tier, on its validation class's scale (``judge_pooled``).
+
+    Its validation runs, plus its fresh-seed runs on the screen class (confirmations, a
+    lead's calibration) shifted by the offset between the classes measured on other
+    experiments (never on itself, which would copy its own validation mean back). Its
+    first screening run is left out: it won a selection. A confirmation on the plentiful
+    screen class then counts as much as another seed on the scarce validate class.
+    """
+    validated = [r for r in done if r.role == Role.VALIDATE]
+    hardware, budget, metrics = compared(validated)
+    metrics = list(metrics)
+    others = {k: v for k, v in snap.unbiased.items() if k[0] != exp_id}
+    offsets: dict[str, float | None] = {}
+    for run in done:
+        if run.role not in (Role.CONFIRM, Role.CALIBRATE, Role.NOISE) or run.metric is None:
+            continue
+        other = run.hardware or ""
+        if other == hardware or (run.budget_seconds or 0.0) != budget:
+            continue
+        if other not in offsets:
+            both = {k[0] for k in others if k[1] == hardware and k[2] == budget} & \
+                {k[0] for k in others if k[1] == other and k[2] == budget}
+            offsets[other] = hardware_offset(others, hardware, other, budget) \
+                if len(both) >= POOL_MIN_EXPERIMENTS else None
+        offset = offsets[other]
+        if offset is not None:
+            metrics.append(run.metric + offset)
+    return hardware, budget, metrics
+
+
+def judge_pooled(snap: Snapshot, exp_id: int, runs: Sequence[Run], noise: Mapping[str, float]) -> Verdict:
+    """A validated candidate against the champion on its validation class, screen and validate evidence pooled."""
+    hardware, budget, metrics = pooled_evidence(snap, exp_id, _done(runs))
+    return judge_on(snap, metrics, hardware, budget, noise)
+
+
 MIN_OFFSET_EXPERIMENTS = 2  # experiments (besides the champion) a class offset must come from to pool across it
 
 
@@ -179,22 +220,43 @@ def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[
     if not done:
         return Fail(runs[-1])
     validated = [r for r in done if r.role == Role.VALIDATE]
-    hardware, budget, metrics = compared(validated or done)
+    if validated and snap.tiers is not None:
+        hardware, budget, metrics = pooled_evidence(snap, exp.id, done)
+    else:
+        hardware, budget, metrics = compared(validated or done)
     verdict = judge_on(snap, metrics, hardware, budget, noise)
     last = done[-1]
     if not validated and verdict.outcome != VerdictOutcome.WORSE:
         if snap.tiers is not None:
+            confirmed = any(r.role == Role.CONFIRM for r in done)
+            if confirmed and verdict.outcome == VerdictOutcome.BETTER:
+                # screen and confirmation seeds together beyond the noise: the confirmation decides,
+                # the scarce validate class is not needed for it
+                return Keep(_avg(metrics), verdict, last)
+            if snap.winding_down and confirmed:
+                return Discard(_avg(metrics), verdict, last, "within the noise when the session ended")
             return Validate(verdict, last)  # after the end, rank_winners decides it
         if verdict.outcome == VerdictOutcome.UNSURE and len(metrics) <= snap.confirm_repeats:
             if snap.ended:
                 return Discard(_avg(metrics), verdict, last, ENDED_WITHIN_NOISE)
             return Repeat(exp.seed + len(runs), Role.CONFIRM, hardware, verdict, last)
     repeats = (snap.tiers or Tiers()).validate_.repeats
-    if validated and verdict.outcome == VerdictOutcome.UNSURE and len(metrics) < repeats + snap.confirm_repeats:
-        # better on the fast class but within its noise: one more seed there, then decide
+    # at most repeats + confirm_repeats validation seeds, and one pooled seed more than that in all
+    more = len(validated) < repeats + snap.confirm_repeats and len(metrics) <= repeats + snap.confirm_repeats
+    if validated and verdict.outcome == VerdictOutcome.UNSURE and more:
+        # better on the fast class but within the noise: one more seed there and (with tiers) a cheap
+        # confirmation on the screen class at the same time, pooled, then decide
+        # (winding down or ended: decided on what it has, so nothing is left pending at the end)
         if snap.ended:
             return Discard(_avg(metrics), verdict, last, ENDED_WITHIN_NOISE)
-        return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(metrics), Role.VALIDATE, hardware, verdict, last)
+        if not snap.winding_down:
+            extra = ()
+            screen = [r for r in done
+                      if r.role != Role.VALIDATE and role_allows(snap.tiers, Role.SCREEN, r.hardware or "")]
+            if snap.tiers is not None and screen:
+                extra = (Queue(exp.id, exp.seed + CONFIRM_SEED_OFFSET + len(done), Role.CONFIRM, screen[0].hardware),)
+            return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(validated), Role.VALIDATE, hardware, verdict, last,
+                          extra=extra)
     if verdict.outcome == VerdictOutcome.BETTER:
         return Keep(_avg(metrics), verdict, last)
     return Discard(_avg(metrics), verdict, last)
@@ -245,10 +307,24 @@ def rank_winners(
         if snap.ended:  # nothing starts after --hours: a winner not validated by then is not kept
             discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1], ENDED_UNVALIDATED)))
             continue
+        p_better = probability_better(verdict)
+        if p_better < snap.drop_below:
+            discards.append((exp.id, Discard(_avg(metrics), verdict, done[-1],
+                                             f"fell behind: P(better) {p_better:.2f} < {snap.drop_below:.2f}")))
+            continue
         ranked.append((-probability_better(verdict), -verdict.improvement, exp.id, done))
     ranked.sort(key=lambda r: r[:3])
     promote = [exp_id for _, _, exp_id, _ in ranked[:max(slots, 0)]]
     confirms: list[Queue] = []
+    if snap.winding_down:
+        # nothing new starts once proposing stops: winners the validate class cannot take now are
+        # decided on what they have (never kept unvalidated), so the fleet is not held for them
+        for _, _, exp_id, done in ranked[max(slots, 0):]:
+            _, _, metrics = compared(done)
+            discards.append((exp_id, Discard(_avg(metrics), judge_on(snap, metrics, *compared(done)[:2], noise),
+                                             done[-1], "not validated: the session ended with better-ranked"
+                                             " winners ahead")))
+        return promote, discards, confirms
     if confirm:
         by_id = {exp.id: exp for exp, _ in waiting}
         for _, _, exp_id, done in ranked[max(slots, 0):]:
@@ -285,6 +361,25 @@ def plan_calibration(
             queue.append(Queue(base.id, base.seed + seeds, role, hw))
             seeds += 1
     return pin, queue
+
+
+def plan_beside_validation(exp: Experiment, runs: Sequence[Run], tiers: Tiers | None) -> list[Queue]:
+    """A screen-class confirmation queued with a winner's first validation seed, so both decide at once.
+
+    The validate class is scarce and one seed there rarely decides a gain within a few
+    noise sd's: a fresh seed on the plentiful screen class, run at the same time and
+    pooled through the class offset (``pooled_evidence``), halves the rounds a winner
+    waits. None when it already has a fresh seed on a screen class (a lead's calibration).
+    """
+    if tiers is None:
+        return []
+    live = [r for r in runs if r.status not in (RunStatus.LOST, RunStatus.CANCELLED)]
+    if any(r.role in (Role.CONFIRM, Role.CALIBRATE) for r in live):
+        return []
+    screened = [r for r in live if r.role == Role.SCREEN and r.hardware and role_allows(tiers, Role.SCREEN, r.hardware)]
+    if not screened:
+        return []
+    return [Queue(exp.id, exp.seed + CONFIRM_SEED_OFFSET, Role.CONFIRM, screened[0].hardware)]
 
 
 def plan_champion_calibration(

@@ -74,6 +74,7 @@ from labfleet.scheduler import (
     judge_on,
     lead_snapshot,
     place,
+    plan_beside_validation,
     plan_calibration,
     plan_champion_calibration,
     plan_noise_fill,
@@ -84,6 +85,7 @@ from labfleet.scheduler import (
     stop_reason,
 )
 from labfleet.scheduler.base import ROLE_PRIORITY, VALIDATION_SEED_OFFSET  # noqa: F401 - re-exported
+from labfleet.scheduler.deciding import CONFIRM_SEED_OFFSET
 from labfleet.scheduler.proposing import (
     DEFAULT_WAITS,
     Proposer,
@@ -636,10 +638,14 @@ class SessionLoop:
         if exp.parent_id is None:
             self._decide_baseline(exp, runs)
             return
-        snap = self.snapshot()
+        confirmed = snap = self.snapshot()
         if not any(r.role == Role.VALIDATE and r.status == RunStatus.DONE for r in runs):
             snap = lead_snapshot(snap, self.lead.experiment, self.lead.metric)  # screens: against the lead
         decision = decide(snap, exp, runs, self.noise())
+        if isinstance(decision, Keep) and snap is not confirmed:
+            # a confirmation keeps only if it beats the confirmed champion too, not only the provisional lead
+            again = decide(confirmed, exp, runs, self.noise())
+            decision = again if isinstance(again, Keep) else Validate(decision.verdict, decision.run)
         if isinstance(decision, Wait):
             return
         if isinstance(decision, Fail):
@@ -659,6 +665,7 @@ class SessionLoop:
             verdict = decision.verdict
             self.ledger.queue_run(self.session_id, exp_id, seed=decision.seed, role=decision.role,
                                   place_on=decision.place_on)
+            self.apply_queue(list(decision.extra))
             self.ledger.event(self.session_id, "confirming", experiment=exp_id, gain=verdict.improvement,
                               threshold=verdict.threshold)
             if decision.role == Role.CONFIRM:
@@ -769,6 +776,8 @@ class SessionLoop:
 
     def promote(self, exp_id: int, reason: str = "screened winner") -> None:
         exp = queue_validation(self.ledger, self.target, exp_id, reason, runs=1 if self.config.keep == "noise" else None)
+        if self.config.keep == "noise":
+            self.apply_queue(plan_beside_validation(exp, self.ledger.runs_of(exp_id), self.tiers))
         self.on_event(Event("promoted", f"e{exp_id} promoted to validation ({reason})  [{exp.description}]", exp))
 
     def validation_slots(self) -> int:
@@ -790,6 +799,7 @@ class SessionLoop:
         promote, discards, confirms = rank_winners(snap, pairs, slots, self.noise(), confirm=self.config.backfill)
         for exp_id, discard in discards:
             exp = self.ledger.experiment(exp_id)
+            self.ledger.event(self.session_id, "winner_dropped", experiment=exp_id, reason=discard.reason)
             self.discard(exp, discard)
             self.tell(Result(self.ledger.experiment(exp_id), discard.run))
         for exp_id in promote:
@@ -998,6 +1008,13 @@ class SessionLoop:
                                     lazy=self.lazy)
         if error:
             self.on_event(Event("rejected", f"e{exp_id} rejected: {error}  [{proposal.description}]"))
+        elif self.tiers is not None and proposal.tags.get("tier") == Role.VALIDATE and self.config.keep == "noise":
+            # validated at once: a screen-class confirmation runs beside its validation seed (pooled)
+            screen = [c for c in self._classes if self._role_allows(Role.SCREEN, c)
+                      and not self._role_allows(Role.VALIDATE, c)]
+            if screen:
+                exp = self.ledger.experiment(exp_id)
+                self.apply_queue([Queue(exp_id, exp.seed + CONFIRM_SEED_OFFSET, Role.CONFIRM, screen[0])])
         return exp_id
 
 
@@ -1015,8 +1032,11 @@ def materialize(
     repo = target.root
     seed = proposal.seed if proposal.seed is not None else config.seed
     budget = proposal.budget_seconds or config.budget_seconds or target.spec.budget_seconds
-    common = dict(parent_id=parent.id, description=proposal.description, hypothesis=proposal.hypothesis,
-                  tags=proposal.tags, seed=seed, budget_seconds=budget)
+    common: dict[str, Any] = dict(parent_id=parent.id, description=proposal.description,
+                                  hypothesis=proposal.hypothesis, tags=proposal.tags, seed=seed, budget_seconds=budget)
+    if target.config.tiers is not None and proposal.tags.get("tier") == Role.VALIDATE:
+        # a proposal confident enough to skip screening (a wave's best guess): validated at once
+        common.update(role=Role.VALIDATE, seed_run=seed + VALIDATION_SEED_OFFSET)
     files = _knob_files(target)
     try:
         if lazy is not None and not proposal.patch and not any("/" in f for f in files):
