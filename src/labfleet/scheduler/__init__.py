@@ -46,7 +46,7 @@ from labfleet.scheduler.deciding import (
     still_leads,
 )
 from labfleet.scheduler.placing import place, role_allows
-from labfleet.scheduler.stopping import starts_left, stop_reason
+from labfleet.scheduler.stopping import last_end, starts_left, stop_reason
 
 __all__ = [
     "Baseline",
@@ -68,6 +68,7 @@ __all__ = [
     "decide_baseline",
     "hardware_offset",
     "judge_on",
+    "last_end",
     "lead_snapshot",
     "place",
     "plan_calibration",
