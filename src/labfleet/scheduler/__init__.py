@@ -46,7 +46,7 @@ from labfleet.scheduler.deciding import (
     still_leads,
 )
 from labfleet.scheduler.placing import place, role_allows
-from labfleet.scheduler.stopping import last_end, starts_left, stop_reason
+from labfleet.scheduler.stopping import last_end, may_start, starts_left, stop_reason
 
 __all__ = [
     "Baseline",
@@ -70,6 +70,7 @@ __all__ = [
     "judge_on",
     "last_end",
     "lead_snapshot",
+    "may_start",
     "place",
     "plan_calibration",
     "plan_champion_calibration",

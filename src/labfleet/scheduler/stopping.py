@@ -80,3 +80,16 @@ def starts_left(now: float, end: float | None, run_seconds: float, running_start
         return n
 
     return free * slots(now) + sum(slots(max(start + run_seconds, now)) for start in running_starts)
+
+
+def may_start(now: float, run_seconds: float, last: float | None, workers: int) -> bool:
+    """Whether a run started now may end after the session's chosen last end (``last_end``).
+
+    Past it, the whole fleet would wait for the overrun: worth it only when this worker
+    would otherwise idle longer than the fleet's wait (run times vary by a few percent:
+    that much overrun is no overrun). None: no last end chosen (not near --hours).
+    """
+    if last is None:
+        return True
+    overrun = now + run_seconds - last
+    return overrun <= 0.02 * run_seconds + max(0.0, last - now) / max(workers, 1)

@@ -74,6 +74,7 @@ from labfleet.scheduler import (
     judge_on,
     last_end,
     lead_snapshot,
+    may_start,
     place,
     plan_calibration,
     plan_champion_calibration,
@@ -879,12 +880,9 @@ class SessionLoop:
         now = self.clock()
         last = self.last_end(now)
         if last is not None:
-            ends = now + self.run_seconds()
-            # past the session's last end, the fleet would wait for it: worth it only when this worker
-            # would otherwise idle longer than the whole fleet's wait for the overrun (run times vary)
-            if ends - last > 0.02 * self.run_seconds() + max(0.0, last - now) / len(self.workers):
-                return False
-            self._last_end = max(last, ends)
+            if not may_start(now, self.run_seconds(), last, len(self.workers)):
+                return False  # it would end past the session's last run: the fleet would wait for it
+            self._last_end = max(last, now + self.run_seconds())
         queued = self.ledger.run_rows(self.session_id, ["queued"])
         if not queued:
             return False
