@@ -32,7 +32,9 @@ from labfleet.scheduler import (
     class_noise,
     decide,
     decide_baseline,
+    last_end,
     lead_snapshot,
+    may_start,
     place,
     plan_calibration,
     plan_champion_calibration,
@@ -364,6 +366,24 @@ def test_the_queue_holds_only_what_can_start_before_the_end():
     assert starts_left(1000.0, 1000.0, 300.0, [], 5) == 0
     assert starts_left(0.0, None, 300.0, [], 5) is None  # no --hours: no cap
     assert starts_left(0.0, 1000.0, 0.0, [], 5) is None  # no run time known
+
+
+def test_the_last_end_is_where_the_fewest_workers_wait_and_overruns_start_only_when_worth_it():
+    # end 1000, runs of 100: three workers free at 950 and one at 990. Last end at 990: the three
+    # stop at 950 (40 s idle each); at 1050 (they run once more): only the fourth waits, 60 s;
+    # at 1090 the three wait 40 s each again
+    assert last_end([950.0, 950.0, 950.0, 990.0], 1000.0, 100.0) == 1050.0
+    # one at 950, three at 990: stopping the one (40 s) beats the three waiting (180 s); a tie
+    # with running everyone once more (1090: the one waits 40 s) goes to the earlier end
+    assert last_end([950.0, 990.0, 990.0, 990.0], 1000.0, 100.0) == 990.0
+    assert last_end([], 1000.0, 100.0) == 1000.0
+    assert starts_left(900.0, 1000.0, 100.0, [850.0, 850.0, 850.0], 0, last=1050.0) == 3
+    assert starts_left(900.0, 1000.0, 100.0, [850.0, 850.0, 850.0], 0, last=1040.0) == 0
+    # 16 workers, a last end 200 s away: a run overrunning it by 10 s starts (the worker would idle
+    # 200 s, the fleet waits 16 x 10 s), one overrunning it by 20 s does not; no last end: anything
+    assert may_start(800.0, 210.0, 1000.0, 16) and not may_start(800.0, 220.0, 1000.0, 16)
+    assert may_start(800.0, 1000.0, None, 16)
+    assert may_start(800.0, 201.0, 1000.0, 1000)  # within the run times' spread (2%)
 
 
 def test_the_run_rate_counts_every_end_and_cold_first_runs_only_until_a_warm_one_ended():

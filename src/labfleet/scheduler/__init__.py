@@ -48,7 +48,7 @@ from labfleet.scheduler.deciding import (
     still_leads,
 )
 from labfleet.scheduler.placing import place, role_allows
-from labfleet.scheduler.stopping import starts_left, stop_reason
+from labfleet.scheduler.stopping import last_end, may_start, starts_left, stop_reason
 
 __all__ = [
     "Baseline",
@@ -71,7 +71,9 @@ __all__ = [
     "hardware_offset",
     "judge_on",
     "judge_pooled",
+    "last_end",
     "lead_snapshot",
+    "may_start",
     "plan_beside_validation",
     "place",
     "plan_calibration",

@@ -72,7 +72,9 @@ from labfleet.scheduler import (
     decide_baseline,
     hardware_offset,
     judge_on,
+    last_end,
     lead_snapshot,
+    may_start,
     place,
     plan_beside_validation,
     plan_calibration,
@@ -244,6 +246,7 @@ class SessionLoop:
         # --hours: when the session ends; no run of any role starts after it
         self._end: float | None = (self.session["created_at"] + self.config.hours * 3600
                                    if self.config.hours is not None else None)
+        self._last_end: float | None = None  # when the last run should end (scheduler.last_end), chosen near --hours
         self._unboxed_said = False
         self.lazy: workspace.LazyCommits | None = None
         # Runs that never leave this process (the simulator) need no commit per ledger write:
@@ -387,7 +390,7 @@ class SessionLoop:
             near_end = end is not None and end - now < 2 * latency
             depth = self.config.lookahead + due if near_end else max(depth, self.config.lookahead + due)
         want = free + depth
-        room = starts_left(now, end, run_seconds, started, free)
+        room = starts_left(now, end, run_seconds, started, free, self.last_end(now))
         if room is not None:  # near --hours: nothing queued that could not start before the end
             want = min(want, room)
         return want - queued - self._asked - len(self._proposals)
@@ -867,10 +870,29 @@ class SessionLoop:
             del self.busy[worker_id]
             bisect.insort(self._free, self._index[worker_id])
 
+    def last_end(self, now: float) -> float | None:
+        """Within a run of --hours: when the session's last run should end (chosen once, from the
+        workers' expected free times); a run that would end after it is not started."""
+        if self._end is None or self._last_end is not None or now < self._end - self.run_seconds():
+            return self._last_end
+        run_seconds = self.run_seconds()
+        frees = [max(now, r["started_at"] + run_seconds) for r in self.ledger.run_rows(self.session_id, ["running"])
+                 if r["started_at"] is not None]
+        frees += [now] * (len(self.workers) - len(frees))
+        self._last_end = last_end(frees, self._end, run_seconds)
+        self.ledger.event(self.session_id, "last_end", at=round(self._last_end - self.session["created_at"], 1))
+        return self._last_end
+
     def place_queued(self) -> bool:
         free = self.free_workers()
         if not free or self.past_end():
             return False
+        now = self.clock()
+        last = self.last_end(now)
+        if last is not None:
+            if not may_start(now, self.run_seconds(), last, len(self.workers)):
+                return False  # it would end past the session's last run: the fleet would wait for it
+            self._last_end = max(last, now + self.run_seconds())
         queued = self.ledger.run_rows(self.session_id, ["queued"])
         if not queued:
             return False
