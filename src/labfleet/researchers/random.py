@@ -27,6 +27,7 @@ class RandomResearcher(Researcher):
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
         self._keys: dict[int, tuple[tuple[str, KnobValue], ...]] = {}  # experiment id -> its setting
+        self._seen: set[tuple[tuple[str, KnobValue], ...]] = set()  # the settings of every id in _keys
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
@@ -38,14 +39,18 @@ class RandomResearcher(Researcher):
         ]
 
     def _tried(self, state: SessionState) -> set[tuple[tuple[str, KnobValue], ...]]:
-        """``space.tried`` with each experiment's key computed once (its knobs never change)."""
-        keys = self._keys
-        seen = set()
-        for exp in (*(r.experiment for r in state.history), *state.pending):
-            k = keys.get(exp.id)
-            if k is None:
-                k = keys[exp.id] = space.key(exp.knobs)
-            seen.add(k)
+        """``space.tried``, kept on from call to call: each experiment's key is computed once (its
+        knobs never change), the pending ones are looked at each call, and the history is scanned
+        only when it holds an experiment never seen pending (one decided between two calls)."""
+        keys, seen = self._keys, self._seen
+        for exp in state.pending:
+            if exp.id not in keys:
+                seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
+        if len(keys) < len(state.history) + len(state.pending):
+            for result in state.history:
+                exp = result.experiment
+                if exp.id not in keys:
+                    seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
         return seen
 
     def _draws(self, state: SessionState, count: int) -> Iterator[dict[str, KnobValue]]:

@@ -41,7 +41,7 @@ from labfleet.scheduler.base import (
     Wait,
 )
 from labfleet.scheduler.placing import role_allows
-from labfleet.target import Tiers
+from labfleet.target import DEFAULT_TIERS, Tiers
 
 
 def _avg(values: Iterable[float]) -> float:
@@ -182,7 +182,7 @@ def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[
             return Validate(verdict, last)
         if verdict.outcome == VerdictOutcome.UNSURE and len(metrics) <= snap.confirm_repeats:
             return Repeat(exp.seed + len(runs), Role.CONFIRM, hardware, verdict, last)
-    repeats = (snap.tiers or Tiers()).validate_.repeats
+    repeats = (snap.tiers or DEFAULT_TIERS).validate_.repeats
     if validated and verdict.outcome == VerdictOutcome.UNSURE and len(metrics) < repeats + snap.confirm_repeats:
         # better on the fast class but within its noise: one more seed there, then decide
         return Repeat(exp.seed + VALIDATION_SEED_OFFSET + len(metrics), Role.VALIDATE, hardware, verdict, last)
