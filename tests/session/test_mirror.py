@@ -8,7 +8,7 @@ import pytest
 
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, RunStatus
-from labfleet.session.mirror import SessionMirror, first_screen
+from labfleet.session.mirror import SessionMirror, _Chunked, first_screen
 
 
 class _Clock:
@@ -123,3 +123,28 @@ def test_the_experiment_cache_forgets_writes_rollbacks_and_other_connections(tmp
     assert own.experiment(exp).metric == 1.0
     other.reopen(exp)
     assert own.experiment(exp).decision == Decision.PENDING
+
+
+def test_the_chunked_history_is_the_sorted_sequence_its_snapshots_froze(monkeypatch):
+    monkeypatch.setattr(_Chunked, "SIZE", 2)  # tiny chunks: every split and emptied chunk is walked
+    rng = random.Random(0)
+    chunked: _Chunked[int] = _Chunked((i, -i) for i in range(7))
+    model = {i: -i for i in range(7)}
+    snapshots = []
+    for _ in range(400):
+        key = rng.randint(0, 40)
+        if rng.random() < 0.6:
+            chunked.set(key, key * 10)
+            model[key] = key * 10
+        else:
+            chunked.pop(key)
+            model.pop(key, None)
+        frozen = chunked.frozen()
+        want = tuple(model[k] for k in sorted(model))
+        assert frozen == want and len(frozen) == len(want)
+        assert [frozen[i] for i in range(-len(want), len(want))] == list(want + want)
+        assert frozen[-3:] == want[-3:] and frozen[1:4] == want[1:4] and frozen[::2] == want[::2]
+        snapshots.append((frozen, want))
+    assert all(frozen == want for frozen, want in snapshots)  # later changes never reach an earlier snapshot
+    with pytest.raises(IndexError):
+        chunked.frozen()[len(model)]

@@ -40,15 +40,16 @@ class RandomResearcher(Researcher):
 
     def _tried(self, state: SessionState) -> set[tuple[tuple[str, KnobValue], ...]]:
         """``space.tried``, kept on from call to call: each experiment's key is computed once (its
-        knobs never change), the pending ones are looked at each call, and the history is scanned
-        only when it holds an experiment never seen pending (one decided between two calls)."""
+        knobs never change), only the pending ones newer than every one seen are looked at, and the
+        whole history and pending are scanned only when they hold an experiment never seen (one
+        decided between two calls, an older one reopened by another connection)."""
         keys, seen = self._keys, self._seen
-        for exp in state.pending:
-            if exp.id not in keys:
-                seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
-        if len(keys) < len(state.history) + len(state.pending):
-            for result in state.history:
-                exp = result.experiment
+        for exp in reversed(state.pending):  # by id: the new ones are the last
+            if exp.id in keys:
+                break
+            seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
+        if len(keys) < len(state.history) + len(state.pending):  # one not seen yet (older, or never pending)
+            for exp in (*(r.experiment for r in state.history), *state.pending):
                 if exp.id not in keys:
                     seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
         return seen
