@@ -188,12 +188,10 @@ class Queries:
         )
         return keep_at, {r[0]: r[1] for r in rows}
 
-    def experiment_state(self, exp_id: int) -> tuple[Experiment, float | None, list[Run]] | None:
-        """One experiment, when it was decided (None while pending) and its runs by id."""
-        row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
-        if row is None:
-            return None
-        return experiment_record(row), row["decided_at"], self.runs_of(exp_id)
+    def decided_time(self, exp_id: int) -> float | None:
+        """When an experiment was decided (None while pending)."""
+        row = self.db.execute("SELECT decided_at FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        return row[0] if row is not None else None
 
     def awaiting_validation(self, session_id: int) -> list[int]:
         """Screened experiments still pending with nothing queued or running: winners waiting for a slot."""

@@ -108,8 +108,10 @@ class Ledger(Queries):
         if self.touched is not None:
             self.touched.add(exp_id)
 
-    def _touch_run(self, run_id: int) -> None:
-        if self.touched is not None:
+    def _touch_run(self, run_id: int, exp_id: int | None = None) -> None:
+        if self.touched is not None and exp_id is not None:
+            self.touched.add(exp_id)
+        elif self.touched is not None:
             row = self.db.execute("SELECT experiment_id FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is not None:
                 self.touched.add(row["experiment_id"])
@@ -263,10 +265,11 @@ class Ledger(Queries):
     @_writes
     def mark_running(
         self, run_id: int, *, worker: str, hardware: str, run_dir: str, log_path: str,
-        budget_seconds: float | None = None,
+        budget_seconds: float | None = None, experiment_id: int | None = None,
     ) -> None:
-        """Written before the executor starts the run: a crash right after leaves a traceable row."""
-        self._touch_run(run_id)
+        """Written before the executor starts the run: a crash right after leaves a traceable row
+        (``experiment_id``: the run's, when the caller knows it)."""
+        self._touch_run(run_id, experiment_id)
         self.db.execute(
             "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
             " started_at = ?, budget_seconds = ? WHERE id = ? AND status = 'queued'",

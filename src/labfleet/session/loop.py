@@ -827,7 +827,7 @@ class SessionLoop:
         # recorded before the start: a crash right after leaves a row that resume can follow
         self.ledger.mark_running(
             row["id"], worker=worker.id, hardware=worker.hardware, run_dir=str(run_dir),
-            log_path=str(run_dir / "run.log"), budget_seconds=job.request.budget_seconds,
+            log_path=str(run_dir / "run.log"), budget_seconds=job.request.budget_seconds, experiment_id=exp.id,
         )
         self._occupy(worker.id, row["id"])
         try:

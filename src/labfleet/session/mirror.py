@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Generic, TypeVar, overload
 
 from labfleet.enums import Role
+from labfleet.errors import LedgerError
 from labfleet.ledger import Ledger
 from labfleet.records import Decision, Experiment, Result, Run, RunStatus
 
@@ -250,10 +251,14 @@ class SessionMirror:
         self._keep_at, self._since = self.ledger.since_keep_state(self.session_id)
 
     def _update(self, exp_id: int) -> None:
-        state = self.ledger.experiment_state(exp_id)
-        if state is None or state[0].session_id != self.session_id:
+        try:
+            exp = self.ledger.experiment(exp_id)  # cached while its row is unchanged
+        except LedgerError:
             return
-        exp, decided_at, runs = state
+        if exp.session_id != self.session_id:
+            return
+        runs = self.ledger.runs_of(exp_id)
+        decided_at = self.ledger.decided_time(exp_id) if exp.decision != Decision.PENDING else None
         result = latest(runs)
         self._pending.pop(exp_id)
         self._screened.pop(exp_id)
