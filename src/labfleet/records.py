@@ -8,7 +8,7 @@ workers, processes or the database.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -112,7 +112,7 @@ class SessionState:
     knobs: Mapping[str, Knob]  # the target's knob definitions
     baseline: Experiment | None
     champion: Experiment | None  # the current best (kept) version
-    history: tuple[Result, ...]  # every finished experiment's final run, oldest first
+    history: Sequence[Result]  # every finished experiment's final run, oldest first (immutable)
     pending: tuple[Experiment, ...]  # proposed, not finished (queued or running)
     free_workers: int
     seed: int = 0  # the session's seed, for researchers' own randomness

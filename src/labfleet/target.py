@@ -204,6 +204,9 @@ class Tiers(BaseModel):
     validate_: ValidateTier = Field(default=ValidateTier(), alias="validate")
 
 
+DEFAULT_TIERS = Tiers()  # the defaults, built once (frozen): no model built per decision
+
+
 class EvaluateSpec(BaseModel):
     """``[evaluate]``: a frozen evaluator the harness runs beside the run, in its own process.
 

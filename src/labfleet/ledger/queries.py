@@ -174,6 +174,25 @@ class Queries:
         ).fetchone()
         return int(row["n"])
 
+    def since_keep_state(self, session_id: int) -> tuple[float, dict[int, float]]:
+        """``decided_since_keep`` as its parts: (the latest keep's time, the experiments decided after it
+        -> when), so a copy kept from this connection's own writes can count on (``SessionMirror``)."""
+        row = self.db.execute(
+            "SELECT COALESCE(MAX(decided_at), 0) FROM experiments WHERE session_id = ? AND decision IN ('kept', 'baseline')",
+            (session_id,),
+        ).fetchone()
+        keep_at = float(row[0])
+        rows = self.db.execute(
+            "SELECT id, decided_at FROM experiments WHERE session_id = ? AND parent_id IS NOT NULL"
+            " AND decision IN ('kept', 'discarded', 'failed') AND decided_at > ?", (session_id, keep_at),
+        )
+        return keep_at, {r[0]: r[1] for r in rows}
+
+    def decided_time(self, exp_id: int) -> float | None:
+        """When an experiment was decided (None while pending)."""
+        row = self.db.execute("SELECT decided_at FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        return row[0] if row is not None else None
+
     def awaiting_validation(self, session_id: int) -> list[int]:
         """Screened experiments still pending with nothing queued or running: winners waiting for a slot."""
         rows = self.db.execute(

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from labfleet.errors import LedgerError, LedgerReadOnly
 from labfleet.ledger.queries import Queries
 from labfleet.ledger.schema import ACTIVE, prepare
-from labfleet.records import Decision, RunStatus
+from labfleet.records import Decision, Experiment, RunStatus
 
 STATE_DIR = ".labfleet"  # a target's ledger, runs and logs (git-excluded); here so a read needs no target.py
 LEDGER_FILE = "ledger.sqlite"
@@ -57,6 +57,14 @@ class Ledger(Queries):
         # A reader that keeps its own copy of the history sets this to a set: every experiment
         # whose row or runs this connection changes is added (see SessionLoop.history).
         self.touched: set[int] | None = None
+        # Moved by this connection's own rollbacks and running-run cancel flags (``data_version``
+        # moves only for other connections): a copy kept from this connection's writes is read
+        # whole again after a rollback, and cancel flags are read again after a cancel.
+        self.rollbacks = 0
+        self.cancels = 0
+        # experiment id -> record, while no other connection wrote (see ``experiment``)
+        self._experiments: dict[int, Experiment] = {}
+        self._experiments_at = (-1, -1)
         self._batched = False
         self.readonly = readonly
         if readonly:
@@ -76,12 +84,34 @@ class Ledger(Queries):
         """Moves whenever another connection (another process, a daemon's thread) commits."""
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
-    def _touch(self, exp_id: int) -> None:
+    def experiment(self, exp_id: int) -> Experiment:
+        """``Queries.experiment``, cached: this connection's writes forget the experiment they change,
+        its rollbacks and other connections' commits (``data_version``) forget them all."""
+        at = (self.data_version(), self.rollbacks)
+        if at != self._experiments_at:
+            self._experiments.clear()
+            self._experiments_at = at
+        exp = self._experiments.get(exp_id)
+        if exp is None:
+            exp = self._experiments[exp_id] = super().experiment(exp_id)
+        return exp
+
+    def _rolled_back(self) -> None:
+        self.db.execute("ROLLBACK")
+        self.rollbacks += 1
+        self._experiments.clear()
+
+    def _touch(self, exp_id: int, row: bool = False) -> None:
+        """``exp_id`` changed (``row``: its experiments row, else only its runs)."""
+        if row:
+            self._experiments.pop(exp_id, None)
         if self.touched is not None:
             self.touched.add(exp_id)
 
-    def _touch_run(self, run_id: int) -> None:
-        if self.touched is not None:
+    def _touch_run(self, run_id: int, exp_id: int | None = None) -> None:
+        if self.touched is not None and exp_id is not None:
+            self.touched.add(exp_id)
+        elif self.touched is not None:
             row = self.db.execute("SELECT experiment_id FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is not None:
                 self.touched.add(row["experiment_id"])
@@ -110,7 +140,7 @@ class Ledger(Queries):
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rolled_back()
             raise
         self.db.execute("COMMIT")
 
@@ -129,7 +159,7 @@ class Ledger(Queries):
             yield
         except BaseException:
             self._batched = False
-            self.db.execute("ROLLBACK")
+            self._rolled_back()
             raise
         self._batched = False
         self.db.execute("COMMIT")
@@ -239,10 +269,11 @@ class Ledger(Queries):
     @_writes
     def mark_running(
         self, run_id: int, *, worker: str, hardware: str, run_dir: str, log_path: str,
-        budget_seconds: float | None = None,
+        budget_seconds: float | None = None, experiment_id: int | None = None,
     ) -> None:
-        """Written before the executor starts the run: a crash right after leaves a traceable row."""
-        self._touch_run(run_id)
+        """Written before the executor starts the run: a crash right after leaves a traceable row
+        (``experiment_id``: the run's, when the caller knows it)."""
+        self._touch_run(run_id, experiment_id)
         self.db.execute(
             "UPDATE runs SET status = 'running', worker = ?, hardware = ?, run_dir = ?, log_path = ?,"
             " started_at = ?, budget_seconds = ? WHERE id = ? AND status = 'queued'",
@@ -292,7 +323,7 @@ class Ledger(Queries):
 
     @_writes
     def decide(self, exp_id: int, decision: Decision, metric: float | None) -> None:
-        self._touch(exp_id)
+        self._touch(exp_id, row=True)
         self.db.execute(
             "UPDATE experiments SET decision = ?, metric = ?, decided_at = ? WHERE id = ?",
             (str(decision), metric, self.clock(), exp_id),
@@ -310,18 +341,19 @@ class Ledger(Queries):
             running = db.execute(
                 "UPDATE runs SET cancel = 1 WHERE experiment_id = ? AND status = 'running'", (exp_id,)
             ).rowcount
+        self.cancels += 1
         return queued, running
 
     @_writes
     def reopen(self, exp_id: int) -> None:
         """Back to pending (a discarded experiment promoted by hand is decided again)."""
-        self._touch(exp_id)
+        self._touch(exp_id, row=True)
         self.db.execute("UPDATE experiments SET decision = 'pending', decided_at = NULL WHERE id = ?", (exp_id,))
 
     @_writes
     def set_metric(self, exp_id: int, metric: float) -> None:
         """Refine a decided experiment's figure (more seeds arrived) without changing its decision time."""
-        self._touch(exp_id)
+        self._touch(exp_id, row=True)
         self.db.execute("UPDATE experiments SET metric = ? WHERE id = ?", (metric, exp_id))
 
     @_writes

@@ -27,6 +27,7 @@ class RandomResearcher(Researcher):
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
         self._keys: dict[int, tuple[tuple[str, KnobValue], ...]] = {}  # experiment id -> its setting
+        self._seen: set[tuple[tuple[str, KnobValue], ...]] = set()  # the settings of every id in _keys
 
     def propose(self, state: SessionState, n: int) -> list[Proposal]:
         if state.baseline is None or not state.knobs:
@@ -38,14 +39,19 @@ class RandomResearcher(Researcher):
         ]
 
     def _tried(self, state: SessionState) -> set[tuple[tuple[str, KnobValue], ...]]:
-        """``space.tried`` with each experiment's key computed once (its knobs never change)."""
-        keys = self._keys
-        seen = set()
-        for exp in (*(r.experiment for r in state.history), *state.pending):
-            k = keys.get(exp.id)
-            if k is None:
-                k = keys[exp.id] = space.key(exp.knobs)
-            seen.add(k)
+        """``space.tried``, kept on from call to call: each experiment's key is computed once (its
+        knobs never change), only the pending ones newer than every one seen are looked at, and the
+        whole history and pending are scanned only when they hold an experiment never seen (one
+        decided between two calls, an older one reopened by another connection)."""
+        keys, seen = self._keys, self._seen
+        for exp in reversed(state.pending):  # by id: the new ones are the last
+            if exp.id in keys:
+                break
+            seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
+        if len(keys) < len(state.history) + len(state.pending):  # one not seen yet (older, or never pending)
+            for exp in (*(r.experiment for r in state.history), *state.pending):
+                if exp.id not in keys:
+                    seen.add(keys.setdefault(exp.id, space.key(exp.knobs)))
         return seen
 
     def _draws(self, state: SessionState, count: int) -> Iterator[dict[str, KnobValue]]:

@@ -41,7 +41,7 @@ from labfleet.scheduler.base import (
     Wait,
 )
 from labfleet.scheduler.placing import role_allows
-from labfleet.target import Tiers
+from labfleet.target import DEFAULT_TIERS, Tiers
 
 
 def _avg(values: Iterable[float]) -> float:
@@ -240,7 +240,7 @@ def decide(snap: Snapshot, exp: Experiment, runs: Sequence[Run], noise: Mapping[
             if snap.ended:
                 return Discard(_avg(metrics), verdict, last, ENDED_WITHIN_NOISE)
             return Repeat(exp.seed + len(runs), Role.CONFIRM, hardware, verdict, last)
-    repeats = (snap.tiers or Tiers()).validate_.repeats
+    repeats = (snap.tiers or DEFAULT_TIERS).validate_.repeats
     # at most repeats + confirm_repeats validation seeds, and one pooled seed more than that in all
     more = len(validated) < repeats + snap.confirm_repeats and len(metrics) <= repeats + snap.confirm_repeats
     if validated and verdict.outcome == VerdictOutcome.UNSURE and more:

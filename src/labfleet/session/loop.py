@@ -98,7 +98,8 @@ from labfleet.scheduler.proposing import (
     runs_due,
 )
 from labfleet.session.config import SessionConfig
-from labfleet.target import Target, Tiers, format_value, knob_patch, render_knobs
+from labfleet.session.mirror import SessionMirror
+from labfleet.target import DEFAULT_TIERS, Target, Tiers, format_value, knob_patch, render_knobs
 
 BRANCH_PREFIX = "labfleet/s"
 TICK_SECONDS = 0.02
@@ -149,7 +150,7 @@ def queue_validation(ledger: Ledger, target: Target, exp_id: int, reason: str, r
     (``scheduler.decide``), so the scarce validate class decides clear winners in one run.
     """
     exp = ledger.experiment(exp_id)
-    repeats = (target.config.tiers or Tiers()).validate_.repeats if runs is None else runs
+    repeats = (target.config.tiers or DEFAULT_TIERS).validate_.repeats if runs is None else runs
     ledger.reopen(exp_id)
     for k in range(repeats):
         ledger.queue_run(exp.session_id, exp_id, seed=exp.seed + VALIDATION_SEED_OFFSET + k, role=Role.VALIDATE)
@@ -222,11 +223,9 @@ class SessionLoop:
         self._repeated: set[Group] = set()  # groups with at least two samples (the only ones noise reads)
         self._proposed = (0, 0)  # (experiments counted, the highest id counted)
         self._baseline_id: int | None = None
-        # the researcher's history, refreshed from the experiments the ledger says changed
-        self._history: dict[int, Result] | None = None
-        self._data_version = -1
-        self._pending_exps: dict[int, Experiment] = {}
-        self._history_ids: list[int] = []
+        # the researcher's history, pending, screened and patience, kept from this loop's writes
+        self.mirror = SessionMirror(self.ledger, self.session_id)
+        self._cancels_at: tuple[int, int] | None = None  # (data_version, own cancels) cancel flags were read at
         # metrics of done runs that differ only by seed: the noise floor and the
         # champion's per-class figures come from here (rebuilt from the ledger in recover)
         self.samples: dict[Group, list[float]] = {}
@@ -314,9 +313,12 @@ class SessionLoop:
         progressed = False
         if not self.stop_reason:
             self.may_propose()  # --hours first: results collected at the end are decided as the end's
-        for run_id in self.ledger.cancel_requests(self.session_id):
-            if run_id in self._run_worker:
-                self.executor.cancel(run_id)
+        cancels_at = (self.ledger.data_version(), self.ledger.cancels)
+        if cancels_at != self._cancels_at:  # flags come from `labfleet cancel` (another connection) or this one
+            self._cancels_at = cancels_at
+            for run_id in self.ledger.cancel_requests(self.session_id):
+                if run_id in self._run_worker:
+                    self.executor.cancel(run_id)
         for finished in self.executor.poll():
             self.collect(finished)
             progressed = True
@@ -459,7 +461,7 @@ class SessionLoop:
         reason = stop_reason(
             limits, direction=self.target.spec.direction, proposed=self.proposed_count(),
             elapsed_seconds=self.clock() - self.session["created_at"], champion_metric=self.champion.metric,
-            decided_since_keep=self.ledger.decided_since_keep(self.session_id) if cfg.patience is not None else 0,
+            decided_since_keep=self.mirror.since_keep() if cfg.patience is not None else 0,
             fleet_usd=cost.fleet_usd(self.ledger.worker_costs(self.session_id, self.clock())) if cfg.max_usd is not None else 0.0,
             researcher_done=self.researcher_idle and not pending_call,
             active_runs=self.ledger.count_runs(self.session_id, ["queued", "running"]) if self.researcher_idle else 1,
@@ -622,9 +624,9 @@ class SessionLoop:
             for key, values in samples_from_runs([run]).items():
                 self._group_order.setdefault(key, len(self._group_order))
                 self.samples.setdefault(key, []).extend(values)
-                if len(self.samples[key]) >= 2:
+                if len(self.samples[key]) >= 2:  # only repeated groups carry noise: a new single one changes nothing
                     self._repeated.add(key)
-                self._noise = None
+                    self._noise = None
                 if run.role in UNBIASED_ROLES or key[0] == self._baseline_id:
                     self.unbiased.setdefault(key, []).extend(values)
         self.decide(exp_id)
@@ -925,7 +927,7 @@ class SessionLoop:
         # recorded before the start: a crash right after leaves a row that resume can follow
         self.ledger.mark_running(
             row["id"], worker=worker.id, hardware=worker.hardware, run_dir=str(run_dir),
-            log_path=str(run_dir / "run.log"), budget_seconds=job.request.budget_seconds,
+            log_path=str(run_dir / "run.log"), budget_seconds=job.request.budget_seconds, experiment_id=exp.id,
         )
         self._occupy(worker.id, row["id"])
         try:
@@ -947,62 +949,22 @@ class SessionLoop:
 
     def state(self) -> SessionState:
         """A frozen snapshot of the ledger for the researcher."""
-        history, pending = self.history()
+        history, pending = self.mirror.history(), self.mirror.pending()
         baseline = self.baseline()
         return SessionState(
             session_id=self.session_id, metric=self.target.spec.metric, direction=self.target.spec.direction,
             knobs=self.target.knobs, baseline=baseline,
             champion=self.lead.experiment or self.champion.experiment or baseline,
-            history=tuple(history), pending=tuple(pending), free_workers=len(self.free_workers()),
+            history=history, pending=pending, free_workers=len(self.free_workers()),
             seed=self.config.seed, noise=dict(self.noise()),
-            since_keep=self.ledger.decided_since_keep(self.session_id),
-            findings=tuple(self.findings(history)) if self.researcher.wants_findings else (),
-            screened=tuple(self.screened(pending)),
+            since_keep=self.mirror.since_keep(),
+            findings=tuple(self.findings(list(history))) if self.researcher.wants_findings else (),
+            screened=self.mirror.screened(),
         )
 
     def history(self) -> tuple[list[Result], list[Experiment]]:
-        """``Ledger.history``, kept up to date from the experiments the ledger reports changed
-        (``Ledger.touched``) instead of read whole for every researcher call; read whole again
-        whenever another connection wrote (``labfleet submit``, ``promote``, a daemon's agents)."""
-        version = self.ledger.data_version()
-        if self._history is None or version != self._data_version:
-            self._data_version = version
-            self.ledger.touched = set()
-            history, pending = self.ledger.history(self.session_id)
-            self._history = {r.experiment.id: r for r in history}
-            self._history_ids = [r.experiment.id for r in history]
-            self._pending_exps = {e.id: e for e in pending}
-        else:
-            touched, self.ledger.touched = self.ledger.touched or set(), set()
-            for exp_id in sorted(touched):
-                exp, result = self.ledger.result_of(exp_id)
-                if exp is None or exp.session_id != self.session_id:
-                    continue
-                self._pending_exps.pop(exp_id, None)
-                if exp.decision == Decision.PENDING or result is None:
-                    if exp_id in self._history:
-                        del self._history[exp_id]
-                        self._history_ids.remove(exp_id)
-                    if exp.decision == Decision.PENDING:
-                        self._pending_exps[exp_id] = exp
-                    continue
-                if exp_id not in self._history:
-                    bisect.insort(self._history_ids, exp_id)
-                self._history[exp_id] = result
-        pending = sorted(self._pending_exps.values(), key=lambda e: e.id)
-        return [self._history[i] for i in self._history_ids], pending
-
-    def screened(self, pending: list[Experiment]) -> list[Result]:
-        """Pending experiments' done screening runs (winners waiting for validation, confirmations due)."""
-        out = []
-        for exp in pending:
-            if exp.parent_id is None:
-                continue
-            done = [r for r in self.ledger.runs_of(exp.id)
-                    if r.role == Role.SCREEN and r.status == RunStatus.DONE and r.metric is not None]
-            if done:
-                out.append(Result(exp, done[0]))
-        return out
+        """``Ledger.history`` as the mirror keeps it (see ``session.mirror``)."""
+        return list(self.mirror.history()), list(self.mirror.pending())
 
     def findings(self, history: list[Result]) -> list[str]:
         """The analysis in sentences: the phase, hardware differences, the latest waves' effects."""
