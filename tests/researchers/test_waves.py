@@ -311,6 +311,42 @@ def test_a_wave_whose_winners_still_wait_for_validation_counts_as_done_on_their_
     assert not any("best_of_wave" in p.tags for p in fresh.propose(later, 4))
 
 
+def test_concurrent_waves_around_one_centre_are_combined_from_their_best_winners():
+    """Two waves around the baseline over disjoint knobs each find a winner: their levels
+    together are one proposal (validated at once with tiers), proposed once; losers never count."""
+    researcher = make_researcher("waves", factors=2)  # groups (LR, N_LAYER), (WARMUP, BATCH), ...
+    first = researcher.propose(state(), 8)
+    assert {factors(p) for p in first} == {("LEARNING_RATE", "N_LAYER"), ("WARMUP", "BATCH")}
+    lr_high = max(p.knobs["LEARNING_RATE"] for p in first)
+    batch_high = max(p.knobs["BATCH"] for p in first)
+
+    def metric(knobs):
+        return 2.0 - 0.05 * (knobs["LEARNING_RATE"] == lr_high) - 0.03 * (knobs["BATCH"] == batch_high)
+
+    done = finish(first, metric)
+    waiting = [replace(r, experiment=replace(r.experiment, decision=Decision.PENDING)) for r in done
+               if r.run.metric < 2.0]
+    decided = [r for r in done if r.run.metric == 2.0]
+    snapshot = replace(state(history=decided, pending=[r.experiment for r in waiting]), screened=tuple(waiting))
+    combos = [p for p in researcher.propose(snapshot, 4) if "combines" in p.tags]
+    assert len(combos) == 1
+    [combo] = combos
+    assert combo.tags == {"combines": "1+2", "tier": "validate"} and combo.parent == BASELINE.id
+    best1 = min((r for r in waiting if "LEARNING_RATE" in r.experiment.tags["factors"]), key=lambda r: r.run.metric)
+    best2 = min((r for r in waiting if "BATCH" in r.experiment.tags["factors"]), key=lambda r: r.run.metric)
+    for name in ("LEARNING_RATE", "N_LAYER"):
+        assert combo.knobs[name] == best1.experiment.knobs[name]
+    for name in ("WARMUP", "BATCH"):
+        assert combo.knobs[name] == best2.experiment.knobs[name]
+    assert combo.knobs["ACTIVATION"] == BASE["ACTIVATION"]
+    again = researcher.propose(replace(snapshot, pending=(*snapshot.pending, *pending_of([combo]))), 4)
+    assert not any("combines" in p.tags for p in again)
+    # when every cell lost (discarded), nothing is combined
+    fresh = make_researcher("waves", factors=2)
+    fresh.propose(state(), 8)
+    assert not any("combines" in p.tags for p in fresh.propose(state(history=finish(first)), 4))
+
+
 # --------------------------------------------------------------------------- ideas as factors: composing cells
 
 from labfleet.researchers import ideas as ideas_mod  # noqa: E402

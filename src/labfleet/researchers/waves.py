@@ -33,6 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from labfleet.enums import Decision
 from labfleet.errors import ConfigError
 from labfleet.records import Experiment, Proposal, Result, SessionState
 from labfleet.researchers import space
@@ -40,6 +41,7 @@ from labfleet.researchers.base import Researcher
 from labfleet.target import Knob, KnobValue, format_value
 
 FOLLOWUP_TAG = "best_of_wave"  # not "wave": effects are estimated from a wave's design cells only
+COMBINE_TAG = "combines"  # a combination of concurrent waves' best cells: "1+2"
 MAX_HALVINGS = 6  # step 0.5 -> 0.0078 of the range: finer than a noisy metric resolves
 MIN_RUNS = 4
 _DESIGN = re.compile(r"^2\^(?:(\d+)|\((\d+)-(\d+)\))$")
@@ -166,6 +168,7 @@ class WavesResearcher(Researcher):
                 results.setdefault(info.wave, []).append(result)
                 wave_tags.setdefault(info.wave, []).append(info)
         proposals: list[Proposal] = self._best_guesses(state, seen, knobs_by_id, followed, n, results, wave_tags)
+        proposals += self._combinations(state, seen, knobs_by_id, n - len(proposals), results, wave_tags)
         last: _Tagged | None = None
         if tagged:
             number = max(tagged)
@@ -258,6 +261,64 @@ class WavesResearcher(Researcher):
                 description=f"wave {number} best guess: {values}",
                 hypothesis=f"the main effects of wave {number} beyond the noise, combined",
                 knobs=guess, parent=info.centre, tags={FOLLOWUP_TAG: str(number), "tier": "validate"},
+            ))
+        return out
+
+    def _combinations(
+        self, state: SessionState, seen: set[Key], knobs_by_id: Mapping[int, Mapping[str, KnobValue]], n: int,
+        results_by_wave: Mapping[int, Sequence[Result]], tags_by_wave: Mapping[int, Sequence[_Tagged]],
+    ) -> list[Proposal]:
+        """Concurrent waves around one centre, combined: the centre with every such wave's best cell applied.
+
+        The fleet runs several waves at once around the same champion, each over its own
+        group of knobs; a gain one finds and a gain another finds are otherwise only put
+        together waves later (a wave centred on one winner rediscovers the other). Once two
+        or more finished waves around a centre each have a winner (a cell kept, or not worse
+        than the champion and waiting to be decided), their best winners' levels together are one proposal, validated at once with [tiers] (as a best
+        guess is): on a surface where the groups add up, the combination beats each.
+        """
+        if n <= 0:
+            return []
+        by_centre: dict[int, list[tuple[int, Result, tuple[str, ...]]]] = {}
+        for number, results in sorted(results_by_wave.items()):
+            info = tags_by_wave[number][0]
+            if len(results) < info.runs or info.centre not in knobs_by_id:
+                continue  # not finished
+            ok = [r for r in results if r.ok and r.run.metric is not None]
+            if not ok:
+                continue
+            hardware = [r.run.hardware for r in ok]
+            common = max(set(hardware), key=hardware.count)
+            # winners: kept, or not worse than the champion and waiting (for validation or a confirmation)
+            winners = [r for r in ok if r.run.hardware == common
+                       and r.experiment.decision in (Decision.KEPT, Decision.PENDING)]
+            if winners:
+                sign = 1.0 if state.direction == "minimize" else -1.0
+                best = min(winners, key=lambda r: sign * r.run.metric)  # type: ignore[operator]
+                by_centre.setdefault(info.centre, []).append((number, best, info.factors))
+        out: list[Proposal] = []
+        for centre, bests in by_centre.items():
+            if len(out) >= n or len(bests) < 2:
+                continue
+            guess = dict(knobs_by_id[centre])
+            used: set[str] = set()
+            numbers = []
+            for number, best, factors in bests:
+                if used & set(factors):
+                    continue  # overlapping groups (a round's last group is topped up): the first wave's levels
+                used |= set(factors)
+                numbers.append(number)
+                guess.update({name: best.experiment.knobs[name] for name in factors if name in best.experiment.knobs})
+            if len(numbers) < 2 or space.key(guess) in seen:
+                continue
+            seen.add(space.key(guess))
+            label = "+".join(str(k) for k in numbers)
+            moved = [name for name in guess if guess[name] != knobs_by_id[centre].get(name)]
+            values = " ".join(f"{name}={format_value(guess[name])}" for name in moved)
+            out.append(Proposal(
+                description=f"waves {label} combined: {values}",
+                hypothesis=f"the best cells of waves {label} around experiment {centre} add up",
+                knobs=guess, parent=centre, tags={COMBINE_TAG: label, "tier": "validate"},
             ))
         return out
 
