@@ -154,7 +154,12 @@ promote = 1
     # one validation seed first; more (up to repeats + 1) only while it is within the noise
     validations = [x for x in roles if x == ("validate", "fast")]
     assert roles[0] == ("screen", "slow") and roles[1] == ("validate", "fast") and 1 <= len(validations) <= 3
-    assert roles[1 + len(validations):] == [("calibrate", "slow")]  # the new champion's fresh seed on the screening class
+    # beside each validation round a cheap seed on the screening class, judged pooled with it
+    # through the class offset; then the new champion's fresh seed there
+    confirms = [x for x in roles if x == ("confirm", "slow")]
+    assert len(confirms) <= len(validations)
+    assert set(roles[1:-1]) <= {("validate", "fast"), ("confirm", "slow")}
+    assert roles[-1] == ("calibrate", "slow")
     assert exps["lr best"].decision == Decision.KEPT
     worse = ledger.runs_of(exps["lr worse"].id)
     assert [(r.role, r.hardware) for r in worse] == [("screen", "slow")]  # screened out, never validated
